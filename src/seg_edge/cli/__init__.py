@@ -1,0 +1,1 @@
+"""The ``seg-edge`` command line: one module per command, one error table in ``app``."""

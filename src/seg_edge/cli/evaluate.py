@@ -1,0 +1,49 @@
+"""``seg-edge evaluate``: Dice, IoU, HD95 and friends against ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.options import JSON_OPTION, LabelScheme, dumps
+
+
+@guarded
+def evaluate(
+    pred: Path = typer.Argument(..., help="Predicted label map, or a folder of them (<case_id>.nii.gz)."),
+    truth: Path = typer.Argument(..., help="Ground truth label map, or a folder (flat or BraTS case folders)."),
+    label_scheme: LabelScheme = typer.Option(LabelScheme.brats2021, "--label-scheme", help="ET=4 or ET=3."),
+    csv_path: Path = typer.Option(None, "--csv", help="Also write per-case rows to this CSV."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Score predictions per region (WT, TC, ET) with BraTS conventions for empty regions."""
+    from seg_edge.evaluation.evaluate import REGIONS, evaluate as run, write_csv
+    from seg_edge.runtime.postprocess import et_label
+
+    result = run(pred, truth, et_label(label_scheme.value))
+    if csv_path:
+        write_csv(result, csv_path)
+    if result["unmatched"]:
+        err.print(f"[yellow]warning:[/] {len(result['unmatched'])} case ids without a partner: "
+                  f"{escape(', '.join(result['unmatched'][:5]))}")
+    if json_out:
+        out.print_json(dumps({"cases": result["cases"], "summary": result["summary"]}))
+        return
+    table = Table(title=f"{len(result['cases'])} cases: mean ± std", title_justify="left")
+    table.add_column("region")
+    metrics = ("dice", "iou", "hd95", "sensitivity", "specificity", "precision")
+    for m in metrics:
+        table.add_column(m + (" (mm)" if m == "hd95" else ""), justify="right")
+    for region in REGIONS:
+        stats = result["summary"][region]
+        table.add_row(region, *(f"{stats[m]['mean']:.4f} ± {stats[m]['std']:.4f}" if m != "hd95" else
+                                f"{stats[m]['mean']:.2f} ± {stats[m]['std']:.2f}" for m in metrics))
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

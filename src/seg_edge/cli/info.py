@@ -1,0 +1,42 @@
+"""``seg-edge info``: print a model's card."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from seg_edge.cli.app import guarded, out
+from seg_edge.cli.options import JSON_OPTION, dumps, model_path
+
+
+@guarded
+def info(model: Path = typer.Argument(None, help="ONNX model or TensorRT plan (default: the shipped model)."),
+         json_out: bool = JSON_OPTION) -> None:
+    """Show what a model expects and produces (its seg-edge card)."""
+    from seg_edge.artifact import load_artifact
+
+    artifact = load_artifact(model_path(model))
+    card = dataclasses.asdict(artifact.card)
+    if json_out:
+        out.print_json(dumps({"path": str(artifact.path), "kind": artifact.kind,
+                              "size_bytes": artifact.path.stat().st_size, "card": card}))
+        return
+    table = Table(title=f"{artifact.path} ({artifact.kind}, {artifact.path.stat().st_size / 1e6:.1f} MB)",
+                  title_justify="left", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in card.items():
+        if key == "provenance":
+            continue
+        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+    for key, value in card["provenance"].items():
+        table.add_row(f"provenance.{key}", value if isinstance(value, str) else json.dumps(value))
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(info)

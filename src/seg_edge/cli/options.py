@@ -1,0 +1,65 @@
+"""Option types shared by several commands."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from seg_edge.errors import InputError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL = ASSETS / "seg-edge-edge.onnx"
+
+
+class LabelScheme(str, Enum):
+    brats2021 = "brats2021"
+    brats2023 = "brats2023"
+
+
+class Blend(str, Enum):
+    gaussian = "gaussian"
+    constant = "constant"
+
+
+class Backend(str, Enum):
+    onnxruntime = "onnxruntime"
+
+
+JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+THREADS_OPTION = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: the backend's).")
+
+
+def model_path(model: Path | None) -> Path:
+    """The model to use: the one given, or the shipped artifact (with a clear error if absent)."""
+    if model is not None:
+        return model
+    if not DEFAULT_MODEL.is_file():
+        raise InputError(f"{DEFAULT_MODEL}: no model is shipped in this build; pass --model MODEL.onnx")
+    return DEFAULT_MODEL
+
+
+def parse_triplet(text: str, what: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise InputError(f"{what} '{text}' (expected three positive integers like 240,240,155)")
+    return values  # type: ignore[return-value]
+
+
+def parse_modalities(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(v.strip().lower() for v in text.split(","))
+    if sorted(names) != sorted(("flair", "t1", "t1ce", "t2")):
+        raise InputError(f"--modalities '{text}' (expected an order of flair,t1,t1ce,t2)")
+    return names
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, default=str)

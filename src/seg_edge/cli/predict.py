@@ -1,0 +1,139 @@
+"""``seg-edge predict``: segment one case or a folder of cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.table import Table
+
+from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.options import (JSON_OPTION, THREADS_OPTION, Backend, Blend, LabelScheme, dumps, model_path,
+                                  parse_modalities)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=True)
+
+
+def _case_table(result) -> Table:
+    seg = result.segmentation
+    table = Table(title=escape(f"{seg.case_id} → {result.job.out}"), title_justify="left")
+    table.add_column("region")
+    table.add_column("volume (mL)", justify="right")
+    for name in ("WT", "TC", "ET", "NCR", "ED"):
+        table.add_row(name, f"{seg.volumes_ml[name]:.2f}")
+    table.add_section()
+    for stage, seconds in seg.timings.items():
+        table.add_row(f"[dim]{stage} (s)[/]", f"[dim]{seconds:.2f}[/]")
+    return table
+
+
+def _summary_table(results) -> Table:
+    table = Table(title="batch summary", title_justify="left")
+    for col in ("case", "status", "WT mL", "TC mL", "ET mL", "seconds", "note"):
+        table.add_column(col, justify="right" if "mL" in col or col == "seconds" else "left")
+    for r in results:
+        seg = r.segmentation
+        vols = [f"{seg.volumes_ml[k]:.2f}" for k in ("WT", "TC", "ET")] if seg else ["", "", ""]
+        secs = f"{r.timings.get('total', 0):.1f}" if seg else ""
+        note = r.error or ("output exists (use --overwrite)" if r.status == "skipped" else "")
+        table.add_row(escape(r.job.case_id), r.status, *vols, secs, escape(note))
+    return table
+
+
+def _result_json(r, segmenter) -> dict:
+    from seg_edge.runtime.jobs import report_dict
+
+    data = {"case_id": r.job.case_id, "status": r.status, "output": str(r.job.out)}
+    if r.segmentation is not None:
+        data.update(report_dict(r.segmentation, r.job, segmenter))
+        data["timings_s"] = {k: round(v, 4) for k, v in r.segmentation.timings.items()}
+        data["status"] = r.status
+    if r.error:
+        data["error"] = r.error
+    return data
+
+
+@guarded
+def predict(
+    input: Path = typer.Argument(None, help="Case folder, folder of case folders, 4D NIfTI, or (4,X,Y,Z) .npy."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output .nii.gz, or a folder (default: predictions/)."),
+    model: Path = typer.Option(None, "--model", "-m", help="ONNX model with a seg-edge card (default: shipped)."),
+    backend: Backend = typer.Option(Backend.onnxruntime, "--backend", help="Inference backend."),
+    flair: Path = typer.Option(None, "--flair", help="FLAIR NIfTI (with --t1 --t1ce --t2)."),
+    t1: Path = typer.Option(None, "--t1", help="T1 NIfTI."),
+    t1ce: Path = typer.Option(None, "--t1ce", help="T1ce NIfTI."),
+    t2: Path = typer.Option(None, "--t2", help="T2 NIfTI."),
+    modalities: str = typer.Option(None, "--modalities", help="Volume order in a 4D NIfTI/.npy, e.g. t1,t1ce,t2,flair "
+                                   "(default: the model card's)."),
+    label_scheme: LabelScheme = typer.Option(None, "--label-scheme", help="ET=4 (brats2021) or ET=3 (brats2023); "
+                                             "default: the card's."),
+    overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap, 0 <= o < 1."),
+    blend: Blend = typer.Option(Blend.gaussian, "--blend", help="Window blending."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Windows per network call."),
+    et_rule: bool = typer.Option(True, "--et-rule/--no-et-rule", help="Apply the card's small-ET clean-up."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write WT/TC/ET probabilities."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    threads: int = THREADS_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Segment a BraTS-style case: writes a uint8 label map (NCR=1, ED=2, ET=4 or 3) and a JSON report."""
+    from seg_edge.runtime.jobs import plan_jobs, run_batch, run_job
+    from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
+
+    files = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v is not None}
+    jobs, batch = plan_jobs(input, files or None, out)
+    options = SegmenterOptions(overlap=overlap, blend=blend.value, batch_size=batch_size,
+                               label_scheme=label_scheme.value if label_scheme else None, et_rule=et_rule,
+                               probabilities=probabilities)
+    file_order = parse_modalities(modalities)
+    if not batch:
+        from seg_edge.runtime.io import check_writable
+
+        check_writable(jobs[0].out, overwrite)  # before the model loads
+    with Segmenter.open(model_path(model), backend.value, threads, options) as segmenter:
+        if batch:
+            results = _run_batch(segmenter, jobs, file_order, overwrite, run_batch)
+        else:
+            with _progress() as bar:
+                task = bar.add_task(f"segmenting {jobs[0].case_id}", total=None)
+                results = [run_job(segmenter, jobs[0], file_order, overwrite,
+                                   lambda done, total: bar.update(task, completed=done, total=total))]
+        _render(results, batch, json_out, segmenter)
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+def _run_batch(segmenter, jobs, file_order, overwrite, run_batch):
+    with _progress() as bar:
+        task = bar.add_task("cases", total=len(jobs))
+        return run_batch(segmenter, jobs, file_order, overwrite, lambda r: bar.advance(task))
+
+
+def _render(results, batch: bool, json_out: bool, segmenter) -> None:
+    if json_out:
+        data = [_result_json(r, segmenter) for r in results]
+        out.print_json(dumps({"cases": data, "summary": _counts(results)} if batch else data[0]))
+        return
+    for r in results:
+        if r.segmentation is not None:
+            for warning in r.segmentation.warnings:
+                err.print(f"[yellow]warning:[/] {escape(warning)}")
+    if batch:
+        out.print(_summary_table(results))
+        counts = _counts(results)
+        out.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+    else:
+        out.print(_case_table(results[0]))
+
+
+def _counts(results) -> dict[str, int]:
+    return {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict)

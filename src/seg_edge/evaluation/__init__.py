@@ -1,0 +1,1 @@
+"""Metrics, evaluation against ground truth, parity and benchmarks."""

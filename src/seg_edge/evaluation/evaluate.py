@@ -1,0 +1,89 @@
+"""Evaluate predicted label maps against ground truth, matched by case id."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from seg_edge.errors import InputError
+from seg_edge.evaluation.metrics import METRICS, region_metrics, summarize
+from seg_edge.runtime.io import is_nifti, read_labels, strip_nifti
+from seg_edge.runtime.postprocess import labels_to_regions
+
+REGIONS = ("WT", "TC", "ET")
+_ID_SUFFIXES = ("_seg", "-seg", "_pred", "_label", "_labels")
+
+
+def _case_id(path: Path) -> str:
+    stem = strip_nifti(path.name)
+    for suffix in _ID_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def label_files(path: Path) -> dict[str, Path]:
+    """case id → label file, from one file, a flat folder, or a folder of BraTS case folders."""
+    if path.is_file():
+        return {_case_id(path): path}
+    if not path.is_dir():
+        raise InputError(f"{path}: not found (expected a label NIfTI or a folder of them)")
+    found: dict[str, Path] = {}
+    for item in sorted(path.iterdir()):
+        if item.is_file() and is_nifti(item) and not item.name.startswith("."):
+            if "_probabilities" in item.name:
+                continue
+            found[_case_id(item)] = item
+        elif item.is_dir():
+            segs = [p for p in item.iterdir() if is_nifti(p) and strip_nifti(p.name).lower().endswith(("_seg", "-seg"))]
+            if len(segs) == 1:
+                found[item.name] = segs[0]
+    if not found:
+        raise InputError(f"{path}: no label maps found (expected *.nii.gz or <id>/<id>_seg.nii.gz)")
+    return found
+
+
+def evaluate_case(pred: Path, truth: Path, et: int) -> dict:
+    """Metrics per region for one prediction against its ground truth."""
+    p_labels, p_img = read_labels(pred, et)
+    t_labels, t_img = read_labels(truth, et)
+    if p_labels.shape != t_labels.shape:
+        raise InputError(f"{pred}: shape {p_labels.shape} differs from ground truth {truth} {t_labels.shape}")
+    if not np.allclose(p_img.affine, t_img.affine, atol=1e-3):
+        raise InputError(f"{pred}: affine differs from ground truth {truth} (expected the same grid)")
+    spacing = tuple(float(z) for z in t_img.header.get_zooms()[:3])
+    p_regions, t_regions = labels_to_regions(p_labels, et), labels_to_regions(t_labels, et)
+    result: dict = {"case_id": _case_id(truth)}
+    for name, pr, tr in zip(REGIONS, p_regions, t_regions):
+        result[name] = region_metrics(pr, tr, spacing)
+    return result
+
+
+def evaluate(pred: Path, truth: Path, et: int) -> dict:
+    """``{"cases": [...], "summary": {region: {metric: {mean, std}}}}`` over cases found in both."""
+    preds, truths = label_files(pred), label_files(truth)
+    if pred.is_file() and truth.is_file():
+        preds, truths = {"case": pred}, {"case": truth}
+    common = sorted(set(preds) & set(truths))
+    if not common:
+        raise InputError(f"{pred}: no case ids in common with {truth} "
+                         f"(found e.g. {sorted(preds)[:2]} vs {sorted(truths)[:2]})")
+    cases = []
+    for cid in common:
+        row = evaluate_case(preds[cid], truths[cid], et)
+        row["case_id"] = cid if cid != "case" else _case_id(truth)
+        cases.append(row)
+    unmatched = sorted(set(preds) ^ set(truths))
+    return {"cases": cases, "summary": summarize(cases, REGIONS), "unmatched": unmatched}
+
+
+def write_csv(result: dict, path: Path) -> None:
+    """One row per case and region with every metric."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case_id", "region", *METRICS])
+        for case in result["cases"]:
+            for region in REGIONS:
+                writer.writerow([case["case_id"], region, *(f"{case[region][m]:.6g}" for m in METRICS)])

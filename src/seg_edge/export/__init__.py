@@ -1,0 +1,1 @@
+"""Torch → ONNX export with a model card, plus (later) TensorRT builds and graph lint."""

@@ -1,0 +1,1 @@
+"""Torch side: network presets, checkpoints and training (needs the 'export' extra)."""

@@ -1,0 +1,149 @@
+"""Training recipe: DynUNet, Dice + BCE on WT/TC/ET, Adam, ReduceLROnPlateau, best checkpoint.
+
+Resumable: ``last.pt`` holds model, optimiser, scheduler and sampler state (all loadable with
+``torch.load(weights_only=True)``); ``best.pt`` holds the state dict of the best validation
+epoch; ``log.csv`` one row per epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seg_edge.model.dataset import PatchSampler, case_folders, load_training_case, split_cases
+from seg_edge.model.networks import build_network, card_for
+from seg_edge.runtime.postprocess import sigmoid
+from seg_edge.runtime.preprocess import window_size
+from seg_edge.runtime.sessions.torch import TorchSession
+from seg_edge.runtime.window import sliding_window
+
+LOG_FIELDS = ["epoch", "train_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET", "val_dice_mean", "lr", "seconds"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    out: str
+    preset: str = "edge"
+    patch: int = 64
+    batch: int = 2
+    epochs: int = 40
+    iters_per_epoch: int = 250
+    lr: float = 1e-3
+    seed: int = 0
+    threads: int = 0
+    max_minutes: float = 0.0
+    val_overlap: float = 0.25
+    precision: str = "auto"  # auto: bf16 autocast on CPU, fp16 AMP on CUDA; fp32: none
+
+
+def dice_scores(pred: np.ndarray, truth: np.ndarray) -> list[float]:
+    """Per-region Dice of boolean (3, …) masks; 1.0 where both are empty (BraTS convention)."""
+    out = []
+    for p, t in zip(pred, truth):
+        denom = int(p.sum()) + int(t.sum())
+        out.append(1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom)
+    return out
+
+
+def validate(session, cases, card, overlap: float) -> list[float]:
+    scores = []
+    for case in cases:
+        image = case.image.astype(np.float32)
+        logits = sliding_window(image, session.run, window_size(image.shape[1:], card.patch_size), overlap)
+        pred = sigmoid(logits) > np.asarray(card.thresholds, dtype=np.float32)[:, None, None, None]
+        scores.append(dice_scores(pred, case.regions.astype(bool)))
+    return list(np.mean(scores, axis=0)) if scores else [0.0, 0.0, 0.0]
+
+
+def _precision(torch, device: str, precision: str):
+    if precision == "fp32":
+        return None
+    return torch.float16 if device == "cuda" else torch.bfloat16
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
+    """Train per ``cfg``; returns the path of the best checkpoint."""
+    import torch
+    from monai.losses import DiceLoss
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    card = card_for(cfg.preset)
+    split = split_cases(case_folders(Path(cfg.data)), cfg.seed)
+    (out / "split.json").write_text(json.dumps({k: [p.name for p in v] for k, v in split.items()}, indent=1))
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    log(f"cases: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test; device {device}")
+    train_cases = [load_training_case(f, card, 4) for f in split["train"]]
+    val_cases = [load_training_case(f, card, 4) for f in split["val"]]
+    model = build_network(cfg.preset).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.2, patience=2, min_lr=1e-6)
+    sampler = PatchSampler(train_cases, (cfg.patch,) * 3, cfg.seed)
+    amp = _precision(torch, device, cfg.precision)
+    scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
+    dice_loss = DiceLoss(sigmoid=True, batch=True)
+    bce = torch.nn.BCEWithLogitsLoss()
+    start_epoch, best = 0, -1.0
+    if (out / "last.pt").exists():
+        state = torch.load(out / "last.pt", weights_only=True, map_location=device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        sampler.rng.bit_generator.state = json.loads(state["rng"])
+        start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
+        log(f"resumed from epoch {start_epoch - 1} (best mean Dice {best:.4f})")
+    began = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        model.train()
+        losses = []
+        for _ in range(cfg.iters_per_epoch):
+            x, y = (torch.from_numpy(a).to(device) for a in sampler.batch(cfg.batch))
+            with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
+                logits = model(x)
+            logits = logits.float()
+            loss = dice_loss(logits, y) + bce(logits, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(loss.item())
+        session = TorchSession(model, card.in_channels, 3, device=device,
+                               autocast_dtype=None if amp is None else str(amp).split(".")[-1])
+        scores = validate(session, val_cases, card, cfg.val_overlap)
+        mean = float(np.mean(scores))
+        sched.step(mean)
+        if mean > best:
+            best = mean
+            torch.save(model.state_dict(), out / "best.pt")
+        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+                    "rng": json.dumps(sampler.rng.bit_generator.state), "epoch": epoch, "best": best},
+                   out / "last.pt")
+        row = [epoch, float(np.mean(losses)), *scores, mean, opt.param_groups[0]["lr"], time.time() - t0]
+        _append_log(out / "log.csv", row)
+        log(f"epoch {epoch}: loss {row[1]:.4f} val Dice WT {scores[0]:.4f} TC {scores[1]:.4f} "
+            f"ET {scores[2]:.4f} lr {row[6]:.2e} ({row[7]:.0f} s)")
+        if cfg.max_minutes and (time.time() - began) / 60 >= cfg.max_minutes:
+            log(f"stopping: time budget of {cfg.max_minutes} min reached")
+            break
+    return out / "best.pt"
+
+
+def _append_log(path: Path, row: list) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.writer(fh)
+        if new:
+            writer.writerow(LOG_FIELDS)
+        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])

@@ -1,0 +1,259 @@
+"""Read cases (BraTS folders, explicit files, 4D NIfTI, .npy stacks) and write label maps.
+
+Every defect in the input raises ``InputError`` naming the file, what was found and what was
+expected. Nothing is re-oriented or resampled; unusual geometry is reported in ``warnings``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from seg_edge.errors import InputError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Modality name → the file-name tags of BraTS 2020/2021 and BraTS 2023 releases.
+TAGS = {"flair": ("_flair", "-t2f"), "t1": ("_t1", "-t1n"), "t1ce": ("_t1ce", "-t1c"), "t2": ("_t2", "-t2w")}
+AFFINE_ATOL_MM = 1e-3
+
+
+@dataclass
+class Case:
+    """Four co-registered modalities, stacked in the order asked for, plus their geometry."""
+
+    case_id: str
+    images: np.ndarray  # (4, X, Y, Z) float32 in the requested modality order
+    affine: np.ndarray
+    header: nib.Nifti1Header | None
+    sources: dict[str, Path]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        if self.header is None:
+            return (1.0, 1.0, 1.0)
+        return tuple(float(z) for z in self.header.get_zooms()[:3])  # type: ignore[return-value]
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti(name: str) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def find_modalities(folder: Path) -> dict[str, Path]:
+    """Map modality → file in a BraTS case folder; InputError if one is missing or ambiguous."""
+    found: dict[str, list[Path]] = {m: [] for m in TAGS}
+    for path in sorted(folder.iterdir()):
+        if not (path.is_file() and is_nifti(path)):
+            continue
+        stem = strip_nifti(path.name).lower()
+        for modality, tags in TAGS.items():
+            if any(stem.endswith(tag) for tag in tags):
+                found[modality].append(path)
+    missing = [m for m, paths in found.items() if not paths]
+    if missing:
+        names = ", ".join(f"*{TAGS[m][0]} or *{TAGS[m][1]}" for m in missing)
+        raise InputError(f"{folder}: case folder lacks {', '.join(missing)} (expected a NIfTI named {names})")
+    for modality, paths in found.items():
+        if len(paths) > 1:
+            raise InputError(f"{folder}: {len(paths)} files match {modality}: {[p.name for p in paths]}")
+    return {m: paths[0] for m, paths in found.items()}
+
+
+def is_case_folder(folder: Path) -> bool:
+    try:
+        find_modalities(folder)
+    except InputError:
+        return False
+    return True
+
+
+def read_nifti(path: Path, ndim: tuple[int, ...] = (3,)) -> nib.Nifti1Image:
+    """Load a NIfTI image and its data; InputError on anything unreadable or of wrong rank."""
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if not path.is_file() or not is_nifti(path):
+        raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1 and 3 in ndim:
+        data = data[..., 0]
+    if data.ndim not in ndim:
+        want = " or ".join(f"{n}D" for n in ndim)
+        raise InputError(f"{path}: image is {data.ndim}D with shape {data.shape} (expected {want})")
+    _check_values(path, data)
+    return nib.Nifti1Image(data, img.affine, header=img.header)
+
+
+def _check_values(path: Path, data: np.ndarray) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise InputError(f"{path}: {bad} voxels are NaN or Inf (expected finite intensities)")
+    if not np.any(data):
+        raise InputError(f"{path}: volume is all zero (expected a skull-stripped brain)")
+
+
+def _geometry_warnings(img: nib.Nifti1Image, path: Path) -> list[str]:
+    zooms = img.header.get_zooms()[:3]
+    notes = []
+    if not np.allclose(zooms, 1.0, atol=0.05):
+        notes.append(f"{path.name}: voxel size {tuple(round(float(z), 3) for z in zooms)} mm, "
+                     "the model expects 1 mm; not resampled, results may be poor")
+    return notes
+
+
+def stack_files(files: dict[str, Path], order: tuple[str, ...], case_id: str) -> Case:
+    """Read one 3D NIfTI per modality and stack them in ``order``; checks shapes and affines."""
+    imgs = {m: read_nifti(files[m]) for m in order}
+    first = order[0]
+    ref = imgs[first]
+    for m in order[1:]:
+        if imgs[m].shape != ref.shape:
+            raise InputError(f"{files[m]}: shape {imgs[m].shape} differs from {files[first].name} "
+                             f"{ref.shape} (expected co-registered modalities)")
+        if not np.allclose(imgs[m].affine, ref.affine, atol=AFFINE_ATOL_MM):
+            raise InputError(f"{files[m]}: affine differs from {files[first].name} "
+                             "(expected co-registered modalities on one grid)")
+    images = np.stack([np.asarray(imgs[m].dataobj, dtype=np.float32) for m in order])
+    return Case(case_id, images, ref.affine, ref.header, {m: files[m] for m in order},
+                _geometry_warnings(ref, files[first]))
+
+
+def load_4d(path: Path, order: tuple[str, ...], file_order: tuple[str, ...]) -> Case:
+    """A 4D NIfTI whose last axis holds the modalities in ``file_order``."""
+    img = read_nifti(path, ndim=(4,))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.shape[3] != len(file_order):
+        raise InputError(f"{path}: 4D image has {data.shape[3]} volumes (expected {len(file_order)}: "
+                         f"{', '.join(file_order)})")
+    images = np.stack([data[..., file_order.index(m)] for m in order])
+    for m, vol in zip(order, images):
+        if not np.any(vol):
+            raise InputError(f"{path}: volume '{m}' is all zero (expected a skull-stripped brain)")
+    return Case(strip_nifti(path.name), images, img.affine, img.header, {m: path for m in order},
+                _geometry_warnings(img, path))
+
+
+def load_npy(path: Path, order: tuple[str, ...], file_order: tuple[str, ...]) -> Case:
+    """A (4, X, Y, Z) .npy stack in ``file_order``; the case gets an identity affine (1 mm)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: unreadable .npy ({exc})") from exc
+    if data.ndim != 4 or data.shape[0] != len(file_order) or not np.issubdtype(data.dtype, np.number):
+        raise InputError(f"{path}: array of shape {data.shape} and dtype {data.dtype} "
+                         f"(expected numeric ({len(file_order)}, X, Y, Z))")
+    data = data.astype(np.float32)
+    _check_values(path, data)
+    images = np.stack([data[file_order.index(m)] for m in order])
+    note = f"{path.name}: .npy input has no geometry; the output uses an identity affine (1 mm voxels)"
+    return Case(path.name[:-4], images, np.eye(4), None, {m: path for m in order}, [note])
+
+
+def load_case(source: Path | dict[str, Path], order: tuple[str, ...],
+              file_order: tuple[str, ...] | None = None) -> Case:
+    """Load a case folder, a dict of modality files, a 4D NIfTI or a .npy stack.
+
+    ``order`` is the model's modality order; ``file_order`` the order of volumes inside a 4D
+    NIfTI or .npy (defaults to ``order``).
+    """
+    file_order = file_order or order
+    if isinstance(source, dict):
+        first = source[order[0]]
+        return stack_files(source, order, re.sub(r"[_-](flair|t2f)$", "", strip_nifti(first.name)))
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: not found (expected a case folder, a 4D NIfTI or a .npy stack)")
+    if path.is_dir():
+        return stack_files(find_modalities(path), order, path.name)
+    if path.name.lower().endswith(".npy"):
+        return load_npy(path, order, file_order)
+    return load_4d(path, order, file_order)
+
+
+def check_writable(out: Path, overwrite: bool) -> None:
+    """Fail before any work if ``out`` exists (without overwrite) or its folder is not writable."""
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: output exists (use --overwrite to replace it)")
+    folder = out.parent
+    if not folder.exists():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{folder}: cannot create output folder ({exc.strerror})") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: output folder is not writable")
+
+
+def default_file_mode() -> int:
+    """Permissions a new file gets under the current umask (mkstemp files start at 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save_nifti_atomic(img: nib.Nifti1Image, out: Path) -> None:
+    """Write via a temporary file in the target folder and rename: no partial output survives."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".nii.gz"
+                               if out.name.endswith(".gz") else ".nii")
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_volume(data: np.ndarray, case: Case, out: Path) -> None:
+    """Save ``data`` on the case's grid with its affine, header and qform/sform codes."""
+    if case.header is None:
+        img = nib.Nifti1Image(data, case.affine)
+    else:
+        header = case.header.copy()
+        header.set_data_dtype(data.dtype)
+        img = nib.Nifti1Image(data, case.affine, header=header)
+        img.set_qform(case.header.get_qform(), code=int(case.header["qform_code"]))
+        img.set_sform(case.header.get_sform(), code=int(case.header["sform_code"]))
+        img.header.set_slope_inter(1.0, 0.0)
+    save_nifti_atomic(img, out)
+
+
+def read_labels(path: Path, et: int) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """A 3D integer label map with labels in {0, 1, 2, et}; InputError otherwise."""
+    if not path.is_file():
+        raise InputError(f"{path}: label file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path}: label map is {data.ndim}D (expected 3D)")
+    if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+        raise InputError(f"{path}: label map holds non-integer values (expected labels 0, 1, 2, {et})")
+    present = set(np.unique(data).astype(int).tolist())
+    extra = sorted(present - {0, 1, 2, et})
+    if extra:
+        hint = " (ET=3 means --label-scheme brats2023)" if extra == [3] else ""
+        raise InputError(f"{path}: labels {extra} found (expected a subset of 0, 1, 2, {et}){hint}")
+    return data.astype(np.uint8), img

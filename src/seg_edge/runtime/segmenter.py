@@ -1,0 +1,120 @@
+"""Segmenter: artifact + session + options → predict(case) → Segmentation.
+
+The CLI, the benchmark and the parity checker all drive this one object.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seg_edge.artifact import Artifact, load_artifact
+from seg_edge.errors import InputError
+from seg_edge.runtime.io import Case
+from seg_edge.runtime.postprocess import (apply_et_rule, et_label, labels_to_regions, regions_to_labels,
+                                          sigmoid)
+from seg_edge.runtime.preprocess import Inverse, crop_padding, preprocess, to_original_grid, window_size
+from seg_edge.runtime.sessions.base import Session, open_session
+from seg_edge.runtime.window import sliding_window
+
+
+@dataclass(frozen=True)
+class SegmenterOptions:
+    """User-chosen inference options; everything else comes from the model card."""
+
+    overlap: float = 0.5
+    blend: str = "gaussian"
+    batch_size: int = 1
+    label_scheme: str | None = None  # None: the card's
+    et_rule: bool = True
+    probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise InputError(f"overlap {self.overlap} (expected 0 <= overlap < 1)")
+        if self.blend not in ("gaussian", "constant"):
+            raise InputError(f"blend '{self.blend}' (expected gaussian or constant)")
+        if self.batch_size < 1:
+            raise InputError(f"batch size {self.batch_size} (expected >= 1)")
+
+
+@dataclass
+class Segmentation:
+    """A label map on the case's original grid, with volumes and stage timings."""
+
+    case_id: str
+    labels: np.ndarray
+    label_scheme: str
+    volumes_ml: dict[str, float]
+    timings: dict[str, float]
+    probabilities: np.ndarray | None = None
+    et_relabelled_voxels: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def region_volumes(labels: np.ndarray, et: int, spacing: tuple[float, ...]) -> dict[str, float]:
+    """Volumes in mL of WT, TC, ET and of the NCR and ED labels."""
+    voxel_ml = float(np.prod(spacing[:3])) / 1000.0
+    regions = labels_to_regions(labels, et)
+    out = {name: int(mask.sum()) * voxel_ml for name, mask in zip(("WT", "TC", "ET"), regions)}
+    out["NCR"] = int((labels == 1).sum()) * voxel_ml
+    out["ED"] = int((labels == 2).sum()) * voxel_ml
+    return out
+
+
+class Segmenter:
+    """Runs the whole pipeline on cases with one loaded model."""
+
+    def __init__(self, artifact: Artifact, session: Session, options: SegmenterOptions | None = None):
+        self.artifact = artifact
+        self.card = artifact.card
+        self.session = session
+        self.options = options or SegmenterOptions()
+        self.scheme = self.options.label_scheme or self.card.label_scheme
+        self.et = et_label(self.scheme)
+
+    @classmethod
+    def open(cls, model: str | Path, backend: str = "onnxruntime", threads: int | None = None,
+             options: SegmenterOptions | None = None) -> Segmenter:
+        artifact = load_artifact(model)
+        return cls(artifact, open_session(artifact, backend, threads=threads), options)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def logits(self, images: np.ndarray, on_window=None) -> tuple[np.ndarray, Inverse, dict[str, float]]:
+        """Preprocess and run the sliding window: network-layout logits and the Inverse."""
+        t0 = time.perf_counter()
+        tensor, inverse = preprocess(images, self.card)
+        t1 = time.perf_counter()
+        logits = sliding_window(tensor, self.session.run, window_size(tensor.shape[1:], self.card.patch_size),
+                                self.options.overlap, self.options.blend, self.options.batch_size, on_window)
+        t2 = time.perf_counter()
+        return logits, inverse, {"preprocess": t1 - t0, "inference": t2 - t1}
+
+    def predict(self, case: Case, on_window=None) -> Segmentation:
+        """Segment one loaded case."""
+        if case.images.shape[0] != len(self.card.modalities):
+            raise InputError(f"{case.case_id}: {case.images.shape[0]} modalities "
+                             f"(expected {len(self.card.modalities)})")
+        logits, inverse, timings = self.logits(case.images, on_window)
+        t0 = time.perf_counter()
+        probs = crop_padding(sigmoid(logits), inverse)  # the rule must not see padding voxels
+        labels_net = regions_to_labels(probs, self.card.thresholds, self.et)
+        relabelled = 0
+        if self.options.et_rule:
+            relabelled = apply_et_rule(labels_net, probs[2], self.card.et_rule, self.et)
+        labels = to_original_grid(labels_net, inverse)
+        full_probs = to_original_grid(probs, inverse) if self.options.probabilities else None
+        timings["postprocess"] = time.perf_counter() - t0
+        return Segmentation(case.case_id, labels, self.scheme, region_volumes(labels, self.et, case.spacing),
+                            timings, full_probs, relabelled, list(case.warnings))

@@ -1,0 +1,77 @@
+"""The Session protocol: logits for a batch of windows, whatever runs them."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from seg_edge.artifact import Artifact
+from seg_edge.errors import BackendUnavailable, InputError
+
+# backend name → (module, class); modules are imported only when asked for.
+BACKENDS = {
+    "onnxruntime": ("seg_edge.runtime.sessions.onnxruntime", "OrtSession"),
+}
+
+
+@runtime_checkable
+class Session(Protocol):
+    """run(float32[N, C, X, Y, Z]) → float32[N, K, X, Y, Z] logits; a context manager."""
+
+    name: str
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Session: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class SessionBase:
+    """Shared input checks and lifecycle for concrete sessions."""
+
+    name = "base"
+
+    def __init__(self, in_channels: int, out_channels: int):
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+
+    def check_batch(self, batch: np.ndarray) -> None:
+        if batch.dtype != np.float32 or batch.ndim != 5 or batch.shape[1] != self.in_channels:
+            raise InputError(f"{self.name} session: got {batch.dtype} array of shape {batch.shape} "
+                             f"(expected float32 [N, {self.in_channels}, X, Y, Z])")
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.check_batch(batch)
+        out = self._run(batch)
+        if out.shape[:2] != (batch.shape[0], self.out_channels) or out.shape[2:] != batch.shape[2:]:
+            raise BackendUnavailable(f"{self.name} session returned shape {out.shape} for input "
+                                     f"{batch.shape} (expected [N, {self.out_channels}, X, Y, Z])")
+        return np.asarray(out, dtype=np.float32)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release backend resources; the default holds none."""
+
+    def __enter__(self) -> SessionBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_session(artifact: Artifact, backend: str = "onnxruntime", threads: int | None = None,
+                 cache_dir: Path | None = None) -> Session:
+    """Open ``backend`` on ``artifact``; BackendUnavailable (never a fallback) if it cannot load."""
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend '{backend}' (available: {', '.join(BACKENDS)})")
+    module_name, class_name = BACKENDS[backend]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(artifact, threads=threads, cache_dir=cache_dir)

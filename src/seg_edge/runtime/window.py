@@ -1,0 +1,84 @@
+"""Sliding-window inference over any Session, in numpy.
+
+Window positions and the gaussian importance map follow MONAI's ``sliding_window_inference``
+(scan interval ``int(roi * (1 - overlap))``, last window flush with the end, gaussian sigma
+0.125 × window, weights clamped at 1e-3) so that results can be compared with it voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+
+import numpy as np
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Start offsets along one axis; the last window ends exactly at ``size``."""
+    if window >= size:
+        return [0]
+    step = max(int(window * (1.0 - overlap)), 1)
+    count = next(i for i in range(math.ceil(size / step)) if i * step + window >= size) + 1
+    return [min(i * step, size - window) for i in range(count)]
+
+
+def window_slices(shape: tuple[int, ...], window: tuple[int, ...], overlap: float) -> list[tuple[slice, ...]]:
+    """All windows over ``shape`` in C order (first axis slowest), like MONAI."""
+    starts = [window_starts(s, w, overlap) for s, w in zip(shape, window)]
+    grid = np.meshgrid(*starts, indexing="ij")
+    return [tuple(slice(int(s), int(s) + w) for s, w in zip(pos, window))
+            for pos in zip(*(g.ravel() for g in grid))]
+
+
+@lru_cache(maxsize=8)
+def importance_map(window: tuple[int, ...], mode: str = "gaussian", sigma_scale: float = 0.125) -> np.ndarray:
+    """Blending weights of one window (float32); computed once per window shape."""
+    if mode == "constant":
+        return np.ones(window, dtype=np.float32)
+    if mode != "gaussian":
+        raise ValueError(f"blend mode '{mode}' (expected 'gaussian' or 'constant')")
+    weights = np.ones((), dtype=np.float32)
+    for n in window:
+        x = np.arange(n, dtype=np.float32) - np.float32((n - 1) / 2.0)
+        g = np.exp(x ** 2 / np.float32(-2.0 * (n * sigma_scale) ** 2)).astype(np.float32)
+        weights = weights[..., None] * g
+    weights = np.maximum(weights, max(float(weights.min()), 1e-3)).astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def sliding_window(image: np.ndarray, predict: Predictor, window: tuple[int, ...], overlap: float = 0.5,
+                   mode: str = "gaussian", batch_size: int = 1,
+                   on_window: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Blend ``predict`` over windows of ``image`` (C, *spatial) → logits (K, *spatial), float32.
+
+    ``predict`` maps (N, C, *window) to (N, K, *window). ``on_window(done, total)`` reports progress.
+    """
+    spatial = image.shape[1:]
+    slices = window_slices(spatial, window, overlap)
+    weights = importance_map(tuple(window), mode)
+    total = None
+    norm = np.zeros(spatial, dtype=np.float32)
+    done = 0
+    for group in _batches(slices, batch_size):
+        batch = np.stack([image[(slice(None),) + s] for s in group])
+        out = predict(np.ascontiguousarray(batch, dtype=np.float32))
+        if total is None:
+            total = np.zeros((out.shape[1],) + spatial, dtype=np.float32)
+        for s, logits in zip(group, out):
+            total[(slice(None),) + s] += logits * weights
+            norm[s] += weights
+        done += len(group)
+        if on_window:
+            on_window(done, len(slices))
+    assert total is not None  # at least one window always exists
+    total /= norm
+    return total
