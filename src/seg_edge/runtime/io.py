@@ -175,8 +175,9 @@ def load_case(source: Path | dict[str, Path], order: tuple[str, ...],
     """
     file_order = file_order or order
     if isinstance(source, dict):
-        first = source[order[0]]
-        return stack_files(source, order, re.sub(r"[_-](flair|t2f)$", "", strip_nifti(first.name)))
+        first = source.get("flair", source[order[0]])
+        return stack_files(source, order, re.sub(r"[_-](flair|t2f|t1ce|t1c|t1n|t1|t2w|t2)$", "",
+                                                 strip_nifti(first.name), flags=re.IGNORECASE))
     path = Path(source)
     if not path.exists():
         raise InputError(f"{path}: not found (expected a case folder, a 4D NIfTI or a .npy stack)")

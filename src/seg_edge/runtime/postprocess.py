@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from seg_edge.artifact import ETRule
 from seg_edge.errors import InputError
@@ -18,13 +18,8 @@ def et_label(scheme: str) -> int:
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function in float32."""
-    out = np.empty_like(logits, dtype=np.float32)
-    np.negative(logits, out=out)
-    np.exp(out, out=out)
-    out += 1.0
-    np.reciprocal(out, out=out)
-    return out
+    """Logistic function in float32, without overflow for large negative logits."""
+    return special.expit(np.asarray(logits, dtype=np.float32))
 
 
 def regions_to_labels(probs: np.ndarray, thresholds: tuple[float, ...], et: int) -> np.ndarray:

@@ -1,0 +1,82 @@
+"""Model card: JSON round trip, validation, and the protobuf reader against onnx's own parser."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from seg_edge.artifact import CARD_KEY, ModelCard, load_artifact, read_onnx_metadata, sidecar_path
+from seg_edge.errors import ArtifactError
+from seg_edge.model.networks import card_for
+
+
+def test_card_round_trip_is_exact():
+    card = card_for("nvidia-brats21", "demo").replace(provenance={"a": [1, 2], "b": {"c": "d"}})
+    again = ModelCard.from_json(card.to_json())
+    assert again == card
+    assert again.in_channels == 5 and again.axis_order == "zyx" and again.patch_size == (128, 128, 128)
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"modalities": ["flair", "t1", "t2"]}, "modalities"),
+    ({"regions": ["TC", "WT", "ET"]}, "regions"),
+    ({"mask_channel": "ones"}, "mask_channel"),
+    ({"patch_size": [96, 96, 90]}, "patch_size"),
+    ({"label_scheme": "brats2019"}, "label_scheme"),
+    ({"surprise": 1}, "unknown fields"),
+    ({"schema": 99}, "newer"),
+])
+def test_invalid_cards_are_rejected_with_the_field_named(change, words):
+    import json
+
+    raw = json.loads(card_for("edge").to_json())
+    raw.update(change)
+    with pytest.raises(ArtifactError, match=words):
+        ModelCard.from_json(json.dumps(raw), "m.onnx")
+
+
+def _tiny_model(props: dict[str, str]) -> onnx.ModelProto:
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    return model
+
+
+def test_metadata_reader_agrees_with_onnx(tmp_path, edge_onnx):
+    props = {"k1": "v1", "ünïcode": "värde " * 50, CARD_KEY: card_for("edge").to_json()}
+    path = tmp_path / "m.onnx"
+    onnx.save(_tiny_model(props), path)
+    assert read_onnx_metadata(path) == props
+    expected = {p.key: p.value for p in onnx.load(str(edge_onnx), load_external_data=False).metadata_props}
+    assert read_onnx_metadata(edge_onnx) == expected
+
+
+@pytest.mark.parametrize("content", [b"", b"not a protobuf at all \xff\xfe", b"\x08\x07"])
+def test_non_onnx_files_raise_artifact_error(tmp_path, content):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ArtifactError, match="bad.onnx"):
+        load_artifact(path)
+
+
+def test_onnx_without_card_is_named(tmp_path):
+    path = tmp_path / "plain.onnx"
+    onnx.save(_tiny_model({"other": "x"}), path)
+    with pytest.raises(ArtifactError, match="no seg-edge card"):
+        load_artifact(path)
+
+
+def test_plan_reads_its_sidecar(tmp_path):
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"opaque engine bytes")
+    with pytest.raises(ArtifactError, match="sidecar"):
+        load_artifact(plan)
+    card = card_for("edge").replace(precision="fp16")
+    sidecar_path(plan).write_text(card.to_json())
+    artifact = load_artifact(plan)
+    assert artifact.kind == "tensorrt" and artifact.card == card
