@@ -25,7 +25,7 @@ def test_export_writes_one_checked_file_with_card(edge_onnx, edge_checkpoint):
     assert not list(edge_onnx.parent.glob("*.data")), "weights must stay inline"
     assert model.opset_import[0].version >= 17
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 5, "x", "y", "z"]
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 5, "16*x", "16*y", "16*z"]
     card = load_artifact(edge_onnx).card
     check = card.provenance["export_check"]
     assert 0 <= check["max_abs_logit_error"] <= check["tolerance"]

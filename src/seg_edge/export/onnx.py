@@ -49,12 +49,16 @@ def _torch_to_onnx(net, card: ModelCard, shape: tuple[int, ...], opset: int, pat
     import torch
 
     dummy = torch.zeros((1, card.in_channels) + tuple(shape))
-    axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
-    # The TorchScript-based exporter handles DynUNet's InstanceNorm and transposed convs with
-    # symbolic batch and spatial axes in one pass; weights stay inline (< 2 GB).
-    torch.onnx.export(net, (dummy,), str(path), input_names=[card.input_name], output_names=[card.output_name],
-                      opset_version=opset, dynamic_axes={card.input_name: axes, card.output_name: axes},
-                      do_constant_folding=True, dynamo=False)
+    div = card.size_divisor
+    # torch.export-based exporter; spatial sizes are symbolic multiples of the size divisor,
+    # which the U-Net's down/up-sampling needs, so the graph states it ("16*x").
+    spatial = {axis: div * torch.export.Dim(name, min=1, max=2048 // div)
+               for axis, name in ((2, "x"), (3, "y"), (4, "z"))}
+    program = torch.onnx.export(net, (dummy,), dynamo=True, input_names=[card.input_name],
+                                output_names=[card.output_name], opset_version=opset, verbose=False,
+                                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=256), **spatial},),
+                                optimize=True)
+    program.save(str(path))
 
 
 def _verify(net, path: Path, card: ModelCard, shape: tuple[int, ...], seed: int) -> float:
