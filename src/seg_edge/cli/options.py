@@ -20,6 +20,11 @@ class LabelScheme(str, Enum):
     brats2023 = "brats2023"
 
 
+class Anatomy(str, Enum):
+    procedural = "procedural"
+    mni152 = "mni152"
+
+
 class Blend(str, Enum):
     gaussian = "gaussian"
     constant = "constant"

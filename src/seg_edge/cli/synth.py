@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from seg_edge.cli.app import err, guarded, out
-from seg_edge.cli.options import LabelScheme, parse_triplet
+from seg_edge.cli.options import Anatomy, LabelScheme, parse_triplet
 
 
 @guarded
@@ -18,6 +18,8 @@ def synth(
     shape: str = typer.Option("240,240,155", "--shape", help="Grid X,Y,Z in 1 mm voxels."),
     label_scheme: LabelScheme = typer.Option(LabelScheme.brats2021, "--label-scheme", help="ET=4 or ET=3."),
     workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes."),
+    anatomy: Anatomy = typer.Option(Anatomy.procedural, "--anatomy", help="procedural (no dependencies) or "
+                                    "mni152 (MNI152 tissue templates shipped by nilearn: extra 'synth')."),
 ) -> None:
     """Generate synthetic BraTS-like cases (procedural brain + glioma; not patient data)."""
     from seg_edge.runtime.postprocess import et_label
@@ -28,7 +30,11 @@ def synth(
         from seg_edge.errors import InputError
 
         raise InputError(f"--shape {shape} (expected every size >= 32)")
-    done = write_cases(out_dir, n, seed, grid, et_label(label_scheme.value), workers,
+    if anatomy == Anatomy.mni152:
+        from seg_edge.synth.mni import tissue_maps
+
+        tissue_maps()  # fail before writing anything if nilearn is missing
+    done = write_cases(out_dir, n, seed, grid, et_label(label_scheme.value), workers, anatomy.value,
                        progress=lambda p: err.print(f"  {p.name}", highlight=False))
     out.print(f"wrote {len(done)} synthetic cases to {out_dir}")
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from seg_edge.errors import InputError
+
 REFERENCE_SHAPE = (240, 240, 155)
 # Brain semi-axes in mm for the reference grid (left-right, anterior-posterior, inferior-superior).
 BRAIN_AXES_MM = np.array([66.0, 82.0, 60.0])
@@ -127,7 +129,8 @@ def _tumour(u: list[np.ndarray], tissue: np.ndarray, rng: np.random.Generator) -
     return out, bool((out == ET).any())
 
 
-def _render(tissue: np.ndarray, rng: np.random.Generator, box: tuple[int, ...]) -> np.ndarray:
+def _render(tissue: np.ndarray, rng: np.random.Generator, box: tuple[int, ...],
+            fractions: np.ndarray | None = None) -> np.ndarray:
     means = TISSUE_MEANS * rng.uniform(0.88, 1.12, size=TISSUE_MEANS.shape).astype(np.float32)
     # keep the defining contrasts even after jitter
     means[ET, 2] = max(means[ET, 2], means[WM, 2] * 1.25)
@@ -137,8 +140,12 @@ def _render(tissue: np.ndarray, rng: np.random.Generator, box: tuple[int, ...]) 
     texture = 1.0 + 0.04 * _smooth_noise(box, rng, 3.0)
     bias = np.exp(0.12 * _smooth_noise(box, rng, 48.0))
     images = np.empty((4,) + box, dtype=np.float32)
+    healthy = np.isin(tissue, (CSF, GM, WM)) if fractions is not None else None
     for ch in range(4):
         img = means[tissue, ch] * texture
+        if fractions is not None:  # partial volume from template fractions (CSF, GM, WM)
+            mix = np.tensordot(means[[CSF, GM, WM], ch], fractions, axes=1) / np.maximum(fractions.sum(0), 1e-3)
+            img = np.where(healthy, mix * texture, img)
         img = ndimage.gaussian_filter(img, sigma=rng.uniform(0.5, 1.0), truncate=3.0)
         img *= bias
         img += rng.normal(0.0, rng.uniform(0.01, 0.035), size=box).astype(np.float32)
@@ -146,18 +153,40 @@ def _render(tissue: np.ndarray, rng: np.random.Generator, box: tuple[int, ...]) 
     return images
 
 
+def _mni_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], scale: float):
+    from seg_edge.synth.mni import resampled_fractions
+
+    rot = _rotation(rng, 6.0)
+    fractions = resampled_fractions(rng, rot, scale, shape)
+    box = fractions.shape[1:]
+    brain = fractions.sum(0) > 0.5
+    tissue = np.where(brain, np.argmax(fractions, axis=0).astype(np.uint8) + CSF, 0).astype(np.uint8)
+    extent = [np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != d))) for d in range(3)]
+    axes = np.array([(e[-1] - e[0] + 1) / 2.0 for e in extent])
+    return tissue, fractions, _coordinates(box, np.eye(3), axes), box
+
+
 def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = REFERENCE_SHAPE,
-                 et_label: int = 4) -> Phantom:
-    """Generate one case on a grid of ``shape`` voxels (1 mm), deterministic for a given ``rng``."""
+                 et_label: int = 4, anatomy: str = "procedural") -> Phantom:
+    """Generate one case on a grid of ``shape`` voxels (1 mm), deterministic for a given ``rng``.
+
+    ``anatomy`` is 'procedural' (no dependencies) or 'mni152' (nilearn's templates).
+    """
     scale = min(s / r for s, r in zip(shape, REFERENCE_SHAPE))
-    axes = BRAIN_AXES_MM * scale * rng.uniform(0.92, 1.08, size=3)
-    box = tuple(min(s, int(2 * a * 1.12) + 4) for s, a in zip(shape, axes))
-    u = _coordinates(box, _rotation(rng, 6.0), axes)
-    tissue = _anatomy(u, rng, box)
+    fractions = None
+    if anatomy == "mni152":
+        tissue, fractions, u, box = _mni_anatomy(rng, shape, scale)
+    elif anatomy == "procedural":
+        axes = BRAIN_AXES_MM * scale * rng.uniform(0.92, 1.08, size=3)
+        box = tuple(min(s, int(2 * a * 1.12) + 4) for s, a in zip(shape, axes))
+        u = _coordinates(box, _rotation(rng, 6.0), axes)
+        tissue = _anatomy(u, rng, box)
+    else:
+        raise InputError(f"anatomy '{anatomy}' (expected procedural or mni152)")
     tumour, has_et = _tumour(u, tissue, rng)
     tissue = np.where(tumour > 0, tumour, tissue)
     brain = tissue > 0
-    box_images = _render(tissue, rng, box)
+    box_images = _render(tissue, rng, box, fractions)
     box_images = np.where(brain, np.clip(box_images, 1.0, 32000.0), 0.0)
     box_labels = np.zeros(box, dtype=np.uint8)
     box_labels[tissue == NCR] = 1

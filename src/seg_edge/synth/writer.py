@@ -36,10 +36,10 @@ def case_id(seed: int, index: int) -> str:
 
 
 def write_case(out_dir: Path, seed: int, index: int, shape: tuple[int, int, int] = REFERENCE_SHAPE,
-               et_label: int = 4) -> Path:
+               et_label: int = 4, anatomy: str = "procedural") -> Path:
     """Generate case ``index`` of ``seed`` and write ``<id>/<id>_{flair,t1,t1ce,t2,seg}.nii.gz``."""
     cid = case_id(seed, index)
-    phantom = make_phantom(np.random.default_rng([seed, index]), shape, et_label)
+    phantom = make_phantom(np.random.default_rng([seed, index]), shape, et_label, anatomy)
     folder = Path(out_dir) / cid
     folder.mkdir(parents=True, exist_ok=True)
     affine = brats_affine(shape)
@@ -49,15 +49,15 @@ def write_case(out_dir: Path, seed: int, index: int, shape: tuple[int, int, int]
     return folder
 
 
-def _write_one(args: tuple[Path, int, int, tuple[int, int, int], int]) -> Path:
+def _write_one(args: tuple[Path, int, int, tuple[int, int, int], int, str]) -> Path:
     return write_case(*args)
 
 
 def write_cases(out_dir: Path, n: int, seed: int, shape: tuple[int, int, int] = REFERENCE_SHAPE,
-                et_label: int = 4, workers: int = 1,
+                et_label: int = 4, workers: int = 1, anatomy: str = "procedural",
                 progress: Callable[[Path], None] | None = None) -> list[Path]:
     """Write ``n`` cases; ``workers`` > 1 generates them in parallel processes."""
-    jobs = [(Path(out_dir), seed, i, shape, et_label) for i in range(n)]
+    jobs = [(Path(out_dir), seed, i, shape, et_label, anatomy) for i in range(n)]
     done: list[Path] = []
     if workers <= 1:
         results = map(_write_one, jobs)
