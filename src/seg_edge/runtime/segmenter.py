@@ -107,6 +107,12 @@ class Segmenter:
             raise InputError(f"{case.case_id}: {case.images.shape[0]} modalities "
                              f"(expected {len(self.card.modalities)})")
         logits, inverse, timings = self.logits(case.images, on_window)
+        return self.finish(case, logits, inverse, timings)
+
+    def finish(self, case: Case, logits: np.ndarray, inverse: Inverse,
+               timings: dict[str, float] | None = None) -> Segmentation:
+        """Network-layout logits → Segmentation on the case's grid (also used for references)."""
+        timings = dict(timings or {})
         t0 = time.perf_counter()
         probs = crop_padding(sigmoid(logits), inverse)  # the rule must not see padding voxels
         labels_net = regions_to_labels(probs, self.card.thresholds, self.et)

@@ -1,0 +1,67 @@
+"""``seg-edge parity``: each backend against the PyTorch reference, on whole cases."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, Blend, dumps
+
+
+@guarded
+def parity(
+    model: Path = typer.Argument(..., help="ONNX model with a seg-edge card."),
+    cases: list[Path] = typer.Argument(..., help="BraTS-format case folders."),
+    reference: Path = typer.Option(None, "--reference", help="Checkpoint the model was exported from "
+                                   "(default: MODEL with suffix .pt); its sha256 must match the card."),
+    backend: list[Backend] = typer.Option([Backend.onnxruntime], "--backend", help="Backend(s) to check."),
+    overlap: float = typer.Option(0.5, "--overlap"),
+    blend: Blend = typer.Option(Blend.gaussian, "--blend"),
+    threads: int = THREADS_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Compare backends with PyTorch + MONAI per case: probabilities, labels, Dice, HD95, volumes."""
+    from seg_edge.evaluation.parity import check_parity
+    from seg_edge.runtime.segmenter import SegmenterOptions
+
+    backends = tuple(dict.fromkeys(b.value for b in backend))
+    options = SegmenterOptions(overlap=overlap, blend=blend.value)
+    results = check_parity(model, cases, backends, reference, options, threads,
+                           on_result=lambda r: err.print(f"  {escape(r.case_id)} / {r.backend}: "
+                                                         f"{'pass' if r.passed else 'FAIL'}"))
+    if json_out:
+        out.print_json(dumps({"passed": all(r.passed for r in results),
+                              "results": [dataclasses.asdict(r) for r in results]}))
+    else:
+        out.print(_table(results))
+        for r in results:
+            for failure in r.failures:
+                out.print(f"[red]FAIL[/] {escape(r.case_id)} / {r.backend}: {escape(failure)}")
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
+
+
+def _table(results) -> Table:
+    backends = list(dict.fromkeys(r.backend for r in results))
+    many = len(backends) > 1
+    title = "parity vs PyTorch + MONAI" + ("" if many else f", backend {backends[0]}")
+    table = Table(title=title + " (Dice, HD95 mm vs the reference labels; --json has all)", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True, show_edge=False)
+    columns = ["case"] + (["backend"] if many else []) + ["max Δp", "voxels≠", "Dice WT", "TC", "ET", "HD95", "result"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("case", "backend", "result") else "right", no_wrap=True)
+    for r in results:
+        table.add_row(escape(r.case_id), *([r.backend] if many else []), f"{r.max_abs:.1e}", str(r.labels_changed),
+                      *(f"{r.dice[k]:.4f}" for k in ("WT", "TC", "ET")), f"{max(r.hd95.values()):.2f}",
+                      "[green]pass[/]" if r.passed else "[red]FAIL[/]")
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("parity")(parity)

@@ -1,0 +1,129 @@
+"""Parity: every backend against the PyTorch reference, measured on whole cases.
+
+The reference is the torch model (native InstanceNorm) through MONAI's
+``sliding_window_inference`` with the runtime's preprocessing, windows and blending; both
+sides share the postprocessing, so what is compared is the backend and its windowing.
+Reported per case and backend: probability error (max, mean, 99.9th percentile inside the
+crop box), label agreement, per-region Dice and HD95 against the reference labels, and
+region volume differences — judged against the tolerances in the model card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seg_edge.artifact import Artifact, load_artifact
+from seg_edge.errors import ArtifactError, InputError
+from seg_edge.evaluation.metrics import hd95
+from seg_edge.runtime.io import Case, load_case
+from seg_edge.runtime.postprocess import labels_to_regions
+from seg_edge.runtime.preprocess import nonzero_box, preprocess, window_size
+from seg_edge.runtime.segmenter import Segmentation, Segmenter, SegmenterOptions
+from seg_edge.runtime.sessions.base import open_session
+
+REGIONS = ("WT", "TC", "ET")
+
+
+@dataclass
+class ParityResult:
+    case_id: str
+    backend: str
+    max_abs: float
+    mean_abs: float
+    p999_abs: float
+    label_agreement: float
+    labels_changed: int
+    dice: dict[str, float]
+    hd95: dict[str, float]
+    volume_diff_ml: dict[str, float]
+    passed: bool = False
+    failures: list[str] = field(default_factory=list)
+
+
+def default_reference(model: Path) -> Path:
+    return model.with_suffix(".pt")
+
+
+def load_reference(artifact: Artifact, checkpoint: Path | None):
+    """The torch network the artifact was exported from; its sha256 must match the card's."""
+    from seg_edge.model.checkpoints import load_network, sha256
+
+    path = Path(checkpoint) if checkpoint else default_reference(artifact.path)
+    if not path.is_file():
+        raise InputError(f"{path}: reference checkpoint not found (pass --reference CHECKPOINT)")
+    expected = artifact.card.provenance.get("checkpoint_sha256")
+    if expected and sha256(path) != expected:
+        raise ArtifactError(f"{path}: sha256 differs from the checkpoint {artifact.path.name} was exported from")
+    return load_network(path, artifact.card.preset)[0]
+
+
+def reference_segmentation(net, segmenter: Segmenter, case: Case) -> Segmentation:
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    tensor, inverse = preprocess(case.images, segmenter.card)
+    window = window_size(tensor.shape[1:], segmenter.card.patch_size)
+    opts = segmenter.options
+    with torch.no_grad():
+        logits = sliding_window_inference(torch.from_numpy(tensor[None]), window, opts.batch_size, net,
+                                          overlap=opts.overlap, mode=opts.blend, sigma_scale=0.125)
+    return segmenter.finish(case, logits[0].numpy(), inverse)
+
+
+def compare(case: Case, got: Segmentation, ref: Segmentation, backend: str, box, et: int) -> ParityResult:
+    diff = np.abs(got.probabilities[(slice(None),) + box] - ref.probabilities[(slice(None),) + box])
+    same = got.labels == ref.labels
+    g_regions, r_regions = labels_to_regions(got.labels, et), labels_to_regions(ref.labels, et)
+    dice, dist, vol = {}, {}, {}
+    for name, g, r in zip(REGIONS, g_regions, r_regions):
+        denom = int(g.sum()) + int(r.sum())
+        dice[name] = 1.0 if denom == 0 else 2.0 * int((g & r).sum()) / denom
+        dist[name] = hd95(g, r, case.spacing)
+        vol[name] = got.volumes_ml[name] - ref.volumes_ml[name]
+    return ParityResult(case.case_id, backend, float(diff.max()), float(diff.mean()),
+                        float(np.percentile(diff, 99.9)), float(same.mean()), int((~same).sum()), dice, dist, vol)
+
+
+def judge(result: ParityResult, max_prob_diff: float, min_dice: float) -> ParityResult:
+    failures = []
+    if not result.max_abs <= max_prob_diff:
+        failures.append(f"max probability difference {result.max_abs:.2e} > {max_prob_diff:g}")
+    for name in REGIONS:
+        if not result.dice[name] >= min_dice:
+            failures.append(f"{name} Dice {result.dice[name]:.5f} < {min_dice:g}")
+    result.failures, result.passed = failures, not failures
+    return result
+
+
+def check_parity(model: Path, cases: list[Path], backends: tuple[str, ...] = ("onnxruntime",),
+                 reference: Path | None = None, options: SegmenterOptions | None = None,
+                 threads: int | None = None, on_result=None) -> list[ParityResult]:
+    """Run every backend and the reference on every case; results judged by the card's tolerances."""
+    artifact = load_artifact(model)
+    net = load_reference(artifact, reference)
+    opts = options or SegmenterOptions()
+    opts = SegmenterOptions(**{**opts.__dict__, "probabilities": True})
+    tol = artifact.card.tolerances
+    sessions = {b: open_session(artifact, b, threads=threads) for b in backends}
+    results = []
+    try:
+        for folder in cases:
+            case = load_case(Path(folder), artifact.card.modalities)
+            ref_seg = Segmenter(artifact, sessions[backends[0]], opts)
+            ref = reference_segmentation(net, ref_seg, case)
+            box = nonzero_box(case.images)
+            for backend, session in sessions.items():
+                seg = Segmenter(artifact, session, opts)
+                result = judge(compare(case, seg.predict(case), ref, backend, box, seg.et),
+                               tol.max_prob_diff, tol.min_region_dice)
+                results.append(result)
+                if on_result:
+                    on_result(result)
+    finally:
+        for session in sessions.values():
+            session.close()
+    return results
+
