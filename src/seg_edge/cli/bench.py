@@ -1,0 +1,106 @@
+"""``seg-edge bench``: network latency per window and end-to-end stage times on a case."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, dumps
+from seg_edge.errors import InputError
+
+
+def _shape(text: str | None, batch: int) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) < 1:
+        raise InputError(f"--shape '{text}' (expected C,X,Y,Z like 5,96,96,96)")
+    return (batch,) + dims
+
+
+@guarded
+def bench(
+    models: list[Path] = typer.Argument(..., help="One or more ONNX models (compared side by side)."),
+    backend: list[Backend] = typer.Option([Backend.onnxruntime], "--backend", help="Backend(s); all pairs run."),
+    case: Path = typer.Option(None, "--case", help="Also time the whole pipeline on this case folder."),
+    shape: str = typer.Option(None, "--shape", help="Network input C,X,Y,Z (default: channels × the card's patch)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Windows per network call."),
+    warmup: int = typer.Option(2, "--warmup", min=0),
+    iters: int = typer.Option(10, "--iters", min=1, help="Timed network calls."),
+    runs: int = typer.Option(3, "--runs", min=1, help="End-to-end runs per pair (median reported)."),
+    cold_start: bool = typer.Option(True, "--cold-start/--no-cold-start", help="Time a fresh predict process."),
+    compare: bool = typer.Option(False, "--compare", help="Add ratios against the first model/backend."),
+    threads: int = THREADS_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Benchmark latency (network only, and end to end with --case); ratios with --compare."""
+    from seg_edge.evaluation.bench import bench_network, bench_pipeline
+
+    pairs = [(m, b.value) for m in models for b in dict.fromkeys(backend)]
+    dims = _shape(shape, batch)
+    network, pipeline = [], []
+    for model, name in pairs:
+        err.print(f"network: {escape(str(model))} / {name}")
+        network.append(bench_network(model, name, dims, warmup, iters, threads))
+        if case is not None:
+            err.print(f"pipeline: {escape(str(model))} / {name} on {escape(case.name)}")
+            pipeline.append(bench_pipeline(model, name, case, runs, threads, cold_start))
+    if json_out:
+        out.print_json(dumps({"network": [{**dataclasses.asdict(r), **r.stats()} for r in network],
+                              "pipeline": [dataclasses.asdict(r) for r in pipeline]}))
+        return
+    out.print(_network_table(network, compare))
+    if pipeline:
+        out.print(_pipeline_table(pipeline, compare))
+
+
+def _label(r) -> str:
+    return escape(f"{Path(r.model).name}\n{r.backend}")
+
+
+def _table(title: str, results, rows: list[tuple[str, callable]]) -> Table:
+    """Metrics down, model/backend pairs across: fits a terminal for a handful of pairs."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("", no_wrap=True)
+    for r in results:
+        table.add_column(_label(r), justify="right", no_wrap=True)
+    for name, cell in rows:
+        table.add_row(name, *(cell(r) for r in results))
+    return table
+
+
+def _network_table(results, compare: bool) -> Table:
+    base = results[0].stats()["mean_s"]
+    rows = [(f"{k} (s)", lambda r, k=k: f"{r.stats()[k + '_s']:.3f}") for k in ("mean", "p50", "p90", "p99", "min", "max")]
+    rows += [("windows/s", lambda r: f"{r.stats()['windows_per_s']:.2f}"),
+             ("Mvoxel/s", lambda r: f"{r.stats()['mvoxel_per_s']:.2f}"),
+             ("GFLOP per call", lambda r: f"{r.gflop:.1f}" if r.gflop else "n/a"),
+             ("GFLOP/s", lambda r: f"{r.stats()['gflop_per_s']:.1f}" if r.gflop else "n/a")]
+    if compare:
+        rows.append(("speed-up vs first", lambda r: f"{base / r.stats()['mean_s']:.2f}×"))
+    return _table(f"network only, input {results[0].shape}", results, rows)
+
+
+def _pipeline_table(results, compare: bool) -> Table:
+    base = results[0].stages_s["total"]
+    rows = [(f"{k} (s)", lambda r, k=k: f"{r.stages_s[k]:.2f}")
+            for k in ("load", "preprocess", "inference", "postprocess", "write", "total")]
+    rows += [("non-network share", lambda r: f"{100 * (1 - r.stages_s['inference'] / r.stages_s['total']):.1f} %"),
+             ("cold start (s)", lambda r: f"{r.cold_start_s:.2f}" if r.cold_start_s else "-"),
+             ("peak RSS (MB)", lambda r: f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else "-")]
+    if compare:
+        rows.append(("speed-up vs first", lambda r: f"{base / r.stages_s['total']:.2f}×"))
+    return _table(f"end to end on {escape(results[0].case)} (median of runs)", results, rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
