@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -238,3 +239,13 @@ def test_evaluate_rejects_shape_and_affine_mismatch(tmp_path):
     save_labels(tumour(), tmp_path / "p2" / "a.nii.gz", affine=np.eye(4))
     with pytest.raises(InputError, match="affine"):
         evaluate(tmp_path / "p2", tmp_path / "t", 4)
+
+
+def test_evaluate_accepts_case_folders(case_dir, tmp_path):
+    """A BraTS case folder (or a folder of them) as ground truth: its *_seg file is used."""
+    pred = tmp_path / f"{case_dir.name}.nii.gz"
+    shutil.copy(case_dir / f"{case_dir.name}_seg.nii.gz", pred)
+    for truth in (case_dir, case_dir.parent):
+        result = evaluate(tmp_path, truth, 4)
+        assert [c["case_id"] for c in result["cases"]] == [case_dir.name]
+        assert result["cases"][0]["WT"]["dice"] == 1.0

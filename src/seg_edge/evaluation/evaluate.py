@@ -9,7 +9,7 @@ import numpy as np
 
 from seg_edge.errors import InputError
 from seg_edge.evaluation.metrics import METRICS, region_metrics, summarize
-from seg_edge.runtime.io import is_nifti, read_labels, strip_nifti
+from seg_edge.runtime.io import is_case_folder, is_nifti, read_labels, strip_nifti
 from seg_edge.runtime.postprocess import labels_to_regions
 
 REGIONS = ("WT", "TC", "ET")
@@ -24,22 +24,32 @@ def _case_id(path: Path) -> str:
     return stem
 
 
+def _case_label(folder: Path) -> Path | None:
+    """The one *_seg / -seg label file of a BraTS case folder (modalities + label), if it is one."""
+    if not is_case_folder(folder):
+        return None
+    segs = [p for p in folder.iterdir() if p.is_file() and is_nifti(p)
+            and strip_nifti(p.name).lower().endswith(("_seg", "-seg"))]
+    return segs[0] if len(segs) == 1 else None
+
+
 def label_files(path: Path) -> dict[str, Path]:
     """case id → label file, from one file, a flat folder, or a folder of BraTS case folders."""
     if path.is_file():
         return {_case_id(path): path}
     if not path.is_dir():
         raise InputError(f"{path}: not found (expected a label NIfTI or a folder of them)")
+    own = _case_label(path)
+    if own is not None:  # a single BraTS case folder
+        return {path.name: own}
     found: dict[str, Path] = {}
     for item in sorted(path.iterdir()):
         if item.is_file() and is_nifti(item) and not item.name.startswith("."):
             if "_probabilities" in item.name:
                 continue
             found[_case_id(item)] = item
-        elif item.is_dir():
-            segs = [p for p in item.iterdir() if is_nifti(p) and strip_nifti(p.name).lower().endswith(("_seg", "-seg"))]
-            if len(segs) == 1:
-                found[item.name] = segs[0]
+        elif item.is_dir() and _case_label(item) is not None:
+            found[item.name] = _case_label(item)
     if not found:
         raise InputError(f"{path}: no label maps found (expected *.nii.gz or <id>/<id>_seg.nii.gz)")
     return found

@@ -1,0 +1,114 @@
+"""seg-edge predict (ONNX Runtime) against the PyTorch + MONAI recipe, same case, model and threads.
+
+Both run as fresh processes, alternately, `--repeats` times; medians are reported for the
+process wall time (start → label map written) and for the pipeline inside the process
+(load → write, without interpreter start and imports). Writes a section of docs/BENCHMARKS.md.
+
+    python benchmarks/vs_monai.py --case examples/SynBraTS_3007_000 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from seg_edge.evaluation.metrics import region_metrics  # noqa: E402
+from seg_edge.runtime.io import read_labels  # noqa: E402
+from seg_edge.runtime.postprocess import labels_to_regions  # noqa: E402
+
+DEFAULT_MODEL = ROOT / "src/seg_edge/assets/seg-edge-edge.onnx"
+
+
+def _run(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr}")
+    return wall, proc.stdout
+
+
+def seg_edge_once(args, out: Path, extra=()) -> tuple[float, dict]:
+    cmd = [sys.executable, "-m", "seg_edge", "predict", str(args.case), "--model", str(args.model),
+           "--out", str(out), "--threads", str(args.threads), "--overwrite", "--json", *extra]
+    wall, stdout = _run(cmd)
+    return wall, json.loads(stdout)["timings_s"]
+
+
+def monai_once(args, out: Path) -> tuple[float, dict]:
+    cmd = [sys.executable, str(ROOT / "benchmarks/monai_recipe.py"), "--case", str(args.case), "--model",
+           str(args.model), "--checkpoint", str(args.checkpoint), "--out", str(out), "--threads", str(args.threads)]
+    wall, stdout = _run(cmd)
+    return wall, json.loads(stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    import monai
+    import numpy
+    import onnxruntime
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "monai": monai.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": numpy.__version__, "platform": platform.platform()}
+
+
+def agreement(a: Path, b: Path) -> dict:
+    la, img = read_labels(a, 4)
+    lb, _ = read_labels(b, 4)
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    ra, rb = labels_to_regions(la, 4), labels_to_regions(lb, 4)
+    return {name: round(region_metrics(x, y, spacing)["dice"], 6) for name, x, y in zip(("WT", "TC", "ET"), ra, rb)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", type=Path, required=True)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=ROOT / "docs/benchmarks_vs_monai.json")
+    args = parser.parse_args()
+    args.checkpoint = args.checkpoint or args.model.with_suffix(".pt")
+    runs = {"seg-edge": [], "monai": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, theirs = Path(tmp) / "seg_edge.nii.gz", Path(tmp) / "monai.nii.gz"
+        for i in range(args.repeats):
+            runs["seg-edge"].append(seg_edge_once(args, ours))
+            runs["monai"].append(monai_once(args, theirs))
+            print(f"repeat {i}: seg-edge {runs['seg-edge'][-1][0]:.2f} s, monai {runs['monai'][-1][0]:.2f} s",
+                  file=sys.stderr)
+        seg_edge_once(args, ours, ["--no-et-rule"])  # the MONAI recipe has no ET clean-up
+        dice = agreement(ours, theirs)
+    summary = {}
+    for name, rs in runs.items():
+        stages = {k: statistics.median(r[1][k] for r in rs) for k in rs[0][1]}
+        summary[name] = {"process_wall_s": statistics.median(r[0] for r in rs), "stages_s": stages}
+    ours_stages = summary["seg-edge"]["stages_s"]
+    pipe_ours = sum(ours_stages[k] for k in ("load", "preprocess", "inference", "postprocess", "write"))
+    pipe_theirs = summary["monai"]["stages_s"]["pipeline"]
+    result = {"case": str(args.case), "model": str(args.model), "threads": args.threads, "repeats": args.repeats,
+              "machine": machine(), "summary": summary, "dice_agreement": dice,
+              "ratio_process_wall": summary["monai"]["process_wall_s"] / summary["seg-edge"]["process_wall_s"],
+              "ratio_pipeline": pipe_theirs / pipe_ours,
+              "seg_edge_non_network_share": 1 - ours_stages["inference"] / pipe_ours}
+    args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
