@@ -25,9 +25,7 @@ def _case_id(path: Path) -> str:
 
 
 def _case_label(folder: Path) -> Path | None:
-    """The one *_seg / -seg label file of a BraTS case folder (modalities + label), if it is one."""
-    if not is_case_folder(folder):
-        return None
+    """The one *_seg / -seg label file in a folder, if there is exactly one."""
     segs = [p for p in folder.iterdir() if p.is_file() and is_nifti(p)
             and strip_nifti(p.name).lower().endswith(("_seg", "-seg"))]
     return segs[0] if len(segs) == 1 else None
@@ -39,8 +37,8 @@ def label_files(path: Path) -> dict[str, Path]:
         return {_case_id(path): path}
     if not path.is_dir():
         raise InputError(f"{path}: not found (expected a label NIfTI or a folder of them)")
-    own = _case_label(path)
-    if own is not None:  # a single BraTS case folder
+    own = _case_label(path) if is_case_folder(path) else None
+    if own is not None:  # a single BraTS case folder (images + label)
         return {path.name: own}
     found: dict[str, Path] = {}
     for item in sorted(path.iterdir()):
