@@ -79,6 +79,7 @@ CASES = [
     ("edge", (128, 120, 80), 0.25),
     ("nvidia-brats21", (64, 72, 48), 0.5),
     ("nvidia-brats21", (96, 104, 72), 0.5),
+    ("nvidia-brats21", (240, 240, 155), 0.5),  # full size: 8 overlapping 128³ windows
 ]
 
 
@@ -115,3 +116,35 @@ def test_parity_detects_a_perturbed_model(exported, tmp_path):
             p.add_(0.05 * torch.randn_like(p))
     ref = reference_probabilities(broken, case.images, card.patch_size, False, 0.5)
     assert float(np.abs(result.probabilities - ref).max()) > 1e-4
+
+
+@pytest.mark.parametrize("preset,shapes", [
+    ("edge", [(1, 32, 32, 32), (2, 48, 32, 64), (1, 96, 96, 96)]),
+    ("nvidia-brats21", [(1, 128, 128, 128), (2, 128, 192, 128), (1, 192, 128, 256)]),
+])
+def test_dynamic_axes_match_torch(exported, preset, shapes):
+    """The exported graph's batch and spatial axes are really dynamic: ORT equals torch at each shape."""
+    import onnxruntime as ort
+
+    onnx_path, net = exported[preset]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(7)
+    for n, *spatial in shapes:
+        x = rng.standard_normal((n, 5, *spatial)).astype(np.float32)
+        x[:, 4] = (x[:, :4] > 0).all(axis=1)
+        with torch.no_grad():
+            ref = net(torch.from_numpy(x)).numpy()
+        got = session.run(None, {"image": x})[0]
+        assert got.shape == ref.shape
+        assert float(np.abs(got - ref).max()) < 1e-3, (n, spatial)
+
+
+def test_batched_windows_equal_single_windows(exported, tmp_path):
+    onnx_path, _ = exported["edge"]
+    case = load_case(write_case(tmp_path, 21, 9, (128, 120, 80)), MODALITIES)
+    outs = []
+    for batch in (1, 3):
+        with Segmenter.open(onnx_path, options=SegmenterOptions(batch_size=batch, probabilities=True)) as seg:
+            outs.append(seg.predict(case))
+    assert float(np.abs(outs[0].probabilities - outs[1].probabilities).max()) < 1e-5
+    assert np.array_equal(outs[0].labels, outs[1].labels)
