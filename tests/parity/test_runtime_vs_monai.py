@@ -34,14 +34,10 @@ def reference_probabilities(net, images: np.ndarray, patch, zyx: bool, overlap: 
     x = torch.cat([x, mask])
     if zyx:
         x = x.permute(0, 3, 2, 1)
-    size = list(x.shape[1:])
-    padded = [max(s, p) for s, p in zip(size, patch)]
-    x = torch.nn.functional.pad(x, [v for s, t in reversed(list(zip(size, padded))) for v in (0, t - s)])
-    roi = list(patch)
-    with torch.no_grad():
-        logits = sliding_window_inference(x[None], roi, 1, net, overlap=overlap, mode="gaussian",
-                                          sigma_scale=0.125)[0]
-    probs = torch.sigmoid(logits)[(slice(None),) + tuple(slice(0, s) for s in size)]
+    with torch.no_grad():  # MONAI pads dimensions smaller than the window itself (symmetrically)
+        logits = sliding_window_inference(x[None].contiguous(), list(patch), 1, net, overlap=overlap,
+                                          mode="gaussian", sigma_scale=0.125)[0]
+    probs = torch.sigmoid(logits)
     if zyx:
         probs = probs.permute(0, 3, 2, 1)
     full = np.zeros((3,) + images.shape[1:], dtype=np.float32)

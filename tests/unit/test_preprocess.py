@@ -136,8 +136,8 @@ def test_preprocess_equals_reference_pipeline(rng, axis_order):
     ref = np.concatenate([normed, mask[None]])
     if axis_order == "zyx":
         ref = ref.transpose(0, 3, 2, 1)
-    target = tuple(max(n, 32) for n in ref.shape[1:])  # zero-pad at the end up to the patch
-    ref = np.pad(ref, [(0, 0)] + [(0, t - s) for t, s in zip(target, ref.shape[1:])])
+    target = tuple(max(n, 32) for n in ref.shape[1:])  # zero-pad up to the patch, half before (as MONAI)
+    ref = np.pad(ref, [(0, 0)] + [((t - s) // 2, t - s - (t - s) // 2) for t, s in zip(target, ref.shape[1:])])
 
     assert tensor.dtype == np.float32 and tensor.flags.c_contiguous
     assert tensor.shape == ref.shape
@@ -221,11 +221,11 @@ def test_to_original_grid_drops_padding():
     tensor, inverse = preprocess(images, c)
     # cropped (37, 16, 10) → network zyx (10, 16, 37) → padded to (16, 32, 48)
     assert tensor.shape[1:] == (16, 32, 48)
-    net = np.zeros(tensor.shape[1:], dtype=np.int16)
-    net[10:, :, :] = 9  # only padding along network axis 0 (= original z)
-    net[:, 16:, :] = 9  # only padding along network axis 1 (= original y)
-    net[:, :, 37:] = 9  # only padding along network axis 2 (= original x)
+    # padding (network axes): 6 → (3, 3), 16 → (8, 8), 11 → (5, 6)
+    assert inverse.pad_before == (3, 8, 5)
+    net = np.full(tensor.shape[1:], 9, dtype=np.int16)
+    net[3:13, 8:24, 5:42] = 0  # everything but the padding
     assert not to_original_grid(net, inverse).any()
-    net[9, 15, 36] = 3  # the last real voxel: original (x, y, z) = (2 + 36, 1 + 15, 0 + 9)
+    net[3 + 9, 8 + 15, 5 + 36] = 3  # the last real voxel: original (x, y, z) = (2 + 36, 1 + 15, 0 + 9)
     back = to_original_grid(net, inverse)
     assert [tuple(int(i) for i in p) for p in np.argwhere(back)] == [(38, 16, 9)]

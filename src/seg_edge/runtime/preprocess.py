@@ -22,6 +22,7 @@ class Inverse:
     box: tuple[slice, slice, slice]
     cropped_shape: tuple[int, int, int]
     axis_order: str
+    pad_before: tuple[int, int, int] = (0, 0, 0)  # network layout
 
 
 def nonzero_box(images: np.ndarray) -> tuple[slice, slice, slice]:
@@ -61,8 +62,9 @@ def preprocess(images: np.ndarray, card: ModelCard) -> tuple[np.ndarray, Inverse
     """(4, X, Y, Z) images in the card's modality order → network tensor (C, *spatial) + Inverse.
 
     The spatial axes of the result follow the card's ``axis_order``; dimensions smaller than the
-    patch are padded with zeros at the end up to the patch, so every window has the patch size
-    the network was built for (a deep U-Net's bottleneck would otherwise shrink to one voxel).
+    patch are padded with zeros up to the patch, half before and half after (as MONAI's sliding
+    window and NVIDIA's preprocessor pad), so every window has the patch size the network was
+    built for (a deep U-Net's bottleneck would otherwise shrink to one voxel).
     """
     box = nonzero_box(images)
     cropped = images[(slice(None),) + box]
@@ -74,23 +76,25 @@ def preprocess(images: np.ndarray, card: ModelCard) -> tuple[np.ndarray, Inverse
     if card.axis_order == "zyx":
         tensor = tensor.transpose(0, 3, 2, 1)
     target = pad_shape(tensor.shape[1:], card.patch_size)
+    before = tuple((t - s) // 2 for t, s in zip(target, tensor.shape[1:]))
     if target != tensor.shape[1:]:
-        pads = [(0, 0)] + [(0, t - s) for t, s in zip(target, tensor.shape[1:])]
+        pads = [(0, 0)] + [(b, t - s - b) for b, t, s in zip(before, target, tensor.shape[1:])]
         tensor = np.pad(tensor, pads)
-    inverse = Inverse(tuple(images.shape[1:]), box, tuple(cropped.shape[1:]), card.axis_order)
+    inverse = Inverse(tuple(images.shape[1:]), box, tuple(cropped.shape[1:]), card.axis_order, before)
     return np.ascontiguousarray(tensor), inverse
 
 
 def crop_padding(volume: np.ndarray, inverse: Inverse) -> np.ndarray:
     """Drop the padding preprocess added (network layout kept)."""
     shape = inverse.cropped_shape[::-1] if inverse.axis_order == "zyx" else inverse.cropped_shape
-    return volume[(Ellipsis,) + tuple(slice(0, s) for s in shape)]
+    return volume[(Ellipsis,) + tuple(slice(b, b + s) for b, s in zip(inverse.pad_before, shape))]
 
 
 def to_original_grid(volume: np.ndarray, inverse: Inverse, fill: float | int = 0) -> np.ndarray:
-    """(K, *network-spatial) or (*network-spatial) → same on the original (X, Y, Z) grid."""
+    """(K, *network-spatial) or (*network-spatial), padded or already unpadded → original (X, Y, Z) grid."""
     lead = volume.shape[:-3]
-    crop = crop_padding(volume, inverse)
+    net_shape = inverse.cropped_shape[::-1] if inverse.axis_order == "zyx" else inverse.cropped_shape
+    crop = volume if volume.shape[-3:] == tuple(net_shape) else crop_padding(volume, inverse)
     if inverse.axis_order == "zyx":
         crop = np.moveaxis(crop, (-3, -2, -1), (-1, -2, -3))
     out = np.full(lead + inverse.original_shape, fill, dtype=volume.dtype)
