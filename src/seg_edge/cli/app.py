@@ -74,9 +74,9 @@ def main_options(
 
 
 def _register() -> None:
-    from seg_edge.cli import bench, evaluate, export, info, parity, predict, synth, train
+    from seg_edge.cli import bench, evaluate, export, info, parity, predict, quantize, synth, train
 
-    for module in (predict, export, info, parity, bench, synth, train, evaluate):
+    for module in (predict, export, info, quantize, parity, bench, synth, train, evaluate):
         module.register(app)
 
 

@@ -1,0 +1,202 @@
+"""INT8 (Q/DQ, symmetric, per-channel, Conv only) and FP16 versions of an ONNX artifact.
+
+INT8 follows what both ONNX Runtime CPU and TensorRT ≥ 10 run: Q/DQ nodes with zero point 0
+on Conv inputs and weights only (ConvTranspose and the InstanceNorm subgraph stay float), after
+ORT's quantization pre-processing. An accuracy budget is enforced on held-out cases: while any
+region's Dice against the FP32 labels drops by more than the budget, the most sensitive Conv
+(lowest SQNR of its quantized input) goes back to float.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seg_edge.artifact import Tolerances, load_artifact
+from seg_edge.calibration.budget import DiceChange, Evaluator, conv_sensitivity
+from seg_edge.calibration.sampler import PatchReader, case_folders, plan_patches
+from seg_edge.errors import InputError
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    precision: str = "int8"
+    method: str = "minmax"
+    samples: int = 64
+    budget: float = 0.01
+    seed: int = 0
+    threads: int | None = None
+    sensitivity_samples: int = 2
+
+
+@dataclass
+class QuantizeReport:
+    path: Path
+    precision: str
+    kept_float: list[str] = field(default_factory=list)
+    change: DiceChange | None = None
+    iterations: list[dict] = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)
+
+
+def _int8(pre: Path, out: Path, reader, method: str, exclude: list[str], cache: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}[method]
+    reader.rewind()
+    quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude, calibrate_method=calib, calibration_cache_path=str(cache),
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   "CalibStridedMinMax": 1,
+                                   # Q/DQ on Conv inputs only: the outputs feed float InstanceNorm
+                                   "OpTypesToExcludeOutputQuantization": ["Conv"]})
+
+
+def norm_nodes(model) -> list[str]:
+    """Names of the nodes that make up InstanceNorm (native op, or seg-edge's stable subgraph)."""
+    names = []
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+        last = scopes.strip("[]").split(",")[-2:] if scopes else []
+        in_norm = any(s.strip(" '\"").split(".")[-1].startswith("norm") for s in last)
+        if node.op_type == "InstanceNormalization" or in_norm:
+            names.append(node.name)
+    return names
+
+
+def to_fp16(model_path: Path, out: Path) -> int:
+    """FP16 weights and compute; graph I/O and every InstanceNorm node stay FP32. Returns nodes kept."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(model_path))
+    keep = norm_nodes(model)
+    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
+    _topological_sort(converted.graph)  # the converter appends its input casts at the end
+    onnx.save(converted, str(out))
+    return len(keep)
+
+
+def _topological_sort(graph) -> None:
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise InputError("FP16 graph has a cycle or a dangling input")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        done = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in done]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _finish(src: Path, dst: Path, model: Path, **card_changes) -> None:
+    import onnx
+
+    from seg_edge.export.onnx import write_card
+
+    card = load_artifact(model).card
+    provenance = {**card.provenance, **card_changes.pop("provenance", {})}
+    proto = onnx.load(str(src))
+    write_card(proto, card.replace(provenance=provenance, **card_changes))
+    onnx.checker.check_model(proto)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".onnx")
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, dst)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def quantize(model: Path, calibration: Path, out: Path, eval_dir: Path | None = None,
+             options: QuantizeOptions = QuantizeOptions(), log=print) -> QuantizeReport:
+    """Write ``out``: the INT8 or FP16 version of ``model`` with its card updated and measured."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model, out = Path(model), Path(out)
+    if options.method not in METHODS:
+        raise InputError(f"--method {options.method} (expected one of {', '.join(METHODS)})")
+    card = load_artifact(model).card
+    if card.precision != "fp32":
+        raise InputError(f"{model}: precision {card.precision} (expected an fp32 model to quantize)")
+    cal_cases = case_folders(calibration)
+    eval_cases = case_folders(eval_dir) if eval_dir else []
+    if not eval_cases:  # default: hold out the last fifth of the calibration folder
+        cut = max(1, len(cal_cases) // 5)
+        if len(cal_cases) < 2:
+            raise InputError(f"{calibration}: need >= 2 cases to hold some out for evaluation (or pass --eval)")
+        cal_cases, eval_cases = cal_cases[:-cut], cal_cases[-cut:]
+    overlap = {c.name for c in cal_cases} & {c.name for c in eval_cases}
+    if overlap:
+        raise InputError(f"{eval_dir}: eval cases also used for calibration: {sorted(overlap)[:3]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        evaluator = Evaluator(model, eval_cases, options.threads)
+        if options.precision == "fp16":
+            to_fp16(model, tmp / "fp16.onnx")
+            _finish(tmp / "fp16.onnx", tmp / "cand.onnx", model)
+            change = evaluator.change(tmp / "cand.onnx")
+            report = QuantizeReport(out, "fp16", change=change)
+            _finish(tmp / "fp16.onnx", out, model, precision="fp16",
+                    tolerances=Tolerances(max_prob_diff=1e-2, min_region_dice=0.995),
+                    provenance={"quantization": _record(report, options, [], eval_cases)})
+            return report
+        return _int8_with_budget(model, out, tmp, cal_cases, eval_cases, evaluator, options, log,
+                                 quant_pre_process)
+
+
+def _int8_with_budget(model, out, tmp, cal_cases, eval_cases, evaluator, options, log, pre_process):
+    card = load_artifact(model).card
+    pre = tmp / "pre.onnx"
+    # symbolic shape inference cannot follow the exporter's "16*x" dims; ONNX shape inference can
+    pre_process(str(model), str(pre), skip_symbolic_shape=True)
+    plans = plan_patches(cal_cases, card, options.samples, options.seed)
+    reader = PatchReader(plans, card)
+    cache = tmp / "calibration.json"
+    excluded: list[str] = []
+    ranking: list[tuple[str, float]] | None = None
+    report = QuantizeReport(out, "int8")
+    while True:
+        _int8(pre, tmp / "int8.onnx", reader, options.method, excluded, cache)
+        _finish(tmp / "int8.onnx", tmp / "cand.onnx", model, precision="int8")
+        change = evaluator.change(tmp / "cand.onnx")
+        report.iterations.append({"kept_float": list(excluded), "dice_vs_fp32": change.vs_fp32})
+        log(f"INT8 with {len(excluded)} Conv kept float: Dice vs FP32 "
+            + ", ".join(f"{k} {v:.4f}" for k, v in change.vs_fp32.items()))
+        if change.worst_loss <= options.budget:
+            break
+        if ranking is None:
+            few = PatchReader(plans[: options.sensitivity_samples], card)
+            ranking = conv_sensitivity(pre, tmp / "int8.onnx", few)
+        remaining = [name for name, _ in ranking if name not in excluded]
+        if not remaining:
+            log("every Conv is back in float; budget still exceeded")
+            break
+        excluded.append(remaining[0])
+    report.kept_float, report.change = excluded, change
+    report.calibration = {"cases": [c.name for c in cal_cases], "samples": len(plans), "method": options.method,
+                          "strata": {s: sum(p.stratum == s for p in plans) for s in ("tumour", "healthy", "border")}}
+    _finish(tmp / "int8.onnx", out, model, precision="int8",
+            tolerances=Tolerances(max_prob_diff=1.0, min_region_dice=1.0 - options.budget),
+            provenance={"quantization": _record(report, options, excluded, eval_cases)})
+    return report
+
+
+def _record(report: QuantizeReport, options: QuantizeOptions, excluded: list[str], eval_cases) -> dict:
+    change = report.change
+    return {"precision": report.precision, "calibration": report.calibration, "budget": options.budget,
+            "kept_float": excluded, "eval_cases": [c.name for c in eval_cases],
+            "dice_vs_fp32": change.vs_fp32 if change else None,
+            "dice_vs_truth": {"fp32": change.fp32_vs_truth, report.precision: change.candidate_vs_truth}
+            if change and change.fp32_vs_truth else None}

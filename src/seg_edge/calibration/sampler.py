@@ -1,0 +1,123 @@
+"""Calibration patches from BraTS-format case folders, through the runtime's own preprocessing.
+
+Stratified and seeded: a third of each case's patches centred on tumour (where a *_seg label
+exists), a third on healthy brain, a third on the brain border. One case is held in memory at
+a time, and ORT's calibrator is fed one patch per collection round (``CalibStridedMinMax``), so
+activations of all samples are never held together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from seg_edge.artifact import ModelCard
+from seg_edge.errors import InputError
+from seg_edge.runtime.io import is_case_folder, load_case, read_labels
+from seg_edge.runtime.preprocess import preprocess
+
+STRATA = ("tumour", "healthy", "border")
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    case: Path
+    stratum: str
+    corner: tuple[int, int, int]
+
+
+def case_folders(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    if is_case_folder(folder):
+        return [folder]
+    cases = sorted(p for p in folder.iterdir() if p.is_dir() and is_case_folder(p)) if folder.is_dir() else []
+    if not cases:
+        raise InputError(f"{folder}: no BraTS-format case folders for calibration")
+    return cases
+
+
+def _label_in_network_layout(case_dir: Path, tensor_shape, inverse, card: ModelCard) -> np.ndarray | None:
+    segs = sorted(case_dir.glob("*_seg.nii*")) + sorted(case_dir.glob("*-seg.nii*"))
+    if not segs:
+        return None
+    labels = read_labels(segs[0], 3 if card.label_scheme == "brats2023" else 4)[0][inverse.box]
+    if card.axis_order == "zyx":
+        labels = labels.transpose(2, 1, 0)
+    out = np.zeros(tensor_shape, dtype=bool)
+    where = tuple(slice(b, b + s) for b, s in zip(inverse.pad_before, labels.shape))
+    out[where] = labels > 0
+    return out
+
+
+def _centres(tensor: np.ndarray, tumour: np.ndarray | None) -> dict[str, np.ndarray]:
+    brain = np.any(tensor[:4] != 0, axis=0)
+    inner = ndimage.binary_erosion(brain, iterations=3)
+    pools = {"border": np.argwhere(brain & ~ndimage.binary_erosion(brain)),
+             "healthy": np.argwhere(inner & (~tumour if tumour is not None else True))}
+    if tumour is not None and tumour.any():
+        pools["tumour"] = np.argwhere(tumour)
+    return pools
+
+
+def plan_patches(cases: list[Path], card: ModelCard, samples: int, seed: int) -> list[PatchPlan]:
+    """Decide every patch (case, stratum, corner) up front; reading happens later, case by case."""
+    rng = np.random.default_rng(seed)
+    per_case = [samples // len(cases) + (i < samples % len(cases)) for i in range(len(cases))]
+    plans = []
+    patch = np.array(card.patch_size)
+    for case_dir, n in zip(cases, per_case):
+        if n == 0:
+            continue
+        tensor, inverse = preprocess(load_case(case_dir, card.modalities).images, card)
+        pools = _centres(tensor, _label_in_network_layout(case_dir, tensor.shape[1:], inverse, card))
+        names = [s for s in STRATA if s in pools and len(pools[s])]
+        for i in range(n):
+            stratum = names[i % len(names)]
+            centre = pools[stratum][rng.integers(len(pools[stratum]))]
+            corner = np.clip(centre - patch // 2, 0, np.array(tensor.shape[1:]) - patch)
+            plans.append(PatchPlan(case_dir, stratum, tuple(int(c) for c in corner)))
+    return plans
+
+
+class PatchReader:
+    """ONNX Runtime ``CalibrationDataReader``: ``get_next()`` → {input: (1, C, *patch)} or None."""
+
+    def __init__(self, plans: list[PatchPlan], card: ModelCard):
+        self.plans, self.card = plans, card
+        self._start, self._end, self._pos = 0, len(plans), 0
+        self._cached: tuple[Path, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._start, self._end, self._pos = start_index, end_index, start_index
+
+    def rewind(self) -> None:
+        self._pos = self._start
+
+    def _tensor(self, case_dir: Path) -> np.ndarray:
+        if self._cached is None or self._cached[0] != case_dir:  # one case in memory at a time
+            self._cached = (case_dir, preprocess(load_case(case_dir, self.card.modalities).images, self.card)[0])
+        return self._cached[1]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pos >= self._end:
+            return None
+        plan = self.plans[self._pos]
+        self._pos += 1
+        where = tuple(slice(c, c + p) for c, p in zip(plan.corner, self.card.patch_size))
+        patch = self._tensor(plan.case)[(slice(None),) + where]
+        return {self.card.input_name: np.ascontiguousarray(patch[None], dtype=np.float32)}
