@@ -9,7 +9,8 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from seg_edge.artifact import load_artifact
-from seg_edge.calibration.quantize import QuantizeOptions, norm_nodes, quantize
+from seg_edge.calibration.quantize import QuantizeOptions, quantize
+from seg_edge.export.graph import instance_norm_nodes
 from seg_edge.calibration.sampler import PatchReader, plan_patches
 from seg_edge.cli.app import app
 from seg_edge.synth import write_case
@@ -87,7 +88,7 @@ def test_fp16_keeps_instance_norm_fp32_and_matches_fp32(tmp_path, edge_onnx, qca
     out = tmp_path / "m_fp16.onnx"
     report = quantize(edge_onnx, qcases, out, options=QuantizeOptions(precision="fp16"), log=lambda s: None)
     model = onnx.load(str(out))
-    norms = set(norm_nodes(model))
+    norms = set(instance_norm_nodes(model))
     assert norms
     inits = {t.name: t.data_type for t in model.graph.initializer}
     for node in model.graph.node:

@@ -18,6 +18,7 @@ from seg_edge.artifact import Tolerances, load_artifact
 from seg_edge.calibration.budget import DiceChange, Evaluator, conv_sensitivity
 from seg_edge.calibration.sampler import PatchReader, case_folders, plan_patches
 from seg_edge.errors import InputError
+from seg_edge.export.graph import instance_norm_nodes
 
 METHODS = ("minmax", "entropy", "percentile")
 
@@ -58,25 +59,13 @@ def _int8(pre: Path, out: Path, reader, method: str, exclude: list[str], cache: 
                                    "OpTypesToExcludeOutputQuantization": ["Conv"]})
 
 
-def norm_nodes(model) -> list[str]:
-    """Names of the nodes that make up InstanceNorm (native op, or seg-edge's stable subgraph)."""
-    names = []
-    for node in model.graph.node:
-        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
-        last = scopes.strip("[]").split(",")[-2:] if scopes else []
-        in_norm = any(s.strip(" '\"").split(".")[-1].startswith("norm") for s in last)
-        if node.op_type == "InstanceNormalization" or in_norm:
-            names.append(node.name)
-    return names
-
-
 def to_fp16(model_path: Path, out: Path) -> int:
     """FP16 weights and compute; graph I/O and every InstanceNorm node stay FP32. Returns nodes kept."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(model_path))
-    keep = norm_nodes(model)
+    keep = instance_norm_nodes(model)
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
     _topological_sort(converted.graph)  # the converter appends its input casts at the end
     onnx.save(converted, str(out))

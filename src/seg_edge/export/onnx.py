@@ -19,6 +19,7 @@ from seg_edge import __version__
 from seg_edge.artifact import CARD_KEY, ModelCard
 from seg_edge.errors import InputError, ParityError
 from seg_edge.model.checkpoints import load_network, sha256
+from seg_edge.export.graph import name_nodes_by_module
 from seg_edge.export.norm import stabilise_instance_norms
 from seg_edge.model.networks import card_for
 
@@ -117,6 +118,7 @@ def export_onnx(checkpoint: Path, out: Path, options: ExportOptions = ExportOpti
         }
         card = card.replace(provenance=provenance)
         model = onnx.load(str(tmp))
+        name_nodes_by_module(model)
         write_card(model, card)
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(tmp), save_as_external_data=False)
