@@ -8,7 +8,7 @@ EXAMPLE := examples/SynBraTS_3007_000
 MODEL := src/seg_edge/assets/seg-edge-edge.onnx
 SE := $(VENV)/bin/seg-edge
 
-.PHONY: demo test test-all install-runtime install-dev eval-synthetic bench bench-vs-monai figures clean
+.PHONY: demo test test-all install-runtime install-dev eval-synthetic bench bench-vs-monai bench-gpu figures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ bench: install-dev
 
 bench-vs-monai: install-dev
 	$(PY) benchmarks/vs_monai.py --case $(EXAMPLE)
+
+# On a machine with an NVIDIA GPU, TensorRT and cuda-python (see docs/JETSON.md); not run in CI.
+bench-gpu:
+	$(PY) -m pytest -q -m "gpu or tensorrt" tests/gpu
+	$(SE) build-engine $(MODEL) --out out/engines/edge_fp32.plan --precision fp32 --timing-cache out/engines/timing.cache
+	$(SE) build-engine $(MODEL) --out out/engines/edge_fp16.plan --precision fp16 --timing-cache out/engines/timing.cache
+	$(SE) bench out/engines/edge_fp32.plan out/engines/edge_fp16.plan --backend tensorrt --case $(EXAMPLE) --compare
 
 figures: install-dev
 	$(PY) -m seg_edge.evaluation.report $(EXAMPLE) --out docs/synthetic_case.png

@@ -162,7 +162,11 @@ def load_artifact(path: str | Path) -> Artifact:
         side = sidecar_path(path)
         if not side.is_file():
             raise ArtifactError(f"{path}: TensorRT plan has no sidecar card {side.name}")
-        return Artifact(path, ModelCard.from_json(side.read_text(), str(side)), "tensorrt")
+        try:
+            card_json = json.dumps(json.loads(side.read_text())["card"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"{side}: sidecar is not JSON with a 'card' entry ({exc})") from exc
+        return Artifact(path, ModelCard.from_json(card_json, str(side)), "tensorrt")
     props = read_onnx_metadata(path)
     if CARD_KEY not in props:
         raise ArtifactError(f"{path}: ONNX model has no seg-edge card (metadata key '{CARD_KEY}'); "

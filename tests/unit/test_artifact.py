@@ -77,6 +77,6 @@ def test_plan_reads_its_sidecar(tmp_path):
     with pytest.raises(ArtifactError, match="sidecar"):
         load_artifact(plan)
     card = card_for("edge").replace(precision="fp16")
-    sidecar_path(plan).write_text(card.to_json())
+    sidecar_path(plan).write_text('{"card": ' + card.to_json() + ', "tensorrt": {"version": "10.3.0"}}')
     artifact = load_artifact(plan)
     assert artifact.kind == "tensorrt" and artifact.card == card

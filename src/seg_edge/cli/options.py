@@ -32,6 +32,9 @@ class Blend(str, Enum):
 
 class Backend(str, Enum):
     onnxruntime = "onnxruntime"
+    ort_cuda = "ort-cuda"
+    ort_trt = "ort-trt"
+    tensorrt = "tensorrt"
 
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")

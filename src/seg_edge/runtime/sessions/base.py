@@ -14,6 +14,9 @@ from seg_edge.errors import BackendUnavailable, InputError
 # backend name → (module, class); modules are imported only when asked for.
 BACKENDS = {
     "onnxruntime": ("seg_edge.runtime.sessions.onnxruntime", "OrtSession"),
+    "ort-cuda": ("seg_edge.runtime.sessions.onnxruntime", "OrtCudaSession"),
+    "ort-trt": ("seg_edge.runtime.sessions.onnxruntime", "OrtTensorrtSession"),
+    "tensorrt": ("seg_edge.runtime.sessions.tensorrt", "TensorRTSession"),
 }
 
 

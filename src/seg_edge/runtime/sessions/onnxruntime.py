@@ -12,7 +12,7 @@ from seg_edge.runtime.sessions.base import SessionBase
 
 
 class OrtSession(SessionBase):
-    """Runs an ONNX artifact with ONNX Runtime's CPU execution provider."""
+    """Runs an ONNX artifact with ONNX Runtime's CPU execution provider (subclasses: GPU providers)."""
 
     name = "onnxruntime"
     provider = "CPUExecutionProvider"
@@ -20,27 +20,61 @@ class OrtSession(SessionBase):
     def __init__(self, artifact: Artifact, threads: int | None = None, cache_dir: Path | None = None):
         super().__init__(artifact.card.in_channels, len(artifact.card.regions))
         if artifact.kind != "onnx":
-            raise BackendUnavailable(f"{artifact.path}: onnxruntime needs an ONNX model, got a {artifact.kind} plan")
+            raise BackendUnavailable(f"{artifact.path}: {self.name} needs an ONNX model, got a {artifact.kind} plan")
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendUnavailable(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from exc
         if self.provider not in ort.get_available_providers():
-            raise BackendUnavailable(f"onnxruntime here lacks {self.provider} "
-                                     f"(has {', '.join(ort.get_available_providers())})")
+            raise BackendUnavailable(f"{self.name}: this onnxruntime lacks {self.provider} (has "
+                                     f"{', '.join(ort.get_available_providers())}){self.install_hint}")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        providers = [(self.provider, self.provider_options(cache_dir))]
         try:
-            self._session = ort.InferenceSession(str(artifact.path), options, providers=[self.provider])
+            self._session = ort.InferenceSession(str(artifact.path), options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types, not exported stably
             raise ArtifactError(f"{artifact.path}: ONNX Runtime cannot load the model ({exc})") from exc
+        if self._session.get_providers()[0] != self.provider:  # ORT falls back silently; we do not
+            raise BackendUnavailable(f"{self.name}: {self.provider} did not load (ORT fell back to "
+                                     f"{self._session.get_providers()[0]}); is a GPU visible?")
         self._input = artifact.card.input_name
         self._output = artifact.card.output_name
+
+    install_hint = ""
+
+    def provider_options(self, cache_dir: Path | None) -> dict:
+        return {}
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self._input: batch})[0]
 
     def close(self) -> None:
         self._session = None
+
+
+class OrtCudaSession(OrtSession):
+    """ONNX Runtime's CUDA execution provider (onnxruntime-gpu)."""
+
+    name = "ort-cuda"
+    provider = "CUDAExecutionProvider"
+    install_hint = "; pip install onnxruntime-gpu (instead of onnxruntime)"
+
+
+class OrtTensorrtSession(OrtSession):
+    """ONNX Runtime's TensorRT execution provider, with engine and timing caches on disk."""
+
+    name = "ort-trt"
+    provider = "TensorrtExecutionProvider"
+    install_hint = "; pip install onnxruntime-gpu and TensorRT"
+
+    def provider_options(self, cache_dir: Path | None) -> dict:
+        from seg_edge.export.tensorrt import cache_dir as default_cache
+
+        folder = Path(cache_dir or default_cache().parent / "ort-trt")
+        folder.mkdir(parents=True, exist_ok=True)
+        return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(folder),
+                "trt_timing_cache_enable": True, "trt_timing_cache_path": str(folder),
+                "trt_fp16_enable": False, "trt_int8_enable": False}

@@ -1,0 +1,44 @@
+"""``seg-edge build-engine``: compile an ONNX model to a TensorRT plan (+ sidecar card)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.options import JSON_OPTION, dumps, parse_triplet
+
+
+@guarded
+def build_engine(
+    model: Path = typer.Argument(..., help="ONNX model (FP32, FP16 or INT8 Q/DQ) with a seg-edge card."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Output plan; the card goes to <plan>.json."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (needs a Q/DQ model)."),
+    workspace_gb: float = typer.Option(2.0, "--workspace-gb", min=0.1, help="Builder workspace cap (Jetson: 1-2)."),
+    min_xyz: str = typer.Option(None, "--min", help="Profile minimum X,Y,Z (default: the card's window)."),
+    opt_xyz: str = typer.Option(None, "--opt", help="Profile optimum X,Y,Z."),
+    max_xyz: str = typer.Option(None, "--max", help="Profile maximum X,Y,Z."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Largest window batch the engine accepts."),
+    timing_cache: Path = typer.Option(None, "--timing-cache", help="Timing cache file, reused and updated."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Build a TensorRT engine on this GPU (plans are tied to GPU and TensorRT version)."""
+    from seg_edge.artifact import load_artifact
+    from seg_edge.export.tensorrt import BuildOptions, build_engine as run, make_profile
+
+    card = load_artifact(model).card
+    triplet = lambda v, n: parse_triplet(v, n) if v else None  # noqa: E731
+    profile = make_profile(card, batch, triplet(min_xyz, "--min"), triplet(opt_xyz, "--opt"), triplet(max_xyz, "--max"))
+    meta = run(model, out_path, BuildOptions(precision, workspace_gb, profile, timing_cache),
+               log=lambda s: err.print(s, highlight=False))
+    if json_out:
+        out.print_json(dumps(meta))
+        return
+    info = meta["tensorrt"]
+    out.print(f"wrote {out_path} ({info['precision']}, TensorRT {info['version']}, {info['gpu']} "
+              f"sm {info['compute_capability']}, {info['build_seconds']} s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build-engine")(build_engine)

@@ -1,0 +1,42 @@
+"""``seg-edge lint``: is an ONNX model ready for TensorRT? Runs on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from seg_edge.cli.app import guarded, out
+from seg_edge.cli.options import JSON_OPTION, dumps
+
+
+@guarded
+def lint(
+    model: Path = typer.Argument(..., help="ONNX model with a seg-edge card."),
+    target: str = typer.Option("tensorrt", "--target", help="Only 'tensorrt' for now."),
+    trt_version: str = typer.Option("10.3", "--trt-version", help="TensorRT version to check against "
+                                    "(JetPack 6: 10.3)."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """One line per finding; exit 0 when clean, 1 with findings."""
+    from seg_edge.errors import InputError
+    from seg_edge.export.lint import lint as run
+
+    if target != "tensorrt":
+        raise InputError(f"--target {target} (expected tensorrt)")
+    findings = run(model, trt_version)
+    if json_out:
+        out.print_json(dumps({"model": str(model), "trt_version": trt_version,
+                              "findings": [f.__dict__ for f in findings]}))
+    elif findings:
+        for finding in findings:
+            out.print(escape(str(finding)))
+    else:
+        out.print(f"{escape(str(model))}: ready for TensorRT {escape(trt_version)} (no findings)")
+    if findings:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("lint")(lint)

@@ -1,0 +1,137 @@
+"""TensorRT readiness of an ONNX graph, checked on the CPU (no TensorRT needed).
+
+Findings name the node and what TensorRT expects: op types its ONNX parser supports, the opset
+range of the target version, Q/DQ zero points of 0 (TensorRT's INT8 is symmetric), no INT8 into
+ConvTranspose or InstanceNorm, weights inline (no external-data files), dynamic spatial axes a
+profile can cover (multiples of the card's divisor), and FP16 graphs whose InstanceNorm stays FP32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seg_edge.artifact import load_artifact
+from seg_edge.errors import InputError
+from seg_edge.export.graph import instance_norm_nodes
+
+# TensorRT version → (min opset, max opset): TensorRT support matrices (10.x: opsets 9-20, 11.x: 9-25).
+OPSET_RANGE = {10: (9, 20), 11: (9, 25)}
+# Ops of the ONNX-TensorRT parser (operators.md) that U-Net exports produce or could; anything else
+# is reported so that a person checks operators.md for the target version.
+SUPPORTED_OPS = frozenset("""
+Abs Add And ArgMax ArgMin AveragePool BatchNormalization Cast Ceil Clip Concat Constant ConstantOfShape
+Conv ConvTranspose DequantizeLinear Div Elu Equal Erf Exp Expand Flatten Floor Gather Gemm
+GlobalAveragePool GlobalMaxPool Greater GroupNormalization HardSigmoid Identity InstanceNormalization
+LayerNormalization LeakyRelu Less Log MatMul Max MaxPool Mean Min Mul Neg Not Or Pad Pow PRelu
+QuantizeLinear Reciprocal ReduceL2 ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum Relu Reshape Resize
+Shape Sigmoid Sign Slice Softmax Softplus Split Sqrt Squeeze Sub Sum Tanh Tile Transpose Unsqueeze Where
+""".split())
+
+
+@dataclass(frozen=True)
+class Finding:
+    node: str
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.node}: {self.message}"
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _check_ops(model, trt_major: int) -> list[Finding]:
+    out = []
+    lo, hi = OPSET_RANGE[trt_major]
+    opset = _opset(model)
+    if not lo <= opset <= hi:
+        out.append(Finding("<model>", "opset", f"opset {opset}; TensorRT {trt_major}.x parses opsets {lo}-{hi}"))
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:
+            out.append(Finding(node.name or node.op_type, "unsupported-op",
+                               f"{node.domain + '.' if node.domain else ''}{node.op_type} is not parsed by TensorRT's "
+                               "ONNX parser (see onnx-tensorrt operators.md)"))
+    return out
+
+
+def _check_qdq(model, norms: set[str]) -> list[Finding]:
+    inits = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    out = []
+    from onnx import numpy_helper
+
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if len(node.input) > 2 and node.input[2]:
+            zp = inits.get(node.input[2])
+            if zp is None or np.any(numpy_helper.to_array(zp)):
+                out.append(Finding(node.name, "asymmetric-qdq", "zero point is not the constant 0 "
+                                   "(TensorRT INT8 is symmetric: quantize with ActivationSymmetric/WeightSymmetric)"))
+        if node.op_type == "DequantizeLinear":
+            for c in consumers.get(node.output[0], []):
+                if c.op_type == "ConvTranspose" or c.name in norms:
+                    kind = "InstanceNorm" if c.name in norms else "ConvTranspose"
+                    out.append(Finding(c.name, "int8-unsupported", f"{kind} is fed INT8 (Q/DQ) input; "
+                                       "TensorRT runs it in float: keep it out of quantization"))
+    return out
+
+
+def _check_fp16_norm(model, norms: set[str]) -> list[Finding]:
+    import onnx
+
+    fp16 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    casts_to_half = {n.output[0] for n in model.graph.node if n.op_type == "Cast"
+                     and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)}
+    out = []
+    for node in model.graph.node:
+        if node.name in norms and any(i in fp16 or i in casts_to_half for i in node.input):
+            out.append(Finding(node.name, "fp16-instancenorm", "InstanceNorm computes in FP16; "
+                               "keep it FP32 (it overflows/loses precision in half)"))
+    return out
+
+
+def _check_shapes(model, divisor: int) -> list[Finding]:
+    out = []
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        for axis, dim in list(enumerate(dims))[2:]:
+            if dim.HasField("dim_value") and dim.dim_value % divisor:
+                out.append(Finding(value.name, "shape", f"axis {axis} is fixed at {dim.dim_value}, "
+                                   f"not a multiple of the size divisor {divisor}"))
+        if len(dims) != 5:
+            out.append(Finding(value.name, "shape", f"rank {len(dims)} (expected N, C, X, Y, Z)"))
+    return out
+
+
+def lint(path: Path, trt_version: str = "10.3") -> list[Finding]:
+    """All findings for ``path`` on TensorRT ``trt_version`` (major 10 or 11)."""
+    import onnx
+
+    try:
+        trt_major = int(str(trt_version).split(".")[0])
+    except ValueError:
+        trt_major = 0
+    if trt_major not in OPSET_RANGE:
+        raise InputError(f"--trt-version {trt_version} (expected 10.x or 11.x)")
+    artifact = load_artifact(path)
+    model = onnx.load(str(path), load_external_data=False)
+    findings = []
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        findings.append(Finding(external[0], "external-data", f"{len(external)} initializers live in external "
+                                "files; export one self-contained file"))
+    norms = set(instance_norm_nodes(model))
+    findings += _check_ops(model, trt_major)
+    findings += _check_qdq(model, norms)
+    findings += _check_fp16_norm(model, norms)
+    findings += _check_shapes(model, artifact.card.size_divisor)
+    return findings
