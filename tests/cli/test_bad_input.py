@@ -264,7 +264,8 @@ def _(tmp, src, model):
 
     plan = tmp / "engine.plan"
     plan.write_bytes(b"\0" * 64)
-    (tmp / "engine.plan.json").write_text(load_artifact(model).card.to_json())
+    card = load_artifact(model).card.to_json()
+    (tmp / "engine.plan.json").write_text('{"card": ' + card + ', "tensorrt": {"version": "10.3.0"}}')
     return Spec([str(src)], [str(plan), "onnxruntime", "ONNX"], label="backend unavailable", code=3, model=plan)
 
 
