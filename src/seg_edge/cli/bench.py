@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from seg_edge.cli.app import err, guarded, out
-from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, dumps
+from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, PrecisionHint, dumps
 from seg_edge.errors import InputError
 
 
@@ -40,20 +40,24 @@ def bench(
     cold_start: bool = typer.Option(True, "--cold-start/--no-cold-start", help="Time a fresh predict process."),
     compare: bool = typer.Option(False, "--compare", help="Add ratios against the first model/backend."),
     threads: int = THREADS_OPTION,
+    precision_hint: list[PrecisionHint] = typer.Option(None, "--precision-hint", help="OpenVINO precision(s); "
+                                                       "several compare side by side."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Benchmark latency (network only, and end to end with --case); ratios with --compare."""
     from seg_edge.evaluation.bench import bench_network, bench_pipeline
 
-    pairs = [(m, b.value) for m in models for b in dict.fromkeys(backend)]
+    hints = [h.value for h in dict.fromkeys(precision_hint or [])] or [None]
+    pairs = [(m, b.value, h) for m in models for b in dict.fromkeys(backend)
+             for h in (hints if b.value == "openvino" else [None])]
     dims = _shape(shape, batch)
     network, pipeline = [], []
-    for model, name in pairs:
-        err.print(f"network: {escape(str(model))} / {name}")
-        network.append(bench_network(model, name, dims, warmup, iters, threads))
+    for model, name, hint in pairs:
+        err.print(f"network: {escape(str(model))} / {name}{' ' + hint if hint else ''}")
+        network.append(bench_network(model, name, dims, warmup, iters, threads, hint))
         if case is not None:
             err.print(f"pipeline: {escape(str(model))} / {name} on {escape(case.name)}")
-            pipeline.append(bench_pipeline(model, name, case, runs, threads, cold_start))
+            pipeline.append(bench_pipeline(model, name, case, runs, threads, cold_start, hint))
     if json_out:
         out.print_json(dumps({"network": [{**dataclasses.asdict(r), **r.stats()} for r in network],
                               "pipeline": [dataclasses.asdict(r) for r in pipeline]}))

@@ -31,10 +31,30 @@ class Blend(str, Enum):
 
 
 class Backend(str, Enum):
+    auto = "auto"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
     ort_cuda = "ort-cuda"
     ort_trt = "ort-trt"
     tensorrt = "tensorrt"
+
+
+class PrecisionHint(str, Enum):
+    f32 = "f32"
+    bf16 = "bf16"
+
+
+HINT_OPTION = typer.Option(None, "--precision-hint", help="OpenVINO inference precision: f32 or bf16 "
+                           "(bf16 only on CPUs that have it).")
+
+
+def report_auto(session, console) -> None:
+    """Say which backend --backend auto chose and why the faster ones were skipped."""
+    report = getattr(session, "auto_report", None)
+    if report:
+        chosen, skipped = report
+        console.print(f"backend auto → {chosen}" + "".join(f"\n  skipped {n}: {why}" for n, why in skipped),
+                      markup=False, highlight=False)
 
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")

@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from seg_edge.cli.app import err, guarded, out
-from seg_edge.cli.options import (JSON_OPTION, THREADS_OPTION, Backend, Blend, LabelScheme, dumps, model_path,
-                                  parse_modalities)
+from seg_edge.cli.options import (HINT_OPTION, JSON_OPTION, THREADS_OPTION, Backend, Blend, LabelScheme,
+                                  PrecisionHint, dumps, model_path, parse_modalities, report_auto)
 
 
 def _progress() -> Progress:
@@ -79,6 +79,7 @@ def predict(
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write WT/TC/ET probabilities."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     threads: int = THREADS_OPTION,
+    precision_hint: PrecisionHint = HINT_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Segment a BraTS-style case: writes a uint8 label map (NCR=1, ED=2, ET=4 or 3) and a JSON report."""
@@ -95,7 +96,9 @@ def predict(
         from seg_edge.runtime.io import check_writable
 
         check_writable(jobs[0].out, overwrite)  # before the model loads
-    with Segmenter.open(model_path(model), backend.value, threads, options) as segmenter:
+    hint = precision_hint.value if precision_hint else None
+    with Segmenter.open(model_path(model), backend.value, threads, options, hint) as segmenter:
+        report_auto(segmenter.session, err)
         if batch:
             results = _run_batch(segmenter, jobs, file_order, overwrite, run_batch)
         else:

@@ -88,7 +88,7 @@ def graph_gflop(model: Path, shape: tuple[int, ...]) -> float | None:
 
 
 def bench_network(model: Path, backend: str, shape: tuple[int, ...] | None = None, warmup: int = 2,
-                  iters: int = 10, threads: int | None = None) -> NetworkResult:
+                  iters: int = 10, threads: int | None = None, hint: str | None = None) -> NetworkResult:
     """Time ``iters`` calls of the session on a seeded input of ``shape`` (default 1×C×patch)."""
     artifact = load_artifact(model)
     card = artifact.card
@@ -96,7 +96,8 @@ def bench_network(model: Path, backend: str, shape: tuple[int, ...] | None = Non
     if len(shape) != 5 or shape[1] != card.in_channels:
         raise InputError(f"shape {shape} (expected N,{card.in_channels},X,Y,Z for {model})")
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    with open_session(artifact, backend, threads=threads) as session:
+    with open_session(artifact, backend, threads=threads, precision_hint=hint) as session:
+        label = session.name
         for _ in range(warmup):
             session.run(x)
         latencies = []
@@ -105,14 +106,16 @@ def bench_network(model: Path, backend: str, shape: tuple[int, ...] | None = Non
             session.run(x)
             latencies.append(time.perf_counter() - t0)
     gflop = graph_gflop(model, shape) if artifact.kind == "onnx" else None
-    return NetworkResult(str(model), backend, shape, latencies, gflop)
+    return NetworkResult(str(model), label, shape, latencies, gflop)
 
 
-def cold_start(model: Path, backend: str, case: Path, threads: int | None) -> tuple[float, float]:
+def cold_start(model: Path, backend: str, case: Path, threads: int | None,
+               hint: str | None = None) -> tuple[float, float]:
     """Wall time of a fresh ``seg-edge predict`` process (start → label map written) and its peak RSS (MB)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "seg_edge", "predict", str(case), "--model", str(model),
                "--backend", backend, "--out", tmp, "--json"] + (["--threads", str(threads)] if threads else [])
+        cmd += ["--precision-hint", hint] if hint else []
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -124,16 +127,17 @@ def cold_start(model: Path, backend: str, case: Path, threads: int | None) -> tu
 
 
 def bench_pipeline(model: Path, backend: str, case: Path, runs: int = 3, threads: int | None = None,
-                   with_cold_start: bool = True) -> PipelineResult:
+                   with_cold_start: bool = True, hint: str | None = None) -> PipelineResult:
     """Median stage times over ``runs`` in-process predictions of ``case`` (model loaded once)."""
     all_runs = []
-    with Segmenter.open(model, backend, threads, SegmenterOptions()) as seg, \
+    with Segmenter.open(model, backend, threads, SegmenterOptions(), hint) as seg, \
             tempfile.TemporaryDirectory() as tmp:
+        label = seg.session.name
         for i in range(runs):
             job = Job(case.name, case, Path(tmp) / f"run{i}.nii.gz")
             all_runs.append(run_job(seg, job, overwrite=True).timings)
     stages = {k: float(np.median([r[k] for r in all_runs])) for k in all_runs[0]}
-    result = PipelineResult(str(model), backend, case.name, stages, runs=all_runs)
+    result = PipelineResult(str(model), label, case.name, stages, runs=all_runs)
     if with_cold_start:
-        result.cold_start_s, result.peak_rss_mb = cold_start(model, backend, case, threads)
+        result.cold_start_s, result.peak_rss_mb = cold_start(model, backend, case, threads, hint)
     return result

@@ -25,6 +25,10 @@ from seg_edge.runtime.segmenter import Segmentation, Segmenter, SegmenterOptions
 from seg_edge.runtime.sessions.base import open_session
 
 REGIONS = ("WT", "TC", "ET")
+# Reduced-precision execution of an FP32 artifact: (max probability difference, min region Dice).
+# bf16 keeps 8 mantissa bits, so probabilities move by up to a few 1e-2 near the boundary; the
+# label maps are what is gated. Set from measurement on the shipped model (docs/BENCHMARKS.md).
+HINT_TOLERANCES = {"openvino-bf16": (0.25, 0.98)}
 
 
 @dataclass
@@ -98,27 +102,35 @@ def judge(result: ParityResult, max_prob_diff: float, min_dice: float) -> Parity
     return result
 
 
-def check_parity(model: Path, cases: list[Path], backends: tuple[str, ...] = ("onnxruntime",),
+def check_parity(model: Path, cases: list[Path], backends: tuple = ("onnxruntime",),
                  reference: Path | None = None, options: SegmenterOptions | None = None,
                  threads: int | None = None, on_result=None) -> list[ParityResult]:
-    """Run every backend and the reference on every case; results judged by the card's tolerances."""
+    """Run every backend and the reference on every case; results judged by tolerances.
+
+    ``backends`` holds names or (name, precision hint) pairs. FP32 backends are judged by the
+    card's tolerances; a reduced-precision hint by ``HINT_TOLERANCES``.
+    """
     artifact = load_artifact(model)
     net = load_reference(artifact, reference)
     opts = options or SegmenterOptions()
     opts = SegmenterOptions(**{**opts.__dict__, "probabilities": True})
     tol = artifact.card.tolerances
-    sessions = {b: open_session(artifact, b, threads=threads) for b in backends}
+    specs = [b if isinstance(b, tuple) else (b, None) for b in backends]
+    sessions = {}
+    for name, hint in specs:
+        session = open_session(artifact, name, threads=threads, precision_hint=hint)
+        sessions[session.name] = session
     results = []
     try:
         for folder in cases:
             case = load_case(Path(folder), artifact.card.modalities)
-            ref_seg = Segmenter(artifact, sessions[backends[0]], opts)
+            ref_seg = Segmenter(artifact, next(iter(sessions.values())), opts)
             ref = reference_segmentation(net, ref_seg, case)
             box = nonzero_box(case.images)
             for backend, session in sessions.items():
                 seg = Segmenter(artifact, session, opts)
-                result = judge(compare(case, seg.predict(case), ref, backend, box, seg.et),
-                               tol.max_prob_diff, tol.min_region_dice)
+                max_diff, min_dice = HINT_TOLERANCES.get(backend, (tol.max_prob_diff, tol.min_region_dice))
+                result = judge(compare(case, seg.predict(case), ref, backend, box, seg.et), max_diff, min_dice)
                 results.append(result)
                 if on_result:
                     on_result(result)

@@ -78,9 +78,10 @@ class Segmenter:
 
     @classmethod
     def open(cls, model: str | Path, backend: str = "onnxruntime", threads: int | None = None,
-             options: SegmenterOptions | None = None) -> Segmenter:
+             options: SegmenterOptions | None = None, precision_hint: str | None = None) -> Segmenter:
         artifact = load_artifact(model)
-        return cls(artifact, open_session(artifact, backend, threads=threads), options)
+        return cls(artifact, open_session(artifact, backend, threads=threads, precision_hint=precision_hint),
+                   options)
 
     def close(self) -> None:
         self.session.close()

@@ -17,7 +17,9 @@ BACKENDS = {
     "ort-cuda": ("seg_edge.runtime.sessions.onnxruntime", "OrtCudaSession"),
     "ort-trt": ("seg_edge.runtime.sessions.onnxruntime", "OrtTensorrtSession"),
     "tensorrt": ("seg_edge.runtime.sessions.tensorrt", "TensorRTSession"),
+    "openvino": ("seg_edge.runtime.sessions.openvino", "OpenVINOSession"),
 }
+HINTED = {"openvino"}  # backends that take a precision hint
 
 
 @runtime_checkable
@@ -71,10 +73,18 @@ class SessionBase:
 
 
 def open_session(artifact: Artifact, backend: str = "onnxruntime", threads: int | None = None,
-                 cache_dir: Path | None = None) -> Session:
+                 cache_dir: Path | None = None, precision_hint: str | None = None) -> Session:
     """Open ``backend`` on ``artifact``; BackendUnavailable (never a fallback) if it cannot load."""
+    if backend == "auto":
+        from seg_edge.runtime.sessions.auto import open_auto
+
+        return open_auto(artifact, threads, cache_dir, precision_hint)
     if backend not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend '{backend}' (available: {', '.join(BACKENDS)})")
+        raise BackendUnavailable(f"unknown backend '{backend}' (available: auto, {', '.join(BACKENDS)})")
+    if precision_hint not in (None, "f32") and backend not in HINTED:
+        raise InputError(f"--precision-hint {precision_hint} applies to {', '.join(sorted(HINTED))}, not {backend}")
     module_name, class_name = BACKENDS[backend]
     cls = getattr(importlib.import_module(module_name), class_name)
+    if backend in HINTED:
+        return cls(artifact, threads=threads, cache_dir=cache_dir, precision_hint=precision_hint)
     return cls(artifact, threads=threads, cache_dir=cache_dir)

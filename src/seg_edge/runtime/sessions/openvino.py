@@ -1,0 +1,77 @@
+"""OpenVINO CPU session (extra 'openvino'): the same ONNX file, compiled per window shape.
+
+``INFERENCE_NUM_THREADS`` from ``--threads``, the latency hint, and ``--precision-hint f32|bf16``
+as OpenVINO's ``INFERENCE_PRECISION_HINT`` (bf16 only where the CPU reports BF16; otherwise
+BackendUnavailable, never a silent downgrade). Compiled models are cached in ``CACHE_DIR`` so a
+second run starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from seg_edge.artifact import Artifact
+from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
+from seg_edge.runtime.sessions.base import SessionBase
+
+HINTS = ("f32", "bf16")
+
+
+def default_cache() -> Path:
+    root = os.environ.get("SEG_EDGE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "seg-edge")
+    return Path(root).expanduser() / "openvino"
+
+
+class OpenVINOSession(SessionBase):
+    """Compiles the ONNX model for the CPU once per input shape (the runtime feeds one shape)."""
+
+    name = "openvino"
+
+    def __init__(self, artifact: Artifact, threads: int | None = None, cache_dir: Path | None = None,
+                 precision_hint: str | None = None):
+        super().__init__(artifact.card.in_channels, len(artifact.card.regions))
+        hint = precision_hint or "f32"
+        if hint not in HINTS:
+            raise InputError(f"--precision-hint {hint} (expected one of {', '.join(HINTS)})")
+        if artifact.kind != "onnx":
+            raise BackendUnavailable(f"{artifact.path}: openvino needs an ONNX model, got a {artifact.kind} plan")
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise BackendUnavailable("OpenVINO is not installed: pip install 'seg-edge[openvino]'") from exc
+        self._core = ov.Core()
+        caps = self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if hint == "bf16" and "BF16" not in caps:
+            raise BackendUnavailable(f"this CPU has no BF16 support (OpenVINO reports {', '.join(caps)}); "
+                                     "use --precision-hint f32")
+        cache = Path(cache_dir or default_cache())
+        cache.mkdir(parents=True, exist_ok=True)
+        self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint, "CACHE_DIR": str(cache)}
+        if threads:
+            self._config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self._model = self._core.read_model(str(artifact.path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own text
+            raise ArtifactError(f"{artifact.path}: OpenVINO cannot read the model ({exc})") from exc
+        self.hint = hint
+        self.name = "openvino" if hint == "f32" else f"openvino-{hint}"
+        self._input = artifact.card.input_name
+        self._compiled: dict[tuple[int, ...], object] = {}
+
+    def _request(self, shape: tuple[int, ...]):
+        if shape not in self._compiled:
+            model = self._model.clone()
+            model.reshape({self._input: list(shape)})
+            self._compiled[shape] = self._core.compile_model(model, "CPU", self._config).create_infer_request()
+        return self._compiled[shape]
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        request = self._request(tuple(batch.shape))
+        request.infer({self._input: batch})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+    def close(self) -> None:
+        self._compiled.clear()

@@ -1,0 +1,96 @@
+"""OpenVINO backend, --precision-hint and --backend auto."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from seg_edge.cli.app import app
+from seg_edge.errors import BackendUnavailable
+from seg_edge.runtime.io import load_case
+from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
+
+ov = pytest.importorskip("openvino")
+
+BLOCK = (
+    "import sys, importlib.abc\n"
+    "class Block(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in {blocked!r}:\n"
+    "            raise ImportError('blocked for this test: ' + name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+    "from seg_edge.cli.app import main\n"
+    "sys.argv = ['seg-edge'] + {argv!r}\n"
+    "main()\n"
+)
+
+
+def _run_blocked(blocked, argv):
+    code = BLOCK.format(blocked=set(blocked), argv=[str(a) for a in argv])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_openvino_segments_like_onnxruntime(edge_onnx, case_dir):
+    card_modalities = ("flair", "t1", "t1ce", "t2")
+    case = load_case(case_dir, card_modalities)
+    out = {}
+    for backend in ("onnxruntime", "openvino"):
+        with Segmenter.open(edge_onnx, backend, options=SegmenterOptions(probabilities=True)) as seg:
+            out[backend] = seg.predict(case)
+            assert seg.session.name == backend
+    agreement = float((out["openvino"].labels == out["onnxruntime"].labels).mean())
+    assert agreement > 0.99
+    assert float(np.abs(out["openvino"].probabilities - out["onnxruntime"].probabilities).max()) < 0.1
+
+
+def test_bf16_needs_cpu_support(monkeypatch, edge_onnx):
+    import seg_edge.runtime.sessions.openvino as ovs
+    from seg_edge.artifact import load_artifact
+
+    real = ov.Core
+
+    class NoBF16Core:
+        def __init__(self):
+            self._core = real()
+
+        def get_property(self, device, name):
+            return ["FP32", "INT8"] if name == "OPTIMIZATION_CAPABILITIES" else self._core.get_property(device, name)
+
+        def __getattr__(self, item):
+            return getattr(self._core, item)
+
+    monkeypatch.setattr(ov, "Core", NoBF16Core)
+    with pytest.raises(BackendUnavailable, match="no BF16"):
+        ovs.OpenVINOSession(load_artifact(edge_onnx), precision_hint="bf16")
+    ovs.OpenVINOSession(load_artifact(edge_onnx), precision_hint="f32").close()
+
+
+def test_without_the_extra_the_message_names_it(edge_onnx, case_dir, tmp_path):
+    result = _run_blocked({"openvino"}, ["predict", case_dir, "--model", edge_onnx, "--backend", "openvino",
+                                         "--out", tmp_path])
+    assert result.returncode == 3
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "seg-edge[openvino]" in lines[0]
+
+
+def test_auto_says_what_it_chose_and_why(edge_onnx, case_dir, tmp_path):
+    result = CliRunner().invoke(app, ["predict", str(case_dir), "--model", str(edge_onnx), "--backend", "auto",
+                                      "--out", str(tmp_path / "a"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "backend auto → openvino" in result.stderr and "skipped tensorrt" in result.stderr
+    assert json.loads(result.stdout)["model"]["backend"] == "openvino"
+    blocked = _run_blocked({"openvino"}, ["predict", case_dir, "--model", edge_onnx, "--backend", "auto",
+                                          "--out", tmp_path / "b", "--json"])
+    assert blocked.returncode == 0, blocked.stderr
+    assert "backend auto → onnxruntime" in blocked.stderr and "skipped openvino" in blocked.stderr
+
+
+def test_precision_hint_is_openvino_only(edge_onnx, case_dir, tmp_path):
+    result = CliRunner().invoke(app, ["predict", str(case_dir), "--model", str(edge_onnx), "--precision-hint",
+                                      "bf16", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "applies to openvino" in result.stderr
