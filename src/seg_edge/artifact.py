@@ -9,6 +9,7 @@ top-level fields of the protobuf are walked directly (weights are skipped, not p
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import mmap
 from dataclasses import dataclass, field
@@ -147,6 +148,15 @@ class Artifact:
     path: Path
     card: ModelCard
     kind: str
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def sidecar_path(plan: Path) -> Path:

@@ -11,20 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from seg_edge.cli.app import err, guarded, out
-from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, PrecisionHint, dumps
-from seg_edge.errors import InputError
+from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, PrecisionHint, dumps, parse_ints
 
 
 def _shape(text: str | None, batch: int) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        dims = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        dims = ()
-    if len(dims) != 4 or min(dims) < 1:
-        raise InputError(f"--shape '{text}' (expected C,X,Y,Z like 5,96,96,96)")
-    return (batch,) + dims
+    return None if text is None else (batch,) + parse_ints(text, 4, "--shape", "5,96,96,96")
 
 
 @guarded

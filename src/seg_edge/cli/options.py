@@ -70,14 +70,19 @@ def model_path(model: Path | None) -> Path:
     return DEFAULT_MODEL
 
 
-def parse_triplet(text: str, what: str) -> tuple[int, int, int]:
+def parse_ints(text: str, count: int, what: str, example: str) -> tuple[int, ...]:
+    """``count`` positive comma-separated integers, or an InputError naming the option."""
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or min(values) < 1:
-        raise InputError(f"{what} '{text}' (expected three positive integers like 240,240,155)")
-    return values  # type: ignore[return-value]
+    if len(values) != count or min(values) < 1:
+        raise InputError(f"{what} '{text}' (expected {count} positive integers like {example})")
+    return values
+
+
+def parse_triplet(text: str, what: str) -> tuple[int, int, int]:
+    return parse_ints(text, 3, what, "240,240,155")  # type: ignore[return-value]
 
 
 def parse_modalities(text: str | None) -> tuple[str, ...] | None:

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from seg_edge.artifact import ModelCard, load_artifact, sidecar_path
+from seg_edge.artifact import ModelCard, file_sha256, load_artifact, sidecar_path
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -108,14 +108,6 @@ def import_tensorrt():
     return trt
 
 
-def onnx_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_key(onnx_sha: str, precision: str, profile: Profile, device: Device, trt_version: str) -> str:
     """Everything a plan depends on; a change in any part means a different plan."""
     text = json.dumps({"onnx": onnx_sha, "precision": precision, "profile": asdict(profile),
@@ -124,8 +116,9 @@ def cache_key(onnx_sha: str, precision: str, profile: Profile, device: Device, t
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SEG_EDGE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "seg-edge")
-    return Path(root).expanduser() / "engines"
+    from seg_edge.runtime.sessions.base import cache_root
+
+    return cache_root() / "engines"
 
 
 def sidecar(card: ModelCard, trt_version: str, device: Device, precision: str, profile: Profile,
@@ -250,7 +243,7 @@ def build_engine(onnx_path: Path, out: Path, options: BuildOptions = BuildOption
     build_s = time.perf_counter() - started
     if options.timing_cache:
         options.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    meta = sidecar(artifact.card, trt.__version__, device, precision, profile, build_s, onnx_sha256(onnx_path))
+    meta = sidecar(artifact.card, trt.__version__, device, precision, profile, build_s, file_sha256(onnx_path))
     write_plan(bytes(plan), meta, out)
     return meta
 
@@ -262,7 +255,7 @@ def cached_engine(onnx_path: Path, precision: str | None = None, log=print) -> P
     device = gpu_device()
     precision = precision or artifact.card.precision
     profile = make_profile(artifact.card)
-    key = cache_key(onnx_sha256(onnx_path), precision, profile, device, trt.__version__)
+    key = cache_key(file_sha256(onnx_path), precision, profile, device, trt.__version__)
     plan = cache_dir() / f"{key}.plan"
     why = plan_is_current(plan, trt.__version__, device)
     if why:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -20,6 +21,12 @@ BACKENDS = {
     "openvino": ("seg_edge.runtime.sessions.openvino", "OpenVINOSession"),
 }
 HINTED = {"openvino"}  # backends that take a precision hint
+
+
+def cache_root() -> Path:
+    """Where compiled engines and caches live: $SEG_EDGE_CACHE, else $XDG_CACHE_HOME/seg-edge."""
+    root = os.environ.get("SEG_EDGE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "seg-edge")
+    return Path(root).expanduser()
 
 
 @runtime_checkable

@@ -8,21 +8,15 @@ second run starts fast.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from seg_edge.artifact import Artifact
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
-from seg_edge.runtime.sessions.base import SessionBase
+from seg_edge.runtime.sessions.base import SessionBase, cache_root
 
 HINTS = ("f32", "bf16")
-
-
-def default_cache() -> Path:
-    root = os.environ.get("SEG_EDGE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "seg-edge")
-    return Path(root).expanduser() / "openvino"
 
 
 class OpenVINOSession(SessionBase):
@@ -47,7 +41,7 @@ class OpenVINOSession(SessionBase):
         if hint == "bf16" and "BF16" not in caps:
             raise BackendUnavailable(f"this CPU has no BF16 support (OpenVINO reports {', '.join(caps)}); "
                                      "use --precision-hint f32")
-        cache = Path(cache_dir or default_cache())
+        cache = Path(cache_dir or cache_root() / "openvino")
         cache.mkdir(parents=True, exist_ok=True)
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint, "CACHE_DIR": str(cache)}
         if threads:
