@@ -92,33 +92,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     sampler = PatchSampler(train_cases, (cfg.patch,) * 3, cfg.seed)
     amp = _precision(torch, device, cfg.precision)
     scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
-    dice_loss = DiceLoss(sigmoid=True, batch=True)
-    bce = torch.nn.BCEWithLogitsLoss()
-    start_epoch, best = 0, -1.0
-    if (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", weights_only=True, map_location=device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        sched.load_state_dict(state["sched"])
-        sampler.rng.bit_generator.state = json.loads(state["rng"])
-        start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
-        log(f"resumed from epoch {start_epoch - 1} (best mean Dice {best:.4f})")
+    dice_loss, bce = DiceLoss(sigmoid=True, batch=True), torch.nn.BCEWithLogitsLoss()
+    loss_fn = lambda logits, y: dice_loss(logits, y) + bce(logits, y)  # noqa: E731
+    start_epoch, best = _resume(torch, out / "last.pt", device, (model, opt, sched), sampler, log)
     began = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
-        model.train()
-        losses = []
-        for _ in range(cfg.iters_per_epoch):
-            x, y = (torch.from_numpy(a).to(device) for a in sampler.batch(cfg.batch))
-            with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model(x)
-            logits = logits.float()
-            loss = dice_loss(logits, y) + bce(logits, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(loss.item())
+        losses = _train_epoch(torch, model, (opt, scaler), sampler, cfg, (device, amp), loss_fn)
         session = TorchSession(model, card.in_channels, 3, device=device,
                                autocast_dtype=None if amp is None else str(amp).split(".")[-1])
         scores = validate(session, val_cases, card, cfg.val_overlap)
@@ -138,6 +118,39 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
             log(f"stopping: time budget of {cfg.max_minutes} min reached")
             break
     return out / "best.pt"
+
+
+def _resume(torch, path: Path, device: str, objects, sampler, log) -> tuple[int, float]:
+    """Restore model, optimiser, scheduler and sampler from ``last.pt``; (next epoch, best score)."""
+    if not path.exists():
+        return 0, -1.0
+    model, opt, sched = objects
+    state = torch.load(path, weights_only=True, map_location=device)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optim"])
+    sched.load_state_dict(state["sched"])
+    sampler.rng.bit_generator.state = json.loads(state["rng"])
+    log(f"resumed from epoch {int(state['epoch'])} (best mean Dice {float(state['best']):.4f})")
+    return int(state["epoch"]) + 1, float(state["best"])
+
+
+def _train_epoch(torch, model, optim, sampler, cfg: TrainConfig, where, loss_fn) -> list[float]:
+    """One epoch of ``cfg.iters_per_epoch`` steps; returns the step losses."""
+    (opt, scaler), (device, amp) = optim, where
+    model.train()
+    losses = []
+    for _ in range(cfg.iters_per_epoch):
+        x, y = (torch.from_numpy(a).to(device) for a in sampler.batch(cfg.batch))
+        with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(x)
+        logits = logits.float()
+        loss = loss_fn(logits, y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(loss.item())
+    return losses
 
 
 def _append_log(path: Path, row: list) -> None:
