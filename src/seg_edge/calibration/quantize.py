@@ -42,6 +42,7 @@ class QuantizeReport:
     change: DiceChange | None = None
     iterations: list[dict] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)
+    eval_cases: list[str] = field(default_factory=list)
 
 
 def _int8(pre: Path, out: Path, reader, method: str, exclude: list[str], cache: Path) -> None:
@@ -136,7 +137,7 @@ def quantize(model: Path, calibration: Path, out: Path, eval_dir: Path | None = 
             to_fp16(model, tmp / "fp16.onnx")
             _finish(tmp / "fp16.onnx", tmp / "cand.onnx", model)
             change = evaluator.change(tmp / "cand.onnx")
-            report = QuantizeReport(out, "fp16", change=change)
+            report = QuantizeReport(out, "fp16", change=change, eval_cases=[c.name for c in eval_cases])
             _finish(tmp / "fp16.onnx", out, model, precision="fp16",
                     tolerances=Tolerances(max_prob_diff=1e-2, min_region_dice=0.995),
                     provenance={"quantization": _record(report, options, [], eval_cases)})
@@ -155,7 +156,7 @@ def _int8_with_budget(model, out, tmp, cal_cases, eval_cases, evaluator, options
     cache = tmp / "calibration.json"
     excluded: list[str] = []
     ranking: list[tuple[str, float]] | None = None
-    report = QuantizeReport(out, "int8")
+    report = QuantizeReport(out, "int8", eval_cases=[c.name for c in eval_cases])
     while True:
         _int8(pre, tmp / "int8.onnx", reader, options.method, excluded, cache)
         _finish(tmp / "int8.onnx", tmp / "cand.onnx", model, precision="int8")

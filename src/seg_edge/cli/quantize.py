@@ -39,7 +39,7 @@ def quantize(
     data = {"path": str(report.path), "precision": report.precision, "kept_float": report.kept_float,
             "dice_vs_fp32": change.vs_fp32, "dice_vs_truth": {"fp32": change.fp32_vs_truth,
                                                               report.precision: change.candidate_vs_truth},
-            "calibration": report.calibration, "iterations": report.iterations}
+            "calibration": report.calibration, "eval_cases": report.eval_cases, "iterations": report.iterations}
     if json_out:
         out.print_json(dumps(data))
         return
