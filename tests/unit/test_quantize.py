@@ -100,7 +100,7 @@ def test_fp16_keeps_instance_norm_fp32_and_matches_fp32(tmp_path, edge_onnx, qca
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     card = load_artifact(out).card
-    assert card.precision == "fp16" and card.tolerances.max_prob_diff == pytest.approx(1e-2)
+    assert card.precision == "fp16" and card.tolerances.max_prob_diff == pytest.approx(0.25)
     assert min(report.change.vs_fp32.values()) >= card.tolerances.min_region_dice
     # probabilities on ORT CPU within the documented FP16 tolerance of the FP32 model
     from seg_edge.runtime.io import load_case

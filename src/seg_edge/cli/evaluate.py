@@ -22,6 +22,7 @@ def evaluate(
 ) -> None:
     """Score predictions per region (WT, TC, ET) with BraTS conventions for empty regions."""
     from seg_edge.evaluation.evaluate import REGIONS, evaluate as run, write_csv
+    from seg_edge.evaluation.metrics import METRICS
     from seg_edge.runtime.postprocess import et_label
 
     result = run(pred, truth, et_label(label_scheme.value))
@@ -34,14 +35,14 @@ def evaluate(
         out.print_json(dumps({"cases": result["cases"], "summary": result["summary"]}))
         return
     table = Table(title=f"{len(result['cases'])} cases: mean ± std", title_justify="left")
-    table.add_column("region")
-    metrics = ("dice", "iou", "hd95", "sensitivity", "specificity", "precision")
-    for m in metrics:
-        table.add_column(m + (" (mm)" if m == "hd95" else ""), justify="right")
+    table.add_column("metric")
     for region in REGIONS:
-        stats = result["summary"][region]
-        table.add_row(region, *(f"{stats[m]['mean']:.4f} ± {stats[m]['std']:.4f}" if m != "hd95" else
-                                f"{stats[m]['mean']:.2f} ± {stats[m]['std']:.2f}" for m in metrics))
+        table.add_column(region, justify="right")
+    for metric in METRICS:
+        digits = 2 if metric == "hd95" else 4
+        table.add_row(metric + (" (mm)" if metric == "hd95" else ""),
+                      *(f"{result['summary'][r][metric]['mean']:.{digits}f} ± {result['summary'][r][metric]['std']:.{digits}f}"
+                        for r in REGIONS))
     out.print(table)
 
 

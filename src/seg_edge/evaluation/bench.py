@@ -68,6 +68,9 @@ def graph_gflop(model: Path, shape: tuple[int, ...]) -> float | None:
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)}
     weights = {t.name: list(t.dims) for t in m.graph.initializer}
+    for node in m.graph.node:  # Q/DQ models: a Conv's weight is the output of a DequantizeLinear
+        if node.op_type == "DequantizeLinear" and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]]
     flops = 0
     for node in m.graph.node:
         if node.op_type not in ("Conv", "ConvTranspose") or node.input[1] not in weights:

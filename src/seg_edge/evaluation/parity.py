@@ -25,10 +25,11 @@ from seg_edge.runtime.segmenter import Segmentation, Segmenter, SegmenterOptions
 from seg_edge.runtime.sessions.base import open_session
 
 REGIONS = ("WT", "TC", "ET")
-# Reduced-precision execution of an FP32 artifact: (max probability difference, min region Dice).
-# bf16 keeps 8 mantissa bits, so probabilities move by up to a few 1e-2 near the boundary; the
-# label maps are what is gated. Set from measurement on the shipped model (docs/BENCHMARKS.md).
-HINT_TOLERANCES = {"openvino-bf16": (0.25, 0.98)}
+# OpenVINO runs of an FP32 artifact: (max probability difference, min region Dice), set from
+# measurement on the shipped model and example (docs/BENCHMARKS.md). OpenVINO fuses the
+# InstanceNorm subgraph into its own normalisation and loses precision even in f32 (max |Δp|
+# 6.4e-3, 10 voxels changed); bf16 keeps 8 mantissa bits (max |Δp| 5.7e-2, 29 voxels changed).
+HINT_TOLERANCES = {"openvino": (2e-2, 0.999), "openvino-bf16": (0.25, 0.99)}
 
 
 @dataclass

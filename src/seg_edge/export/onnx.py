@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from seg_edge.model.checkpoints import load_network, sha256
 from seg_edge.export.graph import name_nodes_by_module
 from seg_edge.export.norm import stabilise_instance_norms
 from seg_edge.model.networks import card_for
+from seg_edge.runtime.io import default_file_mode
 
 DEFAULT_OPSET = 18
 
@@ -55,10 +57,16 @@ def _torch_to_onnx(net, card: ModelCard, shape: tuple[int, ...], opset: int, pat
     # which the U-Net's down/up-sampling needs, so the graph states it ("16*x").
     spatial = {axis: div * torch.export.Dim(name, min=1, max=2048 // div)
                for axis, name in ((2, "x"), (3, "y"), (4, "z"))}
-    program = torch.onnx.export(net, (dummy,), dynamo=True, input_names=[card.input_name],
-                                output_names=[card.output_name], opset_version=opset, verbose=False,
-                                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=256), **spatial},),
-                                optimize=True)
+    chatter = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = chatter.level
+    chatter.setLevel(logging.ERROR)  # "torchvision is not installed" lines say nothing about this model
+    try:
+        program = torch.onnx.export(net, (dummy,), dynamo=True, input_names=[card.input_name],
+                                    output_names=[card.output_name], opset_version=opset, verbose=False,
+                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=256), **spatial},),
+                                    optimize=True)
+    finally:
+        chatter.setLevel(level)
     program.save(str(path))
 
 
@@ -122,6 +130,7 @@ def export_onnx(checkpoint: Path, out: Path, options: ExportOptions = ExportOpti
         write_card(model, card)
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(tmp), save_as_external_data=False)
+        os.chmod(tmp, default_file_mode())  # mkstemp files start at 0600
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

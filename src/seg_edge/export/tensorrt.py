@@ -20,6 +20,7 @@ from pathlib import Path
 
 from seg_edge.artifact import ModelCard, file_sha256, load_artifact, sidecar_path
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
+from seg_edge.runtime.io import default_file_mode
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -162,6 +163,7 @@ def write_plan(data: bytes, meta: dict, out: Path) -> None:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, target)
 
 
