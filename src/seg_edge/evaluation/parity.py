@@ -29,7 +29,10 @@ REGIONS = ("WT", "TC", "ET")
 # measurement on the shipped model and example (docs/BENCHMARKS.md). OpenVINO fuses the
 # InstanceNorm subgraph into its own normalisation and loses precision even in f32 (max |Δp|
 # 6.4e-3, 10 voxels changed); bf16 keeps 8 mantissa bits (max |Δp| 5.7e-2, 29 voxels changed).
-HINT_TOLERANCES = {"openvino": (2e-2, 0.999), "openvino-bf16": (0.25, 0.99)}
+# OpenVINO runs an INT8 Q/DQ file its own way: on the example, Dice vs the FP32 reference was
+# WT 0.987, TC 0.992, ET 0.972 (ONNX Runtime on the same file: 0.995, 0.998, 0.996).
+HINT_TOLERANCES = {("openvino", "fp32"): (2e-2, 0.999), ("openvino-bf16", "fp32"): (0.25, 0.99),
+                   ("openvino", "int8"): (1.0, 0.97), ("openvino-bf16", "int8"): (1.0, 0.97)}
 
 
 @dataclass
@@ -130,7 +133,8 @@ def check_parity(model: Path, cases: list[Path], backends: tuple = ("onnxruntime
             box = nonzero_box(case.images)
             for backend, session in sessions.items():
                 seg = Segmenter(artifact, session, opts)
-                max_diff, min_dice = HINT_TOLERANCES.get(backend, (tol.max_prob_diff, tol.min_region_dice))
+                max_diff, min_dice = HINT_TOLERANCES.get((backend, artifact.card.precision),
+                                                         (tol.max_prob_diff, tol.min_region_dice))
                 result = judge(compare(case, seg.predict(case), ref, backend, box, seg.et), max_diff, min_dice)
                 results.append(result)
                 if on_result:
