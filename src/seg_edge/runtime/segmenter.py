@@ -115,7 +115,7 @@ class Segmenter:
         """Network-layout logits → Segmentation on the case's grid (also used for references)."""
         timings = dict(timings or {})
         t0 = time.perf_counter()
-        probs = crop_padding(sigmoid(logits), inverse)  # the rule must not see padding voxels
+        probs = sigmoid(crop_padding(logits, inverse))  # padding is dropped first: the rule must not see it
         labels_net = regions_to_labels(probs, self.card.thresholds, self.et)
         relabelled = 0
         if self.options.et_rule:
