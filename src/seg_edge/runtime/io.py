@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from seg_edge.errors import InputError
+from seg_edge.runtime.atomic import default_file_mode  # noqa: F401  (re-exported)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Modality name → the file-name tags of BraTS 2020/2021 and BraTS 2023 releases.
@@ -200,13 +201,6 @@ def check_writable(out: Path, overwrite: bool) -> None:
             raise InputError(f"{folder}: cannot create output folder ({exc.strerror})") from exc
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{folder}: output folder is not writable")
-
-
-def default_file_mode() -> int:
-    """Permissions a new file gets under the current umask (mkstemp files start at 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def save_nifti_atomic(img: nib.Nifti1Image, out: Path) -> None:
