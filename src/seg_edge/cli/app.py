@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,10 +15,39 @@ from rich.markup import escape
 from seg_edge import __version__
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError, ParityError, SegEdgeError
 
-app = typer.Typer(name="seg-edge", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Segment brain-tumour MRI with a 3D U-Net on edge hardware.")
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
+BUG_HINT = " — this is a bug in seg-edge: rerun with --debug and report the traceback"
+
+
+# Typer ≥ 0.23 vendors click: find its exception base through a public class rather than importing it.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Click's usage errors (bad option values, unknown options) as one line, like every other error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _ClickException as exc:
+            if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+                err.print(f"[bold red]input error:[/] {escape(' '.join(exc.format_message().split()))}")
+            sys.exit(exc.exit_code)
+        except RuntimeError as exc:
+            if type(exc).__name__ != "Abort":
+                raise
+            err.print("[bold red]interrupted[/]")
+            sys.exit(130)
+        if result == 130:
+            err.print("[bold red]interrupted:[/] nothing was written for the unfinished case")
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+app = typer.Typer(name="seg-edge", cls=OneLineErrors, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False, help="Segment brain-tumour MRI with a 3D U-Net on edge hardware.")
 _state = {"debug": False}
 
 # exception class → (label, exit code). Usage errors are Typer's (exit 2).
@@ -51,7 +81,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             label, code = exit_for(exc)
             message = str(exc) if isinstance(exc, SegEdgeError) else f"{type(exc).__name__}: {exc}"
-            hint = "" if isinstance(exc, SegEdgeError) else " (run with --debug for the traceback)"
+            hint = "" if isinstance(exc, SegEdgeError) else BUG_HINT
             err.print(f"[bold red]{label}:[/] {escape(message)}{escape(hint)}", highlight=False)
             raise typer.Exit(code) from None
 
@@ -84,6 +114,12 @@ def _register() -> None:
 _register()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so staged outputs and temporary files are removed."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(app())

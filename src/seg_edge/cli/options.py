@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from seg_edge.errors import InputError
+from seg_edge.errors import ArtifactError, InputError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL = ASSETS / "seg-edge-edge.onnx"
@@ -64,6 +64,9 @@ THREADS_OPTION = typer.Option(None, "--threads", min=1, help="Intra-op threads (
 def model_path(model: Path | None) -> Path:
     """The model to use: the one given, or the shipped artifact (with a clear error if absent)."""
     if model is not None:
+        if model.is_dir():
+            raise ArtifactError(f"{model}: is a folder (expected a model file: .onnx, or a TensorRT "
+                                ".plan/.engine with its .json card)")
         return model
     if not DEFAULT_MODEL.is_file():
         raise InputError(f"{DEFAULT_MODEL}: no model is shipped in this build; pass --model MODEL.onnx")

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from seg_edge.cli.app import err, guarded, out
+from seg_edge.errors import InputError
 from seg_edge.cli.options import (HINT_OPTION, JSON_OPTION, THREADS_OPTION, Backend, Blend, LabelScheme,
                                   PrecisionHint, dumps, model_path, parse_modalities, report_auto)
 
@@ -92,10 +93,13 @@ def predict(
                                label_scheme=label_scheme.value if label_scheme else None, et_rule=et_rule,
                                probabilities=probabilities)
     file_order = parse_modalities(modalities)
+    if file_order is not None and not _is_stack(input):
+        raise InputError(f"--modalities {modalities}: applies to a 4D NIfTI or a .npy stack, not to "
+                         f"{input or 'separate modality files'} (whose files are named by modality)")
     if not batch:
-        from seg_edge.runtime.io import check_writable
+        from seg_edge.runtime.outputs import check_targets
 
-        check_writable(jobs[0].out, overwrite)  # before the model loads
+        check_targets(jobs[0].targets(probabilities), overwrite)  # before the model loads
     hint = precision_hint.value if precision_hint else None
     with Segmenter.open(model_path(model), backend.value, threads, options, hint) as segmenter:
         report_auto(segmenter.session, err)
@@ -109,6 +113,10 @@ def predict(
         _render(results, batch, json_out, segmenter)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
+
+
+def _is_stack(source: Path | None) -> bool:
+    return source is not None and not source.is_dir() and source.name.lower().endswith((".nii", ".nii.gz", ".npy"))
 
 
 def _run_batch(segmenter, jobs, file_order, overwrite, run_batch):

@@ -6,10 +6,7 @@ expected. Nothing is re-oriented or resampled; unusual geometry is reported in `
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import numpy as np
 
 from seg_edge.errors import InputError
 from seg_edge.runtime.atomic import default_file_mode  # noqa: F401  (re-exported)
+from seg_edge.runtime.nifti import image_data, read_image, read_npy
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Modality name → the file-name tags of BraTS 2020/2021 and BraTS 2023 releases.
@@ -58,7 +56,7 @@ def find_modalities(folder: Path) -> dict[str, Path]:
     """Map modality → file in a BraTS case folder; InputError if one is missing or ambiguous."""
     found: dict[str, list[Path]] = {m: [] for m in TAGS}
     for path in sorted(folder.iterdir()):
-        if not (path.is_file() and is_nifti(path)):
+        if path.is_dir() or not is_nifti(path):  # a FIFO named like a modality is refused when read
             continue
         stem = strip_nifti(path.name).lower()
         for modality, tags in TAGS.items():
@@ -74,6 +72,12 @@ def find_modalities(folder: Path) -> dict[str, Path]:
     return {m: paths[0] for m, paths in found.items()}
 
 
+def has_modality_files(folder: Path) -> bool:
+    """Whether ``folder`` holds any file named like a BraTS modality (a case folder, complete or not)."""
+    return any(strip_nifti(p.name).lower().endswith(tags) for p in folder.iterdir()
+               if is_nifti(p) for tags in TAGS.values())
+
+
 def is_case_folder(folder: Path) -> bool:
     try:
         find_modalities(folder)
@@ -82,32 +86,23 @@ def is_case_folder(folder: Path) -> bool:
     return True
 
 
-def read_nifti(path: Path, ndim: tuple[int, ...] = (3,)) -> nib.Nifti1Image:
-    """Load a NIfTI image and its data; InputError on anything unreadable or of wrong rank."""
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if not path.is_file() or not is_nifti(path):
-        raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
-        raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
-    if data.ndim == 4 and data.shape[3] == 1 and 3 in ndim:
-        data = data[..., 0]
-    if data.ndim not in ndim:
+def read_nifti(path: Path, ndim: tuple[int, ...] = (3,), notes: list[str] | None = None) -> nib.Nifti1Image:
+    """Load a NIfTI image and its float32 data, checked (see ``runtime.nifti``); notes collect warnings."""
+    notes = [] if notes is None else notes
+    img = read_image(path, notes)
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1 and 3 in ndim:
+        shape = shape[:3]
+    if len(shape) not in ndim:
         want = " or ".join(f"{n}D" for n in ndim)
-        raise InputError(f"{path}: image is {data.ndim}D with shape {data.shape} (expected {want})")
-    _check_values(path, data)
-    return nib.Nifti1Image(data, img.affine, header=img.header)
+        raise InputError(f"{path}: image is {len(img.shape)}D with shape {img.shape} (expected {want})")
+    data = image_data(path, img, notes).reshape(shape)
+    return type(img)(data, img.affine, header=img.header)
 
 
-def _check_values(path: Path, data: np.ndarray) -> None:
-    bad = int(np.count_nonzero(~np.isfinite(data)))
-    if bad:
-        raise InputError(f"{path}: {bad} voxels are NaN or Inf (expected finite intensities)")
-    if not np.any(data):
-        raise InputError(f"{path}: volume is all zero (expected a skull-stripped brain)")
+def _require_signal(path: Path, volume: np.ndarray, what: str = "volume") -> None:
+    if not np.any(volume):
+        raise InputError(f"{path}: {what} is all zero (expected a skull-stripped brain)")
 
 
 def _geometry_warnings(img: nib.Nifti1Image, path: Path) -> list[str]:
@@ -121,7 +116,11 @@ def _geometry_warnings(img: nib.Nifti1Image, path: Path) -> list[str]:
 
 def stack_files(files: dict[str, Path], order: tuple[str, ...], case_id: str) -> Case:
     """Read one 3D NIfTI per modality and stack them in ``order``; checks shapes and affines."""
-    imgs = {m: read_nifti(files[m]) for m in order}
+    notes: list[str] = []
+    imgs = {}
+    for m in order:
+        imgs[m] = read_nifti(files[m], notes=notes)
+        _require_signal(files[m], imgs[m].dataobj)
     first = order[0]
     ref = imgs[first]
     for m in order[1:]:
@@ -133,36 +132,37 @@ def stack_files(files: dict[str, Path], order: tuple[str, ...], case_id: str) ->
                              "(expected co-registered modalities on one grid)")
     images = np.stack([np.asarray(imgs[m].dataobj, dtype=np.float32) for m in order])
     return Case(case_id, images, ref.affine, ref.header, {m: files[m] for m in order},
-                _geometry_warnings(ref, files[first]))
+                _geometry_warnings(ref, files[first]) + notes)
 
 
 def load_4d(path: Path, order: tuple[str, ...], file_order: tuple[str, ...]) -> Case:
     """A 4D NIfTI whose last axis holds the modalities in ``file_order``."""
-    img = read_nifti(path, ndim=(4,))
+    notes: list[str] = []
+    img = read_nifti(path, ndim=(4,), notes=notes)
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.shape[3] != len(file_order):
         raise InputError(f"{path}: 4D image has {data.shape[3]} volumes (expected {len(file_order)}: "
                          f"{', '.join(file_order)})")
     images = np.stack([data[..., file_order.index(m)] for m in order])
     for m, vol in zip(order, images):
-        if not np.any(vol):
-            raise InputError(f"{path}: volume '{m}' is all zero (expected a skull-stripped brain)")
+        _require_signal(path, vol, f"volume '{m}'")
     return Case(strip_nifti(path.name), images, img.affine, img.header, {m: path for m in order},
-                _geometry_warnings(img, path))
+                _geometry_warnings(img, path) + notes)
 
 
 def load_npy(path: Path, order: tuple[str, ...], file_order: tuple[str, ...]) -> Case:
     """A (4, X, Y, Z) .npy stack in ``file_order``; the case gets an identity affine (1 mm)."""
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"{path}: unreadable .npy ({exc})") from exc
-    if data.ndim != 4 or data.shape[0] != len(file_order) or not np.issubdtype(data.dtype, np.number):
+    data = read_npy(path)
+    if data.ndim != 4 or data.shape[0] != len(file_order):
         raise InputError(f"{path}: array of shape {data.shape} and dtype {data.dtype} "
                          f"(expected numeric ({len(file_order)}, X, Y, Z))")
     data = data.astype(np.float32)
-    _check_values(path, data)
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise InputError(f"{path}: {bad} voxels are NaN or Inf (expected finite intensities)")
     images = np.stack([data[file_order.index(m)] for m in order])
+    for m, vol in zip(order, images):
+        _require_signal(path, vol, f"volume '{m}'")
     note = f"{path.name}: .npy input has no geometry; the output uses an identity affine (1 mm voxels)"
     return Case(path.name[:-4], images, np.eye(4), None, {m: path for m in order}, [note])
 
@@ -189,57 +189,33 @@ def load_case(source: Path | dict[str, Path], order: tuple[str, ...],
     return load_4d(path, order, file_order)
 
 
-def check_writable(out: Path, overwrite: bool) -> None:
-    """Fail before any work if ``out`` exists (without overwrite) or its folder is not writable."""
-    if out.exists() and not overwrite:
-        raise InputError(f"{out}: output exists (use --overwrite to replace it)")
-    folder = out.parent
-    if not folder.exists():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"{folder}: cannot create output folder ({exc.strerror})") from exc
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{folder}: output folder is not writable")
-
-
-def save_nifti_atomic(img: nib.Nifti1Image, out: Path) -> None:
-    """Write via a temporary file in the target folder and rename: no partial output survives."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".nii.gz"
-                               if out.name.endswith(".gz") else ".nii")
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_volume(data: np.ndarray, case: Case, out: Path) -> None:
-    """Save ``data`` on the case's grid with its affine, header and qform/sform codes."""
+    """Save ``data`` to ``out`` on the case's grid with its affine, header and qform/sform codes.
+
+    ``out`` is written in place: callers stage it (``runtime.outputs``) or use ``atomic_write``.
+    """
     if case.header is None:
         img = nib.Nifti1Image(data, case.affine)
     else:
         header = case.header.copy()
         header.set_data_dtype(data.dtype)
-        img = nib.Nifti1Image(data, case.affine, header=header)
+        # the output keeps the input's format (a NIfTI-2 header in a NIfTI-1 image makes nibabel complain)
+        klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        img = klass(data, case.affine, header=header)
         img.set_qform(case.header.get_qform(), code=int(case.header["qform_code"]))
         img.set_sform(case.header.get_sform(), code=int(case.header["sform_code"]))
         img.header.set_slope_inter(1.0, 0.0)
-    save_nifti_atomic(img, out)
+    try:
+        nib.save(img, str(out))
+    except (nib.spatialimages.HeaderDataError, ValueError) as exc:
+        source = next(iter(case.sources.values()), case.case_id)
+        raise InputError(f"{source}: its geometry cannot be written to a NIfTI output ({exc})") from None
 
 
 def read_labels(path: Path, et: int) -> tuple[np.ndarray, nib.Nifti1Image]:
     """A 3D integer label map with labels in {0, 1, 2, et}; InputError otherwise."""
-    if not path.is_file():
-        raise InputError(f"{path}: label file not found")
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
-        raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
+    img = read_image(path, [])
+    data = np.asarray(img.dataobj)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

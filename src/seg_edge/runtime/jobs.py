@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from seg_edge.errors import InputError, SegEdgeError
-from seg_edge.runtime.io import Case, check_writable, default_file_mode, is_case_folder, load_case, strip_nifti, write_volume
+from seg_edge.runtime.io import NIFTI_SUFFIXES, Case, has_modality_files, load_case, strip_nifti, write_volume
+from seg_edge.runtime.outputs import StagedOutputs, check_targets
 from seg_edge.runtime.segmenter import Segmentation, Segmenter
 
 DEFAULT_OUT = Path("predictions")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class Job:
     def probabilities(self) -> Path:
         return self.out.with_name(strip_nifti(self.out.name) + "_probabilities.nii.gz")
 
+    def targets(self, probabilities: bool) -> list[Path]:
+        """Every file this job writes, the label map last (its presence marks a finished case)."""
+        return [*([self.probabilities] if probabilities else []), self.report, self.out]
+
 
 @dataclass
 class JobResult:
@@ -42,16 +47,36 @@ class JobResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _is_file_target(out: Path | None) -> bool:
-    return out is not None and out.name.lower().endswith((".nii", ".nii.gz"))
+def output_kind(out: Path | None) -> str:
+    """'file' for a NIfTI file name, 'folder' for a folder; InputError for anything else."""
+    if out is None:
+        return "folder"
+    if out.name.lower().endswith(NIFTI_SUFFIXES):
+        if out.is_dir():
+            raise InputError(f"{out}: is a folder (expected a .nii.gz or .nii file name to write, or a folder "
+                             "name without a NIfTI suffix)")
+        return "file"
+    if out.is_dir() or not out.suffix:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"{out}: exists and is not a folder (expected a .nii.gz or .nii file name, or a folder)")
+        return "folder"
+    raise InputError(f"{out}: output name must end in .nii.gz or .nii (or name a folder, without a file "
+                     "suffix)")
 
 
 def _case_id(source: Path) -> str:
-    return source.name if source.is_dir() else strip_nifti(source.name).removesuffix(".npy")
+    if source.is_dir():
+        return source.name
+    return source.name[:-4] if source.name.lower().endswith(".npy") else strip_nifti(source.name)
 
 
 def plan_jobs(source: Path | None, files: dict[str, Path] | None, out: Path | None) -> tuple[list[Job], bool]:
-    """Jobs for the request and whether it is a batch (a folder of case folders)."""
+    """Jobs for the request and whether it is a batch (a folder of case folders).
+
+    A folder holding modality files is one case (its defects are reported, even if it also has
+    subfolders such as ``derivatives/``); a folder without them but with subfolders is a batch.
+    """
+    kind = output_kind(out)
     if files:
         if source is not None:
             raise InputError(f"{source}: give either INPUT or --flair/--t1/--t1ce/--t2, not both")
@@ -61,33 +86,25 @@ def plan_jobs(source: Path | None, files: dict[str, Path] | None, out: Path | No
         cid = strip_nifti(files["flair"].name)
         for tag in ("_flair", "-t2f"):
             cid = cid.removesuffix(tag)
-        return [Job(cid, files, _single_out(out, cid))], False
+        return [Job(cid, files, _single_out(out, kind, cid))], False
     if source is None:
         raise InputError("no input: give a case folder, a 4D NIfTI, a .npy stack or --flair/--t1/--t1ce/--t2")
     if not source.exists():
         raise InputError(f"{source}: not found (expected a case folder, a folder of cases, a 4D NIfTI or .npy)")
-    if source.is_dir() and not is_case_folder(source):
+    if source.is_dir() and not has_modality_files(source):
         subs = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
         if subs:
-            if _is_file_target(out):
+            if kind == "file":
                 raise InputError(f"{out}: a batch needs an output folder, not a file name")
             folder = out or DEFAULT_OUT
             return [Job(p.name, p, folder / f"{p.name}.nii.gz") for p in subs], True
-    return [Job(_case_id(source), source, _single_out(out, _case_id(source)))], False
+    return [Job(_case_id(source), source, _single_out(out, kind, _case_id(source)))], False
 
 
-def _single_out(out: Path | None, case_id: str) -> Path:
-    if _is_file_target(out):
+def _single_out(out: Path | None, kind: str, case_id: str) -> Path:
+    if kind == "file":
         return out  # type: ignore[return-value]
     return (out or DEFAULT_OUT) / f"{case_id}.nii.gz"
-
-
-def _write_json(data: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.chmod(tmp, default_file_mode())
-    os.replace(tmp, path)
 
 
 def report_dict(seg: Segmentation, job: Job, segmenter: Segmenter) -> dict:
@@ -109,18 +126,21 @@ def report_dict(seg: Segmentation, job: Job, segmenter: Segmenter) -> dict:
     }
 
 
-def write_outputs(seg: Segmentation, case: Case, job: Job, segmenter: Segmenter) -> None:
-    """Probabilities and report first, the label map last: its presence marks a finished case."""
-    if seg.probabilities is not None:
-        write_volume(np.moveaxis(seg.probabilities, 0, -1).astype(np.float32), case, job.probabilities)
-    _write_json(report_dict(seg, job, segmenter), job.report)
-    write_volume(seg.labels.astype(np.uint8), case, job.out)
+def write_outputs(seg: Segmentation, case: Case, job: Job, segmenter: Segmenter, overwrite: bool) -> None:
+    """Stage probabilities, report and label map, then rename them into place, the label map last."""
+    with StagedOutputs(job.targets(seg.probabilities is not None), overwrite) as staged:
+        if seg.probabilities is not None:
+            write_volume(np.moveaxis(seg.probabilities, 0, -1).astype(np.float32), case,
+                         staged.temp(job.probabilities))
+        staged.temp(job.report).write_text(json.dumps(report_dict(seg, job, segmenter), indent=2))
+        write_volume(seg.labels.astype(np.uint8), case, staged.temp(job.out))
+        staged.commit()
 
 
 def run_job(segmenter: Segmenter, job: Job, file_order: tuple[str, ...] | None = None,
             overwrite: bool = False, on_window=None) -> JobResult:
     """Load, segment and write one case; SegEdgeError propagates to the caller."""
-    check_writable(job.out, overwrite)
+    check_targets(job.targets(segmenter.options.probabilities), overwrite)
     t0 = time.perf_counter()
     case = load_case(job.source, segmenter.card.modalities, file_order)
     case.case_id = job.case_id
@@ -128,15 +148,21 @@ def run_job(segmenter: Segmenter, job: Job, file_order: tuple[str, ...] | None =
     seg = segmenter.predict(case, on_window)
     seg.timings = {"load": t1 - t0, **seg.timings}
     t2 = time.perf_counter()
-    write_outputs(seg, case, job, segmenter)
+    write_outputs(seg, case, job, segmenter, overwrite)
     seg.timings["write"] = time.perf_counter() - t2
     seg.timings["total"] = time.perf_counter() - t0
     return JobResult(job, "done", seg, timings=seg.timings)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """One line for a case that failed: our message, or the exception's type and text."""
+    text = str(exc) if isinstance(exc, SegEdgeError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
 def run_batch(segmenter: Segmenter, jobs: list[Job], file_order=None, overwrite: bool = False,
               on_case=None) -> list[JobResult]:
-    """Run every job; a bad case is recorded as failed and the batch goes on."""
+    """Run every job; any failure of one case (ours or not) is recorded and the batch goes on."""
     results = []
     for job in jobs:
         if job.out.exists() and not overwrite:
@@ -144,8 +170,9 @@ def run_batch(segmenter: Segmenter, jobs: list[Job], file_order=None, overwrite:
         else:
             try:
                 result = run_job(segmenter, job, file_order, overwrite)
-            except SegEdgeError as exc:
-                result = JobResult(job, "failed", error=str(exc))
+            except Exception as exc:  # isolation: one case's defect or crash never ends the batch
+                log.debug("case %s failed", job.case_id, exc_info=True)
+                result = JobResult(job, "failed", error=failure_reason(exc))
         results.append(result)
         if on_case:
             on_case(result)
