@@ -166,6 +166,18 @@ def test_no_mask_channel(rng):
     assert tensor.shape[0] == 4
 
 
+def test_preprocess_dispatches_on_the_cards_normalization(rng, monkeypatch):
+    from seg_edge.errors import ArtifactError
+    from seg_edge.runtime import preprocess as module
+
+    images = brain_images(rng)
+    with pytest.raises(ArtifactError, match="normalization 'minmax' is not implemented.*zscore_nonzero"):
+        preprocess(images, card(normalization="minmax", patch_size=(32, 32, 32)))  # never a silent z-score
+    monkeypatch.setitem(module.NORMALIZERS, "minmax", lambda c: (c / c.max()).astype(np.float32))
+    tensor, _ = preprocess(images, card(normalization="minmax", patch_size=(32, 32, 32)))
+    assert tensor[:4].max() == 1.0 and tensor[:4].min() == 0.0
+
+
 def test_preprocess_large_image_is_not_padded(rng):
     # dimensions at least as large as the patch are neither padded nor cropped further
     images = np.zeros((4, 50, 44, 40), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Crop to the non-zero box, z-score non-zero voxels per channel, append the mask channel, pad.
+"""Crop to the non-zero box, normalise each channel as the card says, append the mask channel, pad.
 
 Matches NVIDIA's BraTS21 preprocessor: the box is where any modality is > 0 (MONAI's
 ``generate_spatial_bounding_box``), normalisation is MONAI ``NormalizeIntensity(nonzero=True,
@@ -8,10 +8,12 @@ channel_wise=True)`` and the mask is 1 where all z-scored channels are > 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from seg_edge.artifact import ModelCard
+from seg_edge.errors import ArtifactError
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,18 @@ def zscore_nonzero(channel: np.ndarray) -> np.ndarray:
     return out
 
 
+# card.normalization → per-channel function; the card refuses names missing here (artifact.NORMALIZATIONS).
+NORMALIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"zscore_nonzero": zscore_nonzero}
+
+
+def normalizer(card: ModelCard) -> Callable[[np.ndarray], np.ndarray]:
+    """The per-channel normalisation the card names; ArtifactError (never a silent z-score) if unknown."""
+    if card.normalization not in NORMALIZERS:
+        raise ArtifactError(f"model card {card.name!r}: normalization {card.normalization!r} is not implemented "
+                            f"by this runtime (expected one of {list(NORMALIZERS)})")
+    return NORMALIZERS[card.normalization]
+
+
 def pad_shape(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ...]:
     """Dimensions smaller than the patch grow to the patch (as MONAI's sliding window pads)."""
     return tuple(max(s, p) for s, p in zip(shape, patch))
@@ -66,9 +80,10 @@ def preprocess(images: np.ndarray, card: ModelCard) -> tuple[np.ndarray, Inverse
     window and NVIDIA's preprocessor pad), so every window has the patch size the network was
     built for (a deep U-Net's bottleneck would otherwise shrink to one voxel).
     """
+    normalize = normalizer(card)
     box = nonzero_box(images)
     cropped = images[(slice(None),) + box]
-    channels = [zscore_nonzero(c) for c in cropped]
+    channels = [normalize(c) for c in cropped]
     if card.mask_channel == "nvidia":
         mask = np.logical_and.reduce([c > 0 for c in channels]).astype(np.float32)
         channels.append(mask)

@@ -8,17 +8,30 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from seg_edge.artifact import Artifact, load_artifact
-from seg_edge.errors import InputError
+from seg_edge.artifact import Artifact, ModelCard, load_artifact
+from seg_edge.errors import ArtifactError, InputError
 from seg_edge.runtime.io import Case
 from seg_edge.runtime.postprocess import (apply_et_rule, et_label, labels_to_regions, regions_to_labels,
                                           sigmoid)
 from seg_edge.runtime.preprocess import Inverse, crop_padding, preprocess, to_original_grid, window_size
 from seg_edge.runtime.sessions.base import Session, open_session
 from seg_edge.runtime.window import sliding_window
+
+
+# card.activation → logits-to-probabilities function; the card refuses names missing here (artifact.ACTIVATIONS).
+ACTIVATION_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"sigmoid": sigmoid}
+
+
+def activation(card: ModelCard) -> Callable[[np.ndarray], np.ndarray]:
+    """The function the card's ``activation`` names; ArtifactError if this runtime lacks it."""
+    if card.activation not in ACTIVATION_FUNCTIONS:
+        raise ArtifactError(f"model card {card.name!r}: activation {card.activation!r} is not implemented "
+                            f"by this runtime (expected one of {list(ACTIVATION_FUNCTIONS)})")
+    return ACTIVATION_FUNCTIONS[card.activation]
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,7 @@ class Segmenter:
         self.options = options or SegmenterOptions()
         self.scheme = self.options.label_scheme or self.card.label_scheme
         self.et = et_label(self.scheme)
+        self.activate = activation(self.card)
 
     @classmethod
     def open(cls, model: str | Path, backend: str = "onnxruntime", threads: int | None = None,
@@ -115,7 +129,7 @@ class Segmenter:
         """Network-layout logits → Segmentation on the case's grid (also used for references)."""
         timings = dict(timings or {})
         t0 = time.perf_counter()
-        probs = sigmoid(crop_padding(logits, inverse))  # padding is dropped first: the rule must not see it
+        probs = self.activate(crop_padding(logits, inverse))  # padding is dropped first: the rule must not see it
         labels_net = regions_to_labels(probs, self.card.thresholds, self.et)
         relabelled = 0
         if self.options.et_rule:
