@@ -3,7 +3,13 @@
 ONNX files carry the card as JSON under the ``seg_edge.card`` key of ``metadata_props``;
 TensorRT plans carry it in a sidecar ``<plan>.json`` so that the plan stays loadable by plain
 TensorRT. Reading the card from an ONNX file needs neither ``onnx`` nor ``onnxruntime``: the
-top-level fields of the protobuf are walked directly (weights are skipped, not parsed).
+protobuf is walked directly — metadata and the graph's declared inputs and outputs are read,
+nodes and weights are skipped, not parsed.
+
+A card is checked when it is read: the JSON type of every field, the range of every number,
+values the runtime implements (activation, normalization, …) and, for ONNX, that the input
+and output it names exist in the graph with the channel counts the card implies. Any defect is
+an ``ArtifactError`` naming the file, the field, the value found and the value expected.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from seg_edge.errors import ArtifactError
 
@@ -26,6 +32,13 @@ MASK_DEFINITIONS = {
     "none": "no mask channel",
     "nvidia": "1 where all z-scored modality channels are > 0 (NVIDIA BraTS21 preprocessor)",
 }
+# Values the runtime implements (runtime/segmenter.py and runtime/preprocess.py hold the functions;
+# a unit test keeps the two lists equal).
+ACTIVATIONS = ("sigmoid",)
+NORMALIZATIONS = ("zscore_nonzero",)
+LABEL_SCHEMES = ("brats2021", "brats2023")
+AXIS_ORDERS = ("xyz", "zyx")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -77,12 +90,15 @@ class ModelCard:
 
     @property
     def in_channels(self) -> int:
+        """Network input channels: the modalities plus the mask channel, if any."""
         return len(self.modalities) + (0 if self.mask_channel == "none" else 1)
 
     def replace(self, **changes: Any) -> ModelCard:
+        """A copy with ``changes`` applied (not validated: ``from_json`` validates)."""
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
+        """The card as compact JSON with sorted keys (what files store)."""
         return json.dumps(dataclasses.asdict(self), indent=None, sort_keys=True)
 
     @classmethod
@@ -93,61 +109,178 @@ class ModelCard:
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{source}: model card is not valid JSON ({exc.msg})") from exc
         if not isinstance(raw, dict):
-            raise ArtifactError(f"{source}: model card must be a JSON object")
+            raise ArtifactError(f"{source}: model card must be a JSON object, not {_show(raw)}")
         return _card_from_dict(raw, source)
 
 
+# --------------------------------------------------------------------------- card validation
+
+def _is_int(value: Any) -> bool:  # JSON true/false load as bool, a subclass of int: not a size
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, list) and all(check(v) for v in value)
+
+
+_STR = (lambda v: isinstance(v, str), "a string")
+_INT = (_is_int, "an integer")
+_NUMBER = (_is_number, "a number")
+_OBJECT = (lambda v: isinstance(v, dict), "a JSON object")
+_STRINGS = (_list_of(_STR[0]), "a list of strings")
+# JSON type of every card field (a unit test keeps this table and the dataclasses in step).
+FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": _STR, "preset": _STR, "modalities": _STRINGS, "mask_channel": _STR, "regions": _STRINGS,
+    "activation": _STR, "thresholds": (_list_of(_is_number), "a list of numbers"), "label_scheme": _STR,
+    "patch_size": (_list_of(_is_int), "a list of integers"), "size_divisor": _INT,
+    "normalization": _STR, "axis_order": _STR, "et_rule": _OBJECT, "precision": _STR,
+    "input_name": _STR, "output_name": _STR, "tolerances": _OBJECT, "provenance": _OBJECT, "schema": _INT,
+}
+NESTED_TYPES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "et_rule": {"enabled": (lambda v: isinstance(v, bool), "true or false"), "component_max_voxels": _INT,
+                "total_max_voxels": _INT, "max_mean_prob": _NUMBER},
+    "tolerances": {"max_prob_diff": _NUMBER, "min_region_dice": _NUMBER},
+}
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_problems(raw: dict[str, Any]) -> list[str]:
+    """One line per field whose JSON type is wrong: field, value found, type expected."""
+    problems = []
+    for key, value in raw.items():
+        check, expected = FIELD_TYPES[key]
+        if not check(value):
+            problems.append(f"{key} is {_show(value)} (expected {expected})")
+            continue
+        spec = NESTED_TYPES.get(key, {})
+        for sub, sub_value in value.items() if key in NESTED_TYPES else ():
+            if sub not in spec:
+                problems.append(f"{key}.{sub} is not a field (expected only {sorted(spec)})")
+            elif not spec[sub][0](sub_value):
+                problems.append(f"{key}.{sub} is {_show(sub_value)} (expected {spec[sub][1]})")
+    return problems
+
+
 def _card_from_dict(raw: dict[str, Any], source: str) -> ModelCard:
-    names = {f.name for f in dataclasses.fields(ModelCard)}
-    unknown = sorted(set(raw) - names)
+    schema = raw.get("schema", CARD_SCHEMA)
+    if _is_int(schema) and schema > CARD_SCHEMA:
+        raise ArtifactError(f"{source}: model card schema {schema} is newer than {CARD_SCHEMA}; "
+                            "upgrade seg-edge to read it")
+    unknown = sorted(set(raw) - set(FIELD_TYPES))
     if unknown:
         raise ArtifactError(f"{source}: model card has unknown fields {unknown}")
-    if raw.get("schema", CARD_SCHEMA) > CARD_SCHEMA:
-        raise ArtifactError(f"{source}: model card schema {raw['schema']} is newer than {CARD_SCHEMA}")
-    for key in ("name", "preset"):
-        if key not in raw:
-            raise ArtifactError(f"{source}: model card lacks '{key}'")
+    problems = [f"lacks '{key}' (expected a string)" for key in ("name", "preset") if key not in raw]
+    problems += _type_problems(raw)
+    if problems:
+        raise ArtifactError(f"{source}: invalid model card: " + "; ".join(problems))
     data = dict(raw)
-    try:
-        data["et_rule"] = ETRule(**raw.get("et_rule", {}))
-        data["tolerances"] = Tolerances(**raw.get("tolerances", {}))
-    except TypeError as exc:
-        raise ArtifactError(f"{source}: model card field is malformed ({exc})") from exc
+    data["et_rule"] = ETRule(**raw.get("et_rule", {}))
+    data["tolerances"] = Tolerances(**raw.get("tolerances", {}))
     for key in ("modalities", "regions", "thresholds", "patch_size"):
         if key in data:
             data[key] = tuple(data[key])
     card = ModelCard(**data)
-    _validate(card, source)
+    validate_card(card, source)
     return card
 
 
-def _validate(card: ModelCard, source: str) -> None:
+def _choice_problems(card: ModelCard) -> list[str]:
+    """Names and enumerated values: each must be one the runtime implements."""
     problems = []
+    choices = (("mask_channel", tuple(MASK_DEFINITIONS)), ("activation", ACTIVATIONS),
+               ("normalization", NORMALIZATIONS), ("label_scheme", LABEL_SCHEMES),
+               ("axis_order", AXIS_ORDERS), ("precision", PRECISIONS))
+    for key, allowed in choices:
+        if getattr(card, key) not in allowed:
+            problems.append(f"{key} {_show(getattr(card, key))} (expected one of {list(allowed)})")
     if sorted(card.modalities) != sorted(MODALITIES):
         problems.append(f"modalities {list(card.modalities)} (expected an order of {list(MODALITIES)})")
-    if card.mask_channel not in MASK_DEFINITIONS:
-        problems.append(f"mask_channel '{card.mask_channel}' (expected one of {list(MASK_DEFINITIONS)})")
     if tuple(card.regions) != REGIONS:
         problems.append(f"regions {list(card.regions)} (expected {list(REGIONS)})")
-    if len(card.thresholds) != len(card.regions):
-        problems.append("thresholds (one per region expected)")
-    if len(card.patch_size) != 3 or any(p % card.size_divisor for p in card.patch_size):
-        problems.append(f"patch_size {list(card.patch_size)} (3 sizes divisible by {card.size_divisor})")
-    if card.axis_order not in ("xyz", "zyx"):
-        problems.append(f"axis_order '{card.axis_order}' (expected 'xyz' or 'zyx')")
-    if card.label_scheme not in ("brats2021", "brats2023"):
-        problems.append(f"label_scheme '{card.label_scheme}'")
+    for key in ("name", "input_name", "output_name"):
+        if not getattr(card, key):
+            problems.append(f"{key} is empty (expected a non-empty string)")
+    return problems
+
+
+def _number_problems(card: ModelCard) -> list[str]:
+    """Sizes, thresholds, the ET rule and tolerances: each within its range."""
+    problems = []
+    if len(card.thresholds) != len(card.regions) or not all(0 < t < 1 for t in card.thresholds):
+        problems.append(f"thresholds {list(card.thresholds)} (expected one per region, each in (0, 1))")
+    divisor = card.size_divisor
+    if divisor < 1:
+        problems.append(f"size_divisor {divisor} (expected an integer >= 1)")
+    patch = list(card.patch_size)
+    if len(patch) != 3 or min(patch) < 1 or (divisor >= 1 and any(p % divisor for p in patch)):
+        problems.append(f"patch_size {patch} (expected 3 sizes >= 1, each a multiple of size_divisor {divisor})")
+    rule, tol = card.et_rule, card.tolerances
+    for key in ("component_max_voxels", "total_max_voxels"):
+        if getattr(rule, key) < 0:
+            problems.append(f"et_rule.{key} {getattr(rule, key)} (expected an integer >= 0)")
+    for key, value in (("et_rule.max_mean_prob", rule.max_mean_prob), ("tolerances.max_prob_diff",
+                       tol.max_prob_diff), ("tolerances.min_region_dice", tol.min_region_dice)):
+        if not 0 <= value <= 1:  # also refuses NaN
+            problems.append(f"{key} {value} (expected a number in [0, 1])")
+    if card.schema < 1:
+        problems.append(f"schema {card.schema} (expected 1..{CARD_SCHEMA})")
+    return problems
+
+
+def validate_card(card: ModelCard, source: str = "card") -> None:
+    """ArtifactError naming ``source`` unless every value of a well-typed card is in range."""
+    problems = _choice_problems(card) + _number_problems(card)
     if problems:
         raise ArtifactError(f"{source}: invalid model card: " + "; ".join(problems))
 
 
+# --------------------------------------------------------------------------- artifacts
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output as the ONNX file declares it (no inference, no onnx import).
+
+    ``elem_type`` is the ONNX ``TensorProto.DataType`` (1 = float32, 0 = not declared); ``dims``
+    holds an int for a fixed dimension, a string for a symbolic one and None for an unnamed
+    unknown one; ``dims`` itself is None when the file declares no shape.
+    """
+
+    name: str
+    elem_type: int = 0
+    dims: tuple[int | str | None, ...] | None = None
+
+    def describe(self) -> str:
+        """``image float32 [batch, 5, x, y, z]``: how info and errors show it."""
+        dims = "?" if self.dims is None else "[" + ", ".join("?" if d is None else str(d) for d in self.dims) + "]"
+        return f"{self.name} {ELEM_TYPES.get(self.elem_type, f'type {self.elem_type}')} {dims}"
+
+
+@dataclass(frozen=True)
+class OnnxHeader:
+    """What ``read_onnx_header`` reads: metadata_props and the graph's declared inputs/outputs."""
+
+    metadata: dict[str, str]
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+
 @dataclass(frozen=True)
 class Artifact:
-    """A model file and its card. ``kind`` is 'onnx' or 'tensorrt'."""
+    """A model file and its card. ``kind`` is 'onnx' or 'tensorrt'; ONNX ones keep their graph I/O."""
 
     path: Path
     card: ModelCard
     kind: str
+    inputs: tuple[TensorInfo, ...] = ()
+    outputs: tuple[TensorInfo, ...] = ()
 
 
 def file_sha256(path: Path) -> str:
@@ -160,11 +293,12 @@ def file_sha256(path: Path) -> str:
 
 
 def sidecar_path(plan: Path) -> Path:
+    """Where a TensorRT plan's card lives: ``<plan>.json`` beside it."""
     return plan.with_name(plan.name + ".json")
 
 
 def load_artifact(path: str | Path) -> Artifact:
-    """Read the card of an ONNX file or a TensorRT plan (via its sidecar) without loading weights."""
+    """Read and check the card of an ONNX file or a TensorRT plan (via its sidecar); weights stay unread."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: model file not found")
@@ -177,12 +311,56 @@ def load_artifact(path: str | Path) -> Artifact:
         except (ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"{side}: sidecar is not JSON with a 'card' entry ({exc})") from exc
         return Artifact(path, ModelCard.from_json(card_json, str(side)), "tensorrt")
-    props = read_onnx_metadata(path)
-    if CARD_KEY not in props:
+    header = read_onnx_header(path)
+    if CARD_KEY not in header.metadata:
         raise ArtifactError(f"{path}: ONNX model has no seg-edge card (metadata key '{CARD_KEY}'); "
                             "export it with 'seg-edge export'")
-    return Artifact(path, ModelCard.from_json(props[CARD_KEY], str(path)), "onnx")
+    card = ModelCard.from_json(header.metadata[CARD_KEY], str(path))
+    check_card_graph(card, header, str(path))
+    return Artifact(path, card, "onnx", header.inputs, header.outputs)
 
+
+ELEM_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 3: "int8", 6: "int32", 7: "int64"}
+_FLOAT = 1
+
+
+def _tensor_problems(info: TensorInfo, what: str, channel_field: str, channels: int) -> list[str]:
+    problems = []
+    if info.elem_type not in (0, _FLOAT):
+        problems.append(f"graph {what} '{info.name}' is {ELEM_TYPES.get(info.elem_type, info.elem_type)} "
+                        "(expected float32: the runtime feeds and reads float32)")
+    if info.dims is None:
+        return problems
+    if len(info.dims) != 5:
+        problems.append(f"graph {what} '{info.name}' has rank {len(info.dims)} (expected 5: N, C, X, Y, Z)")
+    elif isinstance(info.dims[1], int) and info.dims[1] != channels:
+        problems.append(f"{channel_field} gives {channels} {what} channels but graph {what} '{info.name}' "
+                        f"has {info.dims[1]} (dim 1)")
+    return problems
+
+
+def check_card_graph(card: ModelCard, header: OnnxHeader, source: str) -> None:
+    """ArtifactError unless the card's input/output names and channel counts fit the ONNX graph.
+
+    A dimension the graph leaves symbolic or unknown is not checked; a fixed one must match.
+    """
+    problems = []
+    ends = (("input", "input_name", card.input_name, header.inputs,
+             f"modalities ({len(card.modalities)}) + mask_channel '{card.mask_channel}'", card.in_channels),
+            ("output", "output_name", card.output_name, header.outputs,
+             f"regions {list(card.regions)}", len(card.regions)))
+    for what, key, name, infos, channel_field, channels in ends:
+        found = next((info for info in infos if info.name == name), None)
+        if found is None:
+            names = [info.name for info in infos][:8]
+            problems.append(f"{key} '{name}' is not a graph {what} (graph {what}s: {names})")
+        else:
+            problems += _tensor_problems(found, what, channel_field, channels)
+    if problems:
+        raise ArtifactError(f"{source}: model card does not fit its graph: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- protobuf walker
 
 def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
     value = shift = 0
@@ -198,7 +376,7 @@ def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
 
 
 def _fields(buf: Any, pos: int, end: int):
-    """Yield (field_number, wire_type, value_or_span) over one protobuf message."""
+    """Yield (field_number, wire_type, value_or_span) over one protobuf message; spans are not parsed."""
     while pos < end:
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
@@ -222,25 +400,74 @@ def _fields(buf: Any, pos: int, end: int):
         raise ValueError("message overruns its end")
 
 
-_MODEL_METADATA_PROPS = 14  # ModelProto.metadata_props (onnx.proto)
-_MODEL_GRAPH = 7
+def _spans(buf: Any, span: tuple[int, int], number: int):
+    """The spans of every length-delimited field ``number`` of the message at ``span``."""
+    return [value for n, wire, value in _fields(buf, *span) if n == number and wire == 2]
 
 
-def read_onnx_metadata(path: Path) -> dict[str, str]:
-    """Return an ONNX file's ``metadata_props`` as a dict; ArtifactError if it is not ONNX."""
+def _text(buf: Any, span: tuple[int, int]) -> str:
+    return bytes(buf[span[0]:span[1]]).decode("utf-8")
+
+
+# onnx.proto field numbers (checked against onnx's descriptors in tests/unit/test_card_graph.py)
+_MODEL_GRAPH, _MODEL_METADATA_PROPS = 7, 14     # ModelProto.graph, .metadata_props
+_GRAPH_INPUT, _GRAPH_OUTPUT = 11, 12            # GraphProto.input, .output (initializers: 5, skipped)
+_VALUE_NAME, _VALUE_TYPE = 1, 2                 # ValueInfoProto.name, .type
+_TYPE_TENSOR = 1                                # TypeProto.tensor_type
+_TENSOR_ELEM, _TENSOR_SHAPE = 1, 2              # TypeProto.Tensor.elem_type, .shape
+_SHAPE_DIM = 1                                  # TensorShapeProto.dim
+_DIM_VALUE, _DIM_PARAM = 1, 2                   # TensorShapeProto.Dimension.dim_value, .dim_param
+
+
+def _dim(buf: Any, span: tuple[int, int]) -> int | str | None:
+    value: int | str | None = None
+    for number, wire, item in _fields(buf, *span):
+        if number == _DIM_VALUE and wire == 0:
+            value = item - (1 << 64) if item >= 1 << 63 else item  # int64 two's complement
+        elif number == _DIM_PARAM and wire == 2:
+            value = _text(buf, item)
+    return value
+
+
+def _value_info(buf: Any, span: tuple[int, int]) -> TensorInfo:
+    name, elem, dims = "", 0, None
+    for number, wire, item in _fields(buf, *span):
+        if number == _VALUE_NAME and wire == 2:
+            name = _text(buf, item)
+        elif number == _VALUE_TYPE and wire == 2:
+            for tensor in _spans(buf, item, _TYPE_TENSOR):
+                for n, w, value in _fields(buf, *tensor):
+                    if n == _TENSOR_ELEM and w == 0:
+                        elem = value
+                    elif n == _TENSOR_SHAPE and w == 2:
+                        dims = tuple(_dim(buf, d) for d in _spans(buf, value, _SHAPE_DIM))
+    return TensorInfo(name, elem, dims)
+
+
+def read_onnx_header(path: Path) -> OnnxHeader:
+    """An ONNX file's metadata_props and graph inputs/outputs; ArtifactError if it is not ONNX."""
+    props: dict[str, str] = {}
+    inputs: list[TensorInfo] = []
+    outputs: list[TensorInfo] = []
+    has_graph = False
     try:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            props: dict[str, str] = {}
-            has_graph = False
             for number, wire, value in _fields(buf, 0, len(buf)):
                 if number == _MODEL_GRAPH and wire == 2:
                     has_graph = True
-                if number == _MODEL_METADATA_PROPS and wire == 2:
-                    entry = {n: bytes(buf[s:e]).decode("utf-8")
-                             for n, w, (s, e) in _fields(buf, *value) if w == 2}
+                    for n, w, span in _fields(buf, *value):  # nodes and initializers: skipped by length
+                        if w == 2 and n in (_GRAPH_INPUT, _GRAPH_OUTPUT):
+                            (inputs if n == _GRAPH_INPUT else outputs).append(_value_info(buf, span))
+                elif number == _MODEL_METADATA_PROPS and wire == 2:
+                    entry = {n: _text(buf, s) for n, w, s in _fields(buf, *value) if w == 2}
                     props[entry.get(1, "")] = entry.get(2, "")
     except (ValueError, UnicodeDecodeError, TypeError, OSError) as exc:
         raise ArtifactError(f"{path}: not a readable ONNX model ({exc})") from exc
     if not has_graph:
         raise ArtifactError(f"{path}: not an ONNX model (no graph found)")
-    return props
+    return OnnxHeader(props, tuple(inputs), tuple(outputs))
+
+
+def read_onnx_metadata(path: Path) -> dict[str, str]:
+    """Return an ONNX file's ``metadata_props`` as a dict; ArtifactError if it is not ONNX."""
+    return read_onnx_header(path).metadata

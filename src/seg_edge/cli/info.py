@@ -1,4 +1,4 @@
-"""``seg-edge info``: print a model's card."""
+"""``seg-edge info``: print a model's card (checked against its graph) and the graph's inputs/outputs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from seg_edge.cli.app import guarded, out
@@ -21,9 +22,12 @@ def info(model: Path = typer.Argument(None, help="ONNX model or TensorRT plan (d
 
     artifact = load_artifact(model_path(model))
     card = dataclasses.asdict(artifact.card)
+    graph = {"inputs": [dataclasses.asdict(t) for t in artifact.inputs],
+             "outputs": [dataclasses.asdict(t) for t in artifact.outputs]}
     if json_out:
         out.print_json(dumps({"path": str(artifact.path), "kind": artifact.kind,
-                              "size_bytes": artifact.path.stat().st_size, "card": card}))
+                              "size_bytes": artifact.path.stat().st_size, "card": card,
+                              **({"graph": graph} if artifact.kind == "onnx" else {})}))
         return
     table = Table(title=f"{artifact.path} ({artifact.kind}, {artifact.path.stat().st_size / 1e6:.1f} MB)",
                   title_justify="left", show_header=False)
@@ -32,9 +36,12 @@ def info(model: Path = typer.Argument(None, help="ONNX model or TensorRT plan (d
     for key, value in card.items():
         if key == "provenance":
             continue
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        table.add_row(key, escape(value if isinstance(value, str) else json.dumps(value)))
+    for what, tensors in (("graph.input", artifact.inputs), ("graph.output", artifact.outputs)):
+        for tensor in tensors:
+            table.add_row(what, escape(tensor.describe()))
     for key, value in card["provenance"].items():
-        table.add_row(f"provenance.{key}", value if isinstance(value, str) else json.dumps(value))
+        table.add_row(f"provenance.{key}", escape(value if isinstance(value, str) else json.dumps(value)))
     out.print(table)
 
 
