@@ -1,6 +1,8 @@
-"""`seg-edge lint --target tensorrt`: findings on purpose-made bad graphs, clean on good artifacts."""
+"""`seg-edge lint --target tensorrt`: findings on purpose-made bad graphs, clean on good artifacts; card optional."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import onnx
@@ -88,3 +90,61 @@ def test_external_data_is_found(variants, tmp_path):
 def test_unknown_trt_version_is_an_input_error(variants):
     result = CliRunner().invoke(app, ["lint", str(variants["fp32"]), "--trt-version", "8.6"])
     assert result.exit_code == 2 and "10.x or 11.x" in result.stderr
+
+
+# ------------------------------------------------------------------------- the card is optional
+
+def _plain_graph(path, op="Relu", domain="", card=None, shape=(1, 4)):
+    """Any ONNX graph, as Polygraphy would lint it: one node, rank-2 I/O, no seg-edge card unless given."""
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], domain=domain, name="only")], "plain",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(shape))])
+    opsets = [helper.make_opsetid("", 18)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    if card is not None:
+        helper.set_model_props(model, {"seg_edge.card": card})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_graph_without_card_is_linted_and_says_so(tmp_path):
+    from seg_edge.export.lint import lint_model
+
+    plain = _plain_graph(tmp_path / "plain.onnx")
+    report = lint_model(plain)
+    assert report.card == "absent" and report.findings == []
+    result = CliRunner().invoke(app, ["lint", str(plain)])
+    assert result.exit_code == 0, result.output
+    assert "no seg-edge card: checked the graph only" in result.stdout and "no findings" in result.stdout
+    data = json.loads(CliRunner().invoke(app, ["lint", str(plain), "--json"]).stdout)
+    assert data["card"] == "absent" and data["findings"] == []
+
+
+def test_graph_without_card_still_gets_graph_findings(tmp_path):
+    odd = _plain_graph(tmp_path / "odd.onnx", op="QuickGelu", domain="com.microsoft")
+    result = CliRunner().invoke(app, ["lint", str(odd)])
+    assert result.exit_code == 1 and "unsupported-op" in result.stdout and "graph only" in result.stdout
+
+
+def test_card_is_checked_when_present(variants, tmp_path):
+    from seg_edge.artifact import load_artifact
+
+    result = CliRunner().invoke(app, ["lint", str(variants["fp32"])])
+    assert result.exit_code == 0 and "checked the graph and its seg-edge card" in result.stdout
+    card = load_artifact(variants["fp32"]).card
+    misfit = _plain_graph(tmp_path / "misfit.onnx", card=card.to_json())  # rank-2 graph, card wants rank 5
+    findings = lint(misfit)
+    assert [f.rule for f in findings] == ["card"]
+    assert "input_name 'image' is not a graph input" in findings[0].message
+    broken = _plain_graph(tmp_path / "broken.onnx", card=card.replace(size_divisor=0).to_json())
+    result = CliRunner().invoke(app, ["lint", str(broken), "--json"])
+    data = json.loads(result.stdout)
+    assert result.exit_code == 1 and data["card"] == "invalid"
+    assert any(f["rule"] == "card" and "size_divisor 0" in f["message"] for f in data["findings"])
+
+
+def test_non_onnx_file_is_a_model_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all \xff\xfe")
+    result = CliRunner().invoke(app, ["lint", str(bad)])
+    assert result.exit_code == 2 and "bad.onnx" in result.stderr.replace("\n", "")

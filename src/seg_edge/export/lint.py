@@ -1,20 +1,22 @@
-"""TensorRT readiness of an ONNX graph, checked on the CPU (no TensorRT needed).
+"""TensorRT readiness of any ONNX graph, checked on the CPU (no TensorRT needed).
 
 Findings name the node and what TensorRT expects: op types its ONNX parser supports, the opset
 range of the target version, Q/DQ zero points of 0 (TensorRT's INT8 is symmetric), no INT8 into
-ConvTranspose or InstanceNorm, weights inline (no external-data files), dynamic spatial axes a
-profile can cover (multiples of the card's divisor), and FP16 graphs whose InstanceNorm stays FP32.
+ConvTranspose or InstanceNorm, weights inline (no external-data files), and FP16 graphs whose
+InstanceNorm stays FP32. The seg-edge card is optional, as Polygraphy lints any graph: when the
+file carries one, the card itself (types, ranges, names and channels against the graph) and the
+input shapes it implies (rank 5, fixed spatial axes multiples of its divisor) are checked too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from seg_edge.artifact import load_artifact
-from seg_edge.errors import InputError
+from seg_edge.artifact import CARD_KEY, ModelCard, check_card_graph, read_onnx_header
+from seg_edge.errors import ArtifactError, InputError
 from seg_edge.export.graph import instance_norm_nodes
 
 # TensorRT version → (min opset, max opset): TensorRT support matrices (10.x: opsets 9-20, 11.x: 9-25).
@@ -112,19 +114,50 @@ def _check_shapes(model, divisor: int) -> list[Finding]:
     return out
 
 
-def lint(path: Path, trt_version: str = "10.3") -> list[Finding]:
-    """All findings for ``path`` on TensorRT ``trt_version`` (major 10 or 11)."""
-    import onnx
+@dataclass(frozen=True)
+class LintReport:
+    """Findings of one file; ``card`` says what was checked: 'absent' (graph only), 'valid' or 'invalid'."""
 
+    path: Path
+    trt_version: str
+    card: str
+    findings: list[Finding] = field(default_factory=list)
+
+
+def _trt_major(trt_version: str) -> int:
     try:
         trt_major = int(str(trt_version).split(".")[0])
     except ValueError:
         trt_major = 0
     if trt_major not in OPSET_RANGE:
         raise InputError(f"--trt-version {trt_version} (expected 10.x or 11.x)")
-    artifact = load_artifact(path)
-    model = onnx.load(str(path), load_external_data=False)
-    findings = []
+    return trt_major
+
+
+def _check_card(path: Path) -> tuple[str, ModelCard | None, list[Finding]]:
+    """('absent' | 'valid' | 'invalid', the card if valid, its findings); ArtifactError if not ONNX."""
+    header = read_onnx_header(path)
+    if CARD_KEY not in header.metadata:
+        return "absent", None, []
+    try:
+        card = ModelCard.from_json(header.metadata[CARD_KEY], str(path))
+        check_card_graph(card, header, str(path))
+    except ArtifactError as exc:
+        return "invalid", None, [Finding(CARD_KEY, "card", str(exc).removeprefix(f"{path}: "))]
+    return "valid", card, []
+
+
+def lint_model(path: Path, trt_version: str = "10.3") -> LintReport:
+    """Lint any ONNX file for TensorRT ``trt_version`` (major 10 or 11), and its seg-edge card if it has one."""
+    import onnx
+
+    path = Path(path)
+    trt_major = _trt_major(trt_version)
+    card_state, card, findings = _check_card(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: not a stable public type
+        raise ArtifactError(f"{path}: onnx cannot parse the model ({exc})") from exc
     external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     if external:
         findings.append(Finding(external[0], "external-data", f"{len(external)} initializers live in external "
@@ -133,5 +166,11 @@ def lint(path: Path, trt_version: str = "10.3") -> list[Finding]:
     findings += _check_ops(model, trt_major)
     findings += _check_qdq(model, norms)
     findings += _check_fp16_norm(model, norms)
-    findings += _check_shapes(model, artifact.card.size_divisor)
-    return findings
+    if card is not None:  # shapes are the card's contract: a plain graph may have any rank
+        findings += _check_shapes(model, card.size_divisor)
+    return LintReport(path, str(trt_version), card_state, findings)
+
+
+def lint(path: Path, trt_version: str = "10.3") -> list[Finding]:
+    """All findings for ``path`` on TensorRT ``trt_version`` (see ``lint_model``)."""
+    return lint_model(path, trt_version).findings
