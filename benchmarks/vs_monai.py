@@ -23,9 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from seg_edge.evaluation.metrics import region_metrics  # noqa: E402
 from seg_edge.runtime.io import read_labels  # noqa: E402
-from seg_edge.runtime.postprocess import labels_to_regions  # noqa: E402
+from seg_edge.runtime.regions import REGIONS, dice, labels_to_regions  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "src/seg_edge/assets/seg-edge-edge.onnx"
 
@@ -67,11 +66,8 @@ def machine() -> dict:
 
 
 def agreement(a: Path, b: Path) -> dict:
-    la, img = read_labels(a, 4)
-    lb, _ = read_labels(b, 4)
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    ra, rb = labels_to_regions(la, 4), labels_to_regions(lb, 4)
-    return {name: round(region_metrics(x, y, spacing)["dice"], 6) for name, x, y in zip(("WT", "TC", "ET"), ra, rb)}
+    ra, rb = (labels_to_regions(read_labels(path, 4)[0], 4) for path in (a, b))
+    return {name: round(dice(x, y), 6) for name, x, y in zip(REGIONS, ra, rb)}
 
 
 def main() -> None:

@@ -182,3 +182,40 @@ def test_window_order_is_c_order():
     starts = [tuple(s.start for s in sl) for sl in slices]
     assert starts == sorted(starts)
     assert starts == list(itertools.product([0, 8], repeat=3))
+
+
+# ----------------------------------------------------------------------------------------- overlap
+
+# (40, 52, 30) under 16³ windows: several windows along every axis. Starts written out by hand from
+# the rule (step int(16 · (1 - overlap)), last window flush with the end), not from the code.
+OVERLAP_STARTS = {
+    0.0: ([0, 16, 24], [0, 16, 32, 36], [0, 14]),
+    0.25: ([0, 12, 24], [0, 12, 24, 36], [0, 12, 14]),
+    0.5: ([0, 8, 16, 24], [0, 8, 16, 24, 32, 36], [0, 8, 14]),
+}
+
+
+@pytest.mark.parametrize("overlap", sorted(OVERLAP_STARTS))
+def test_overlap_sets_window_positions_and_count(rng, overlap):
+    shape, window = (40, 52, 30), (16, 16, 16)
+    starts = OVERLAP_STARTS[overlap]
+    assert [window_starts(n, w, overlap) for n, w in zip(shape, window)] == list(starts)
+    expected = [tuple(slice(a, a + 16) for a in corner) for corner in itertools.product(*starts)]
+    assert window_slices(shape, window, overlap) == expected
+    calls = []
+    sliding_window(rng.standard_normal((1,) + shape).astype(np.float32), lambda x: x, window, overlap,
+                   on_window=lambda done, total: calls.append(total))
+    assert calls[-1] == len(expected) == {0.0: 24, 0.25: 36, 0.5: 72}[overlap]
+
+
+def test_overlap_changes_the_blend_of_a_position_dependent_predictor(rng):
+    """Windows that see a different neighbourhood give different logits, so the overlap shows."""
+    shape, window = (40, 52, 30), (16, 16, 16)
+    image = rng.standard_normal((1,) + shape).astype(np.float32)
+
+    def predict(x):
+        # the mean of the window: depends on where the window sits, not only on the voxel
+        return np.broadcast_to(x.mean(axis=(2, 3, 4), keepdims=True), x.shape).copy()
+
+    quarter, half = (sliding_window(image, predict, window, o) for o in (0.25, 0.5))
+    assert np.abs(quarter - half).max() > 1e-3

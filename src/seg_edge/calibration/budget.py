@@ -10,16 +10,9 @@ import numpy as np
 
 from seg_edge.artifact import load_artifact
 from seg_edge.runtime.io import load_case, read_labels
-from seg_edge.runtime.postprocess import labels_to_regions
+from seg_edge.runtime.regions import REGIONS, dice, et_label, find_label_file, labels_to_regions
 from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 from seg_edge.runtime.sessions.base import open_session
-
-REGIONS = ("WT", "TC", "ET")
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    denom = int(a.sum()) + int(b.sum())
-    return 1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom
 
 
 @dataclass
@@ -43,12 +36,12 @@ class Evaluator:
         self.truth: list[np.ndarray | None] = []
         self.fp32 = [s.labels for s in self._segment(fp32_model)]
         for case in cases:
-            segs = sorted(case.glob("*_seg.nii*")) + sorted(case.glob("*-seg.nii*"))
-            self.truth.append(read_labels(segs[0], self.et)[0] if segs else None)
+            path = find_label_file(case)
+            self.truth.append(read_labels(path, self.et)[0] if path is not None else None)
 
     def _segment(self, model: Path):
         artifact = load_artifact(model)
-        self.et = 3 if artifact.card.label_scheme == "brats2023" else 4
+        self.et = et_label(artifact.card.label_scheme)
         with open_session(artifact, "onnxruntime", threads=self.threads) as session:
             seg = Segmenter(artifact, session, SegmenterOptions())
             return [seg.predict(load_case(c, artifact.card.modalities)) for c in self.cases]
@@ -60,10 +53,10 @@ class Evaluator:
             rc, rr = labels_to_regions(cand, self.et), labels_to_regions(ref, self.et)
             rt = labels_to_regions(truth, self.et) if truth is not None else None
             for i, name in enumerate(REGIONS):
-                vs_fp32[name].append(_dice(rc[i], rr[i]))
+                vs_fp32[name].append(dice(rc[i], rr[i]))
                 if rt is not None:
-                    fp_t[name].append(_dice(rr[i], rt[i]))
-                    cand_t[name].append(_dice(rc[i], rt[i]))
+                    fp_t[name].append(dice(rr[i], rt[i]))
+                    cand_t[name].append(dice(rc[i], rt[i]))
         mean = lambda d: {k: float(np.mean(v)) for k, v in d.items() if v}  # noqa: E731
         return DiceChange(mean(vs_fp32), mean(fp_t), mean(cand_t))
 

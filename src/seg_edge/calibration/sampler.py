@@ -15,9 +15,10 @@ import numpy as np
 from scipy import ndimage
 
 from seg_edge.artifact import ModelCard
-from seg_edge.errors import InputError
-from seg_edge.runtime.io import is_case_folder, load_case, read_labels
+from seg_edge.runtime.io import load_case, read_labels
 from seg_edge.runtime.preprocess import preprocess
+from seg_edge.runtime.regions import case_folders  # noqa: F401  (quantize.py imports it from here)
+from seg_edge.runtime.regions import et_label, find_label_file, to_network_layout
 
 STRATA = ("tumour", "healthy", "border")
 
@@ -29,27 +30,12 @@ class PatchPlan:
     corner: tuple[int, int, int]
 
 
-def case_folders(folder: Path) -> list[Path]:
-    folder = Path(folder)
-    if is_case_folder(folder):
-        return [folder]
-    cases = sorted(p for p in folder.iterdir() if p.is_dir() and is_case_folder(p)) if folder.is_dir() else []
-    if not cases:
-        raise InputError(f"{folder}: no BraTS-format case folders for calibration")
-    return cases
-
-
-def _label_in_network_layout(case_dir: Path, tensor_shape, inverse, card: ModelCard) -> np.ndarray | None:
-    segs = sorted(case_dir.glob("*_seg.nii*")) + sorted(case_dir.glob("*-seg.nii*"))
-    if not segs:
+def _tumour_in_network_layout(case_dir: Path, tensor_shape, inverse, card: ModelCard) -> np.ndarray | None:
+    path = find_label_file(case_dir)
+    if path is None:
         return None
-    labels = read_labels(segs[0], 3 if card.label_scheme == "brats2023" else 4)[0][inverse.box]
-    if card.axis_order == "zyx":
-        labels = labels.transpose(2, 1, 0)
-    out = np.zeros(tensor_shape, dtype=bool)
-    where = tuple(slice(b, b + s) for b, s in zip(inverse.pad_before, labels.shape))
-    out[where] = labels > 0
-    return out
+    labels = read_labels(path, et_label(card.label_scheme))[0]
+    return to_network_layout(labels, inverse, tensor_shape, str(path)) > 0
 
 
 def _centres(tensor: np.ndarray, tumour: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -72,7 +58,7 @@ def plan_patches(cases: list[Path], card: ModelCard, samples: int, seed: int) ->
         if n == 0:
             continue
         tensor, inverse = preprocess(load_case(case_dir, card.modalities).images, card)
-        pools = _centres(tensor, _label_in_network_layout(case_dir, tensor.shape[1:], inverse, card))
+        pools = _centres(tensor, _tumour_in_network_layout(case_dir, tensor.shape[1:], inverse, card))
         names = [s for s in STRATA if s in pools and len(pools[s])]
         for i in range(n):
             stratum = names[i % len(names)]

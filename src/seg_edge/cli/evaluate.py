@@ -21,9 +21,10 @@ def evaluate(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Score predictions per region (WT, TC, ET) with BraTS conventions for empty regions."""
-    from seg_edge.evaluation.evaluate import REGIONS, evaluate as run, write_csv
+    from seg_edge.evaluation.evaluate import evaluate as run, write_csv
     from seg_edge.evaluation.metrics import METRICS
     from seg_edge.runtime.postprocess import et_label
+    from seg_edge.runtime.regions import REGIONS
 
     result = run(pred, truth, et_label(label_scheme.value))
     if csv_path:

@@ -10,6 +10,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from seg_edge.artifact import REGIONS
 from seg_edge.cli.app import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, Blend, PrecisionHint, dumps
 
@@ -57,7 +58,7 @@ def _table(results) -> Table:
         table.add_column(col, justify="left" if col in ("case", "backend", "result") else "right", no_wrap=True)
     for r in results:
         table.add_row(escape(r.case_id), r.backend, f"{r.max_abs:.1e}", str(r.labels_changed),
-                      "/".join(f"{r.dice[k]:.4f}" for k in ("WT", "TC", "ET")),
+                      "/".join(f"{r.dice[k]:.4f}" for k in REGIONS),
                       "[green]pass[/]" if r.passed else "[red]FAIL[/]")
     return table
 

@@ -10,10 +10,9 @@ import numpy as np
 from seg_edge.errors import InputError
 from seg_edge.evaluation.metrics import METRICS, region_metrics, summarize
 from seg_edge.runtime.io import is_case_folder, is_nifti, read_labels, strip_nifti
-from seg_edge.runtime.postprocess import labels_to_regions
+from seg_edge.runtime.regions import LABEL_HINT, LABEL_TAGS, REGIONS, find_label_file, labels_to_regions
 
-REGIONS = ("WT", "TC", "ET")
-_ID_SUFFIXES = ("_seg", "-seg", "_pred", "_label", "_labels")
+_ID_SUFFIXES = LABEL_TAGS + ("_pred", "_label", "_labels")
 
 
 def _case_id(path: Path) -> str:
@@ -24,20 +23,13 @@ def _case_id(path: Path) -> str:
     return stem
 
 
-def _case_label(folder: Path) -> Path | None:
-    """The one *_seg / -seg label file in a folder, if there is exactly one."""
-    segs = [p for p in folder.iterdir() if p.is_file() and is_nifti(p)
-            and strip_nifti(p.name).lower().endswith(("_seg", "-seg"))]
-    return segs[0] if len(segs) == 1 else None
-
-
 def label_files(path: Path) -> dict[str, Path]:
     """case id → label file, from one file, a flat folder, or a folder of BraTS case folders."""
     if path.is_file():
         return {_case_id(path): path}
     if not path.is_dir():
         raise InputError(f"{path}: not found (expected a label NIfTI or a folder of them)")
-    own = _case_label(path) if is_case_folder(path) else None
+    own = find_label_file(path) if is_case_folder(path) else None
     if own is not None:  # a single BraTS case folder (images + label)
         return {path.name: own}
     found: dict[str, Path] = {}
@@ -46,10 +38,11 @@ def label_files(path: Path) -> dict[str, Path]:
             if "_probabilities" in item.name:
                 continue
             found[_case_id(item)] = item
-        elif item.is_dir() and _case_label(item) is not None:
-            found[item.name] = _case_label(item)
+        elif item.is_dir() and (label := find_label_file(item)) is not None:
+            found[item.name] = label
     if not found:
-        raise InputError(f"{path}: no label maps found (expected *.nii.gz or <id>/<id>_seg.nii.gz)")
+        raise InputError(f"{path}: no label maps found (expected *.nii.gz, or case folders <id>/ "
+                         f"holding {LABEL_HINT})")
     return found
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from seg_edge.runtime.regions import REGIONS, dice
+
 # BraTS: Dice 1 / HD95 0 when both masks are empty; Dice 0 / HD95 373.13 (the diagonal of the
 # 240×240×155 grid in mm) when exactly one is.
 EMPTY_HD95 = 373.13
@@ -45,7 +47,7 @@ def region_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ..
     tn = int(pred.size) - tp - fp - fn
     both_empty = tp + fp + fn == 0
     return {
-        "dice": 1.0 if both_empty else 2 * tp / (2 * tp + fp + fn),
+        "dice": dice(pred, truth),
         "iou": 1.0 if both_empty else tp / (tp + fp + fn),
         "hd95": hd95(pred, truth, spacing),
         "sensitivity": 1.0 if tp + fn == 0 else tp / (tp + fn),
@@ -55,7 +57,7 @@ def region_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ..
     }
 
 
-def summarize(cases: list[dict], regions=("WT", "TC", "ET")) -> dict:
+def summarize(cases: list[dict], regions: tuple[str, ...] = REGIONS) -> dict:
     """Mean and std (population) of every metric per region over cases."""
     out: dict = {}
     for region in regions:

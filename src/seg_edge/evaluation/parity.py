@@ -19,12 +19,11 @@ from seg_edge.artifact import Artifact, load_artifact
 from seg_edge.errors import ArtifactError, InputError
 from seg_edge.evaluation.metrics import hd95
 from seg_edge.runtime.io import Case, load_case
-from seg_edge.runtime.postprocess import labels_to_regions
 from seg_edge.runtime.preprocess import nonzero_box, preprocess, window_size
+from seg_edge.runtime.regions import REGIONS, dice, labels_to_regions
 from seg_edge.runtime.segmenter import Segmentation, Segmenter, SegmenterOptions
 from seg_edge.runtime.sessions.base import open_session
 
-REGIONS = ("WT", "TC", "ET")
 # OpenVINO runs of an FP32 artifact: (max probability difference, min region Dice), set from
 # measurement on the shipped model and example (docs/BENCHMARKS.md). OpenVINO fuses the
 # InstanceNorm subgraph into its own normalisation and loses precision even in f32 (max |Δp|
@@ -85,14 +84,13 @@ def compare(case: Case, got: Segmentation, ref: Segmentation, backend: str, box,
     diff = np.abs(got.probabilities[(slice(None),) + box] - ref.probabilities[(slice(None),) + box])
     same = got.labels == ref.labels
     g_regions, r_regions = labels_to_regions(got.labels, et), labels_to_regions(ref.labels, et)
-    dice, dist, vol = {}, {}, {}
+    scores, dist, vol = {}, {}, {}
     for name, g, r in zip(REGIONS, g_regions, r_regions):
-        denom = int(g.sum()) + int(r.sum())
-        dice[name] = 1.0 if denom == 0 else 2.0 * int((g & r).sum()) / denom
+        scores[name] = dice(g, r)
         dist[name] = hd95(g, r, case.spacing)
         vol[name] = got.volumes_ml[name] - ref.volumes_ml[name]
     return ParityResult(case.case_id, backend, float(diff.max()), float(diff.mean()),
-                        float(np.percentile(diff, 99.9)), float(same.mean()), int((~same).sum()), dice, dist, vol)
+                        float(np.percentile(diff, 99.9)), float(same.mean()), int((~same).sum()), scores, dist, vol)
 
 
 def judge(result: ParityResult, max_prob_diff: float, min_dice: float) -> ParityResult:
@@ -143,4 +141,3 @@ def check_parity(model: Path, cases: list[Path], backends: tuple = ("onnxruntime
         for session in sessions.values():
             session.close()
     return results
-

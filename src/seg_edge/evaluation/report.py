@@ -9,6 +9,7 @@ import numpy as np
 
 from seg_edge.errors import InputError
 from seg_edge.runtime.io import find_modalities, read_labels, read_nifti
+from seg_edge.runtime.regions import LABEL_HINT, find_label_file
 
 # label → RGBA overlay colour (NCR red, ED green, ET yellow; ET=3 or 4)
 COLOURS = {1: (0.9, 0.1, 0.1, 0.55), 2: (0.1, 0.8, 0.2, 0.45), 3: (1.0, 0.9, 0.1, 0.6), 4: (1.0, 0.9, 0.1, 0.6)}
@@ -29,10 +30,10 @@ def case_figure(case_dir: Path, out: Path, pred: Path | None = None, et: int = 4
     import matplotlib.pyplot as plt
 
     files = find_modalities(case_dir)
-    segs = sorted(case_dir.glob("*_seg.nii*"))
-    if not segs:
-        raise InputError(f"{case_dir}: no *_seg.nii.gz ground truth to draw")
-    truth = read_labels(segs[0], et)[0]
+    label = find_label_file(case_dir)
+    if label is None:
+        raise InputError(f"{case_dir}: no ground truth to draw (expected {LABEL_HINT})")
+    truth = read_labels(label, et)[0]
     z = int(np.argmax((truth > 0).sum(axis=(0, 1))))
     panels = [(m.upper() if m != "t1ce" else "T1ce", np.asarray(read_nifti(files[m]).dataobj)[:, :, z])
               for m in ("flair", "t1", "t1ce", "t2")]

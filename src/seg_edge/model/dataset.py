@@ -9,31 +9,19 @@ import numpy as np
 
 from seg_edge.artifact import ModelCard
 from seg_edge.errors import InputError
-from seg_edge.runtime.io import is_nifti, load_case, read_nifti, strip_nifti
-from seg_edge.runtime.postprocess import labels_to_regions
+from seg_edge.runtime.io import load_case, read_labels
 from seg_edge.runtime.preprocess import preprocess
+from seg_edge.runtime.regions import LABEL_HINT, find_label_file, labels_to_regions, to_network_layout
 
 
 @dataclass
 class TrainingCase:
+    """One preprocessed case and its regions, both in network layout."""
+
     case_id: str
     image: np.ndarray  # (C, X, Y, Z) float16, network layout
     regions: np.ndarray  # (3, X, Y, Z) uint8
     tumour: np.ndarray  # (n, 3) int32 voxel coordinates of label > 0, for oversampling
-
-
-def find_label(folder: Path) -> Path:
-    hits = [p for p in folder.iterdir() if is_nifti(p) and strip_nifti(p.name).lower().endswith(("_seg", "-seg"))]
-    if len(hits) != 1:
-        raise InputError(f"{folder}: expected one *_seg.nii.gz label file, found {len(hits)}")
-    return hits[0]
-
-
-def case_folders(data: Path) -> list[Path]:
-    folders = sorted(p for p in Path(data).iterdir() if p.is_dir())
-    if not folders:
-        raise InputError(f"{data}: no case folders (expected BraTS-style <id>/<id>_flair.nii.gz …)")
-    return folders
 
 
 def split_cases(folders: list[Path], seed: int) -> dict[str, list[Path]]:
@@ -47,16 +35,16 @@ def split_cases(folders: list[Path], seed: int) -> dict[str, list[Path]]:
 
 
 def load_training_case(folder: Path, card: ModelCard, et: int) -> TrainingCase:
+    """Preprocess a labelled case folder as the runtime does; its labels go where its voxels went."""
     case = load_case(folder, card.modalities)
     tensor, inverse = preprocess(case.images, card)
-    labels = np.asarray(read_nifti(find_label(folder)).dataobj, dtype=np.uint8)[inverse.box]
-    if card.axis_order == "zyx":
-        labels = labels.transpose(2, 1, 0)
-    padded = np.zeros(tensor.shape[1:], dtype=np.uint8)
-    padded[tuple(slice(0, s) for s in labels.shape)] = labels
-    regions = labels_to_regions(padded, et).astype(np.uint8)
+    path = find_label_file(folder)
+    if path is None:
+        raise InputError(f"{folder}: no ground truth to train on (expected {LABEL_HINT})")
+    labels = to_network_layout(read_labels(path, et)[0], inverse, tensor.shape[1:], str(path))
+    regions = labels_to_regions(labels, et).astype(np.uint8)
     return TrainingCase(case.case_id, tensor.astype(np.float16), regions,
-                        np.argwhere(padded > 0).astype(np.int32))
+                        np.argwhere(labels > 0).astype(np.int32))
 
 
 class PatchSampler:

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_edge.model.dataset import PatchSampler, case_folders, load_training_case, split_cases
+from seg_edge.errors import InputError
+from seg_edge.model.dataset import PatchSampler, load_training_case, split_cases
 from seg_edge.model.networks import build_network, card_for
 from seg_edge.runtime.postprocess import sigmoid
 from seg_edge.runtime.preprocess import window_size
+from seg_edge.runtime.regions import case_folders, dice, et_label
 from seg_edge.runtime.sessions.torch import TorchSession
 from seg_edge.runtime.window import sliding_window
 
@@ -43,22 +45,14 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CPU, fp16 AMP on CUDA; fp32: none
 
 
-def dice_scores(pred: np.ndarray, truth: np.ndarray) -> list[float]:
-    """Per-region Dice of boolean (3, …) masks; 1.0 where both are empty (BraTS convention)."""
-    out = []
-    for p, t in zip(pred, truth):
-        denom = int(p.sum()) + int(t.sum())
-        out.append(1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom)
-    return out
-
-
 def validate(session, cases, card, overlap: float) -> list[float]:
+    """Mean per-region Dice over whole validation cases, windowed as the runtime windows."""
     scores = []
     for case in cases:
         image = case.image.astype(np.float32)
         logits = sliding_window(image, session.run, window_size(image.shape[1:], card.patch_size), overlap)
         pred = sigmoid(logits) > np.asarray(card.thresholds, dtype=np.float32)[:, None, None, None]
-        scores.append(dice_scores(pred, case.regions.astype(bool)))
+        scores.append([dice(p, t) for p, t in zip(pred, case.regions)])
     return list(np.mean(scores, axis=0)) if scores else [0.0, 0.0, 0.0]
 
 
@@ -80,12 +74,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     card = card_for(cfg.preset)
-    split = split_cases(case_folders(Path(cfg.data)), cfg.seed)
-    (out / "split.json").write_text(json.dumps({k: [p.name for p in v] for k, v in split.items()}, indent=1))
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    split = _split(cfg, out)
     log(f"cases: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test; device {device}")
-    train_cases = [load_training_case(f, card, 4) for f in split["train"]]
-    val_cases = [load_training_case(f, card, 4) for f in split["val"]]
+    et = et_label(card.label_scheme)
+    train_cases, val_cases = ([load_training_case(f, card, et) for f in split[k]] for k in ("train", "val"))
     model = build_network(cfg.preset).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.2, patience=2, min_lr=1e-6)
@@ -118,6 +110,18 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
             log(f"stopping: time budget of {cfg.max_minutes} min reached")
             break
     return out / "best.pt"
+
+
+def _split(cfg: TrainConfig, out: Path) -> dict[str, list[Path]]:
+    """Split the case folders by case; record the split and the config in ``out``."""
+    folders = case_folders(Path(cfg.data))
+    if len(folders) < 3:
+        raise InputError(f"{cfg.data}: {len(folders)} case folder(s) (expected at least 3: "
+                         "one each for training, validation and test)")
+    split = split_cases(folders, cfg.seed)
+    (out / "split.json").write_text(json.dumps({k: [p.name for p in v] for k, v in split.items()}, indent=1))
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    return split
 
 
 def _resume(torch, path: Path, device: str, objects, sampler, log) -> tuple[int, float]:

@@ -6,29 +6,13 @@ import numpy as np
 from scipy import ndimage, special
 
 from seg_edge.artifact import ETRule
-from seg_edge.errors import InputError
-
-LABEL_SCHEMES = {"brats2021": 4, "brats2023": 3}
-
-
-def et_label(scheme: str) -> int:
-    if scheme not in LABEL_SCHEMES:
-        raise InputError(f"label scheme '{scheme}' (expected one of {', '.join(LABEL_SCHEMES)})")
-    return LABEL_SCHEMES[scheme]
+# The label/region mappings live with the other ground-truth pieces; callers import them from here too.
+from seg_edge.runtime.regions import LABEL_SCHEMES, et_label, labels_to_regions, regions_to_labels  # noqa: F401
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Logistic function in float32, without overflow for large negative logits."""
     return special.expit(np.asarray(logits, dtype=np.float32))
-
-
-def regions_to_labels(probs: np.ndarray, thresholds: tuple[float, ...], et: int) -> np.ndarray:
-    """(3, …) WT/TC/ET probabilities → uint8 labels: ED=2 in WT∖TC, NCR=1 in TC, ET inside WT."""
-    wt, tc, en = (probs[i] > thresholds[i] for i in range(3))
-    labels = wt.astype(np.uint8)
-    labels[wt & ~tc] = 2
-    labels[wt & en] = et
-    return labels
 
 
 def apply_et_rule(labels: np.ndarray, et_prob: np.ndarray, rule: ETRule, et: int) -> int:
@@ -53,8 +37,3 @@ def apply_et_rule(labels: np.ndarray, et_prob: np.ndarray, rule: ETRule, et: int
         labels[mask] = 1
         changed += total
     return changed
-
-
-def labels_to_regions(labels: np.ndarray, et: int) -> np.ndarray:
-    """uint8 labels → bool (3, …) WT={1,2,ET}, TC={1,ET}, ET={ET}."""
-    return np.stack([np.isin(labels, (1, 2, et)), np.isin(labels, (1, et)), labels == et])
