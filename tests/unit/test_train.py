@@ -1,4 +1,4 @@
-"""Training: labels where the runtime puts the images, a log, weights-only checkpoints, resume."""
+"""Training: labels where the runtime puts the images, a log, weights-only checkpoints, resume, precision."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from seg_edge.errors import InputError
 from seg_edge.model.checkpoints import load_network
 from seg_edge.model.dataset import load_training_case, split_cases
 from seg_edge.model.networks import card_for
-from seg_edge.model.train import TrainConfig, train
+from seg_edge.model.train import TrainConfig, TrainPrecision, train
 from seg_edge.runtime.io import load_case, read_labels
 from seg_edge.runtime.postprocess import labels_to_regions
 from seg_edge.runtime.preprocess import preprocess, to_original_grid
@@ -48,6 +49,23 @@ def test_training_labels_sit_where_the_runtime_puts_the_images(case_dir, preset)
     # the oversampling centres are the tumour voxels, and they lie in the brain of the tensor
     np.testing.assert_array_equal(tcase.tumour, np.argwhere(tcase.regions[0]))
     assert np.all(tensor[0][tuple(tcase.tumour.T)] != 0)
+
+
+def test_unknown_precision_is_refused_before_any_work(cases_dir, tmp_path):
+    cfg = TrainConfig(data=str(cases_dir), out=str(tmp_path / "run"), precision="fp16")
+    with pytest.raises(InputError, match="training precision 'fp16' \\(expected one of auto, fp32\\)"):
+        train(cfg, log=lambda s: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_precision_is_the_librarys(cases_dir, tmp_path):
+    from seg_edge.cli.app import app
+    from seg_edge.cli.train import Precision
+
+    assert [p.value for p in Precision] == [p.value for p in TrainPrecision]
+    result = CliRunner().invoke(app, ["train", str(cases_dir), "--out", str(tmp_path / "run"), "--precision", "fp16"])
+    assert result.exit_code == 2 and "fp16" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_too_few_cases_is_an_input_error(case_dir, tmp_path):

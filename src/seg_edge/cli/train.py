@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
 
 from seg_edge.cli.app import err, guarded, out
+
+
+class Precision(str, Enum):
+    """The members of ``seg_edge.model.train.TrainPrecision``.
+
+    Mirrored, not imported: importing that module here would add numpy, scipy and nibabel to the
+    start-up of every command. tests/unit/test_train.py keeps the two equal.
+    """
+
+    auto = "auto"
+    fp32 = "fp32"
 
 
 @guarded
@@ -22,13 +34,14 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: torch's default)."),
     max_minutes: float = typer.Option(0.0, "--max-minutes", help="Stop after the epoch that passes this (0: none)."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CPU, fp16 AMP on CUDA) or fp32."),
+    precision: Precision = typer.Option(Precision.auto, "--precision",
+                                        help="auto (bf16 autocast on CPU, fp16 on CUDA) or fp32."),
 ) -> None:
     """Train with Dice + BCE, Adam and ReduceLROnPlateau; resumes from OUT/last.pt if present."""
     from seg_edge.model.train import TrainConfig, train as run
 
     cfg = TrainConfig(str(data), str(out_dir), preset, patch, batch, epochs, iters, lr, seed, threads,
-                      max_minutes, precision=precision)
+                      max_minutes, precision=precision.value)
     best = run(cfg, log=lambda s: err.print(s, highlight=False))
     out.print(f"best checkpoint: {best}")
 

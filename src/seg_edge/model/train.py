@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,14 @@ from seg_edge.runtime.preprocess import window_size
 from seg_edge.runtime.regions import case_folders, dice, et_label
 from seg_edge.runtime.sessions.torch import TorchSession
 from seg_edge.runtime.window import sliding_window
+
+
+class TrainPrecision(str, Enum):
+    """Mixed precision of training: auto is fp16 AMP on CUDA and bf16 autocast on CPU; fp32 is none."""
+
+    auto = "auto"
+    fp32 = "fp32"
+
 
 LOG_FIELDS = ["epoch", "train_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET", "val_dice_mean", "lr", "seconds"]
 
@@ -42,7 +51,16 @@ class TrainConfig:
     threads: int = 0
     max_minutes: float = 0.0
     val_overlap: float = 0.25
-    precision: str = "auto"  # auto: bf16 autocast on CPU, fp16 AMP on CUDA; fp32: none
+    precision: TrainPrecision | str = TrainPrecision.auto
+
+
+def train_precision(value: TrainPrecision | str) -> TrainPrecision:
+    """``value`` as a TrainPrecision; InputError naming the precisions there are otherwise."""
+    try:
+        return TrainPrecision(value)
+    except ValueError:
+        names = ", ".join(p.value for p in TrainPrecision)
+        raise InputError(f"training precision '{value}' (expected one of {names})") from None
 
 
 def validate(session, cases, card, overlap: float) -> list[float]:
@@ -56,14 +74,15 @@ def validate(session, cases, card, overlap: float) -> list[float]:
     return list(np.mean(scores, axis=0)) if scores else [0.0, 0.0, 0.0]
 
 
-def _precision(torch, device: str, precision: str):
-    if precision == "fp32":
+def _autocast_dtype(torch, device: str, precision: TrainPrecision):
+    if precision is TrainPrecision.fp32:
         return None
     return torch.float16 if device == "cuda" else torch.bfloat16
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     """Train per ``cfg``; returns the path of the best checkpoint."""
+    precision = train_precision(cfg.precision)  # before torch loads and anything is written
     import torch
     from monai.losses import DiceLoss
 
@@ -82,7 +101,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.2, patience=2, min_lr=1e-6)
     sampler = PatchSampler(train_cases, (cfg.patch,) * 3, cfg.seed)
-    amp = _precision(torch, device, cfg.precision)
+    amp = _autocast_dtype(torch, device, precision)
     scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
     dice_loss, bce = DiceLoss(sigmoid=True, batch=True), torch.nn.BCEWithLogitsLoss()
     loss_fn = lambda logits, y: dice_loss(logits, y) + bce(logits, y)  # noqa: E731
