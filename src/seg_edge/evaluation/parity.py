@@ -10,6 +10,7 @@ region volume differences — judged against the tolerances in the model card.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,28 +117,30 @@ def check_parity(model: Path, cases: list[Path], backends: tuple = ("onnxruntime
     net = load_reference(artifact, reference)
     opts = options or SegmenterOptions()
     opts = SegmenterOptions(**{**opts.__dict__, "probabilities": True})
-    tol = artifact.card.tolerances
     specs = [b if isinstance(b, tuple) else (b, None) for b in backends]
-    sessions = {}
-    for name, hint in specs:
-        session = open_session(artifact, name, threads=threads, precision_hint=hint)
-        sessions[session.name] = session
-    results = []
-    try:
+    results: list[ParityResult] = []
+    # every session opened is closed, also when a later one fails to open or a case fails
+    with contextlib.ExitStack() as stack:
+        sessions = {}
+        for name, hint in specs:
+            session = stack.enter_context(open_session(artifact, name, threads=threads, precision_hint=hint))
+            sessions[session.name] = session
         for folder in cases:
-            case = load_case(Path(folder), artifact.card.modalities)
-            ref_seg = Segmenter(artifact, next(iter(sessions.values())), opts)
-            ref = reference_segmentation(net, ref_seg, case)
-            box = nonzero_box(case.images)
-            for backend, session in sessions.items():
-                seg = Segmenter(artifact, session, opts)
-                max_diff, min_dice = HINT_TOLERANCES.get((backend, artifact.card.precision),
-                                                         (tol.max_prob_diff, tol.min_region_dice))
-                result = judge(compare(case, seg.predict(case), ref, backend, box, seg.et), max_diff, min_dice)
+            for result in _check_case(artifact, net, sessions, opts, Path(folder)):
                 results.append(result)
                 if on_result:
                     on_result(result)
-    finally:
-        for session in sessions.values():
-            session.close()
     return results
+
+
+def _check_case(artifact: Artifact, net, sessions: dict, opts: SegmenterOptions, folder: Path):
+    """Yield one judged ParityResult per backend for the case in ``folder``."""
+    tol = artifact.card.tolerances
+    case = load_case(folder, artifact.card.modalities)
+    ref = reference_segmentation(net, Segmenter(artifact, next(iter(sessions.values())), opts), case)
+    box = nonzero_box(case.images)
+    for backend, session in sessions.items():
+        seg = Segmenter(artifact, session, opts)
+        max_diff, min_dice = HINT_TOLERANCES.get((backend, artifact.card.precision),
+                                                 (tol.max_prob_diff, tol.min_region_dice))
+        yield judge(compare(case, seg.predict(case), ref, backend, box, seg.et), max_diff, min_dice)
