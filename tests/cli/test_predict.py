@@ -290,12 +290,22 @@ def test_et_rule_report_counts_voxels_of_the_output(baseline, case_dir, edge_onn
     assert baseline["report"]["et_relabelled_voxels"] == int(changed.sum())
 
 
-def test_overlap_quarter(baseline, case_dir, edge_onnx, tmp_path):
-    result = predict(case_dir, "--out", tmp_path, "--overlap", "0.25", model=edge_onnx)
-    ok(result)
-    labels = labels_of(tmp_path / f"{case_dir.name}.nii.gz")
-    assert labels.shape == baseline["labels"].shape
-    assert set(np.unique(labels).tolist()) <= {0, 1, 2, 4}
-    wt, base_wt = labels > 0, baseline["labels"] > 0
-    dice = 2 * np.count_nonzero(wt & base_wt) / (np.count_nonzero(wt) + np.count_nonzero(base_wt))
-    assert dice > 0.99
+def test_overlap_changes_the_windows_on_a_multi_window_case(case_dir, edge_onnx, tmp_path):
+    """The fixture case fits in one 96³ window, where overlap cannot matter: tile it three times along
+    y (64×216×48; the non-zero box spans ~190 voxels) so 0.25 gives 3 windows and 0.5 gives 4."""
+    files = modality_files(case_dir)
+    tiled = tmp_path / "tiled"
+    tiled.mkdir()
+    for m, path in files.items():
+        img = nib.load(str(path))
+        save_like(np.tile(np.asanyarray(img.dataobj), (1, 3, 1)), img, tiled / f"tiled_{m}.nii.gz")
+    probs = {}
+    for overlap in ("0.25", "0.5"):
+        out = tmp_path / f"o{overlap}"
+        ok(predict(tiled, "--out", out, "--overlap", overlap, "--probabilities", model=edge_onnx))
+        probs[overlap] = np.asanyarray(nib.load(str(out / "tiled_probabilities.nii.gz")).dataobj)
+    diff = np.abs(probs["0.25"] - probs["0.5"])
+    assert diff.max() > 1e-4, "overlap 0.25 and 0.5 gave identical probabilities: the option did not reach the window"
+    wt = [p[..., 0] > 0.5 for p in probs.values()]
+    dice = 2 * np.count_nonzero(wt[0] & wt[1]) / max(np.count_nonzero(wt[0]) + np.count_nonzero(wt[1]), 1)
+    assert dice > 0.9

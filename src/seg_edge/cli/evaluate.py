@@ -10,6 +10,7 @@ from rich.table import Table
 
 from seg_edge.cli.app import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, LabelScheme, dumps
+from seg_edge.errors import InputError
 
 
 @guarded
@@ -26,6 +27,12 @@ def evaluate(
     from seg_edge.runtime.postprocess import et_label
     from seg_edge.runtime.regions import REGIONS
 
+    if csv_path is not None:
+        from seg_edge.runtime.outputs import check_targets
+
+        if not csv_path.parent.is_dir():
+            raise InputError(f"{csv_path}: folder {csv_path.parent} does not exist (expected an existing folder)")
+        check_targets([csv_path], overwrite=True)
     result = run(pred, truth, et_label(label_scheme.value))
     if csv_path:
         write_csv(result, csv_path)

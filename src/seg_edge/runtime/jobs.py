@@ -47,21 +47,25 @@ class JobResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+# Suffixes of files that are not label maps: such an --out is a mistake, not a folder name.
+FILE_SUFFIXES = frozenset(
+    "png jpg jpeg gif bmp tif tiff svg pdf json txt csv tsv npy npz nrrd nhdr mha mhd mgz mgh dcm img hdr "
+    "h5 hdf5 gz zip tar onnx plan engine pt pth".split())
+
+
 def output_kind(out: Path | None) -> str:
-    """'file' for a NIfTI file name, 'folder' for a folder; InputError for anything else."""
+    """'file' for a NIfTI file name, 'folder' for a folder; InputError for another kind of file."""
     if out is None:
         return "folder"
     if out.name.lower().endswith(NIFTI_SUFFIXES):
         if out.is_dir():
-            raise InputError(f"{out}: is a folder (expected a .nii.gz or .nii file name to write, or a folder "
-                             "name without a NIfTI suffix)")
+            raise InputError(f"{out}: is a folder (expected a .nii.gz or .nii file name to write)")
         return "file"
-    if out.is_dir() or not out.suffix:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"{out}: exists and is not a folder (expected a .nii.gz or .nii file name, or a folder)")
-        return "folder"
-    raise InputError(f"{out}: output name must end in .nii.gz or .nii (or name a folder, without a file "
-                     "suffix)")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder (expected a .nii.gz or .nii file name, or a folder)")
+    if not out.is_dir() and out.suffix.lower().lstrip(".") in FILE_SUFFIXES:
+        raise InputError(f"{out}: output name must end in .nii.gz or .nii (or name a folder)")
+    return "folder"
 
 
 def _case_id(source: Path) -> str:

@@ -98,8 +98,8 @@ class StagedOutputs:
         if not self.overwrite:
             for target in self.targets:
                 if os.path.lexists(target):
-                    raise InputError(f"{target}: output appeared while this case ran (another process "
-                                     "wrote it; use --overwrite to replace it)")
+                    raise InputError(f"{self.targets[-1]}: {target.name} appeared while this case ran (another "
+                                     "process wrote this output; use --overwrite to replace it); nothing written")
         mode = default_file_mode()
         for target in self.targets:
             tmp = self._staged.get(target)
