@@ -3,82 +3,18 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
+from badfiles import (MODALITIES, Spec, check_bad_input, console_script, copy_case, identity_onnx, invoke,
+                      load, registry, replace, runner, save, snapshot, stack4d)
 from seg_edge.cli.app import app
 from seg_edge.errors import InputError
 
-MODALITIES = ("flair", "t1", "t1ce", "t2")
-
-runner = CliRunner()
-
-
-@dataclass
-class Spec:
-    """One bad invocation: its arguments and what the single error line must contain."""
-
-    args: list[str]
-    expect: list[str]  # substrings of the error line: the culprit and what was expected
-    label: str = "input error"  # the line's prefix
-    code: int = 2
-    model: Path | None = None  # default: the fixture model
-
-
-# ----------------------------------------------------------------------------- builders
-
-def copy_case(tmp: Path, case: Path, name: str = "case") -> tuple[Path, dict[str, Path]]:
-    """The fixture case's four modalities (no seg) copied into ``tmp/name`` under a new id."""
-    folder = tmp / name
-    folder.mkdir()
-    files = {}
-    for m in MODALITIES:
-        files[m] = folder / f"{name}_{m}.nii.gz"
-        shutil.copyfile(case / f"{case.name}_{m}.nii.gz", files[m])
-    return folder, files
-
-
-def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(str(path))
-    return np.asanyarray(img.dataobj), img.affine
-
-
-def save(data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
-    return path
-
-
-def stack4d(files: dict[str, Path], order, path: Path) -> Path:
-    vols = [load(files[m])[0] for m in order]
-    return save(np.stack(vols, axis=-1), load(files[order[0]])[1], path)
-
-
-def replace(files: dict[str, Path], modality: str, fn: Callable[[np.ndarray, np.ndarray], tuple]) -> Path:
-    """Rewrite one modality file with ``fn(data, affine) -> (data, affine)``."""
-    data, affine = fn(*load(files[modality]))
-    return save(data, affine, files[modality])
-
-
 CASES: list = []
-
-
-def case(name: str, *marks):
-    def register(fn):
-        CASES.append(pytest.param(fn, id=name, marks=marks))
-        return fn
-    return register
+case = registry(CASES)
 
 
 @case("missing-input")
@@ -99,7 +35,7 @@ def _(tmp, src, model):
     folder, files = copy_case(tmp, src)
     raw = files["flair"].read_bytes()
     files["flair"].write_bytes(raw[: len(raw) // 2])
-    return Spec([str(folder)], [str(files["flair"]), "NIfTI"])
+    return Spec([str(folder)], [str(files["flair"]), "corrupt"])
 
 
 @case("2d-image")
@@ -231,30 +167,15 @@ def _(tmp, src, model):
     return Spec([str(src)], [str(path), "not found"], label="model error", model=path)
 
 
-def _identity_onnx(path: Path, metadata: dict[str, str] | None = None) -> Path:
-    import onnx
-    from onnx import TensorProto, helper
-
-    shape = [1, 5, None, None, None]
-    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "plain",
-                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    if metadata:
-        helper.set_model_props(proto, metadata)
-    onnx.save(proto, str(path))
-    return path
-
-
 @case("onnx-without-card")
 def _(tmp, src, model):
-    path = _identity_onnx(tmp / "plain.onnx")
+    path = identity_onnx(tmp / "plain.onnx")
     return Spec([str(src)], [str(path), "no seg-edge card"], label="model error", model=path)
 
 
 @case("onnx-card-not-json")
 def _(tmp, src, model):
-    path = _identity_onnx(tmp / "badcard.onnx", {"seg_edge.card": "{not json"})
+    path = identity_onnx(tmp / "badcard.onnx", {"seg_edge.card": "{not json"})
     return Spec([str(src)], [str(path), "not valid JSON"], label="model error", model=path)
 
 
@@ -292,7 +213,7 @@ def _(tmp, src, model):
 
 @case("overlap-1.5")
 def _(tmp, src, model):
-    return Spec([str(src), "--overlap", "1.5"], ["overlap 1.5", "expected 0 <= overlap < 1"])
+    return Spec([str(src), "--overlap", "1.5"], ["--overlap", "1.5"])
 
 
 @case("explicit-file-missing")
@@ -323,53 +244,25 @@ def _(tmp, src, model):
 
 # ----------------------------------------------------------------------------- checks
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` (hidden ones included) with its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def invoke(spec: Spec, tmp: Path, model: Path, *pre: str):
-    args = list(pre) + ["predict", *spec.args, "--model", str(spec.model or model)]
-    if "--out" not in spec.args:
-        args += ["--out", str(tmp / "out")]
-    return runner.invoke(app, args)
-
-
-def assert_one_line_error(result, spec: Spec) -> str:
-    assert result.exit_code == spec.code, (f"exit {result.exit_code} (expected {spec.code})\n{result.output}"
-                                           f"\nexception: {result.exception!r}")
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        f"exception escaped the CLI: {result.exception!r}"
-    assert "Traceback" not in result.output
-    assert result.stdout.strip() == "", f"stdout should be empty:\n{result.stdout}"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one error line, got:\n{result.stderr}"
-    line = lines[0]
-    assert line.startswith(f"{spec.label}: "), line
-    for text in spec.expect:
-        assert text in line, f"{text!r} not in the error line:\n{line}"
-    return line
-
-
 @pytest.mark.parametrize("build", CASES)
 def test_bad_input_is_one_line_and_writes_nothing(build, tmp_path, case_dir, edge_onnx):
-    spec = build(tmp_path, case_dir, edge_onnx)
-    before = snapshot(tmp_path)
-    try:
-        result = invoke(spec, tmp_path, edge_onnx)
-    finally:
-        for p in tmp_path.rglob("*"):  # let pytest clean up read-only folders
-            if p.is_dir():
-                p.chmod(0o700)
-    assert_one_line_error(result, spec)
-    after = snapshot(tmp_path)
-    assert sorted(after) == sorted(before), f"files appeared or vanished: {set(after) ^ set(before)}"
-    changed = [name for name in before if after[name] != before[name]]
-    assert changed == [], f"files changed: {changed}"
+    check_bad_input(build, tmp_path, case_dir, edge_onnx)
 
 
 def test_enough_bad_input_cases():
-    assert len(CASES) >= 17
+    from test_bad_input_corpus import CORPUS
+
+    ids = [p.id for p in CASES + CORPUS]
+    assert len(ids) == len(set(ids)), "a case name is used twice"
+    assert len(ids) >= 60
+
+
+def test_snapshot_sees_folders_and_hidden_files(tmp_path):
+    before = snapshot(tmp_path)
+    (tmp_path / "out").mkdir()
+    assert set(snapshot(tmp_path)) - set(before) == {"out"}
+    (tmp_path / "out" / ".x.nii.gz.tmp").write_bytes(b"")
+    assert "out/.x.nii.gz.tmp" in snapshot(tmp_path)
 
 
 def test_debug_shows_the_exception(tmp_path, case_dir, edge_onnx):
@@ -388,28 +281,21 @@ def test_debug_shows_the_exception(tmp_path, case_dir, edge_onnx):
     assert len([line for line in again.stderr.splitlines() if line.strip()]) == 1
 
 
-def _console_script() -> Path:
-    exe = Path(sys.executable).parent / "seg-edge"
-    if not exe.is_file():
-        pytest.skip("the seg-edge console script is not installed beside this interpreter")
-    return exe
-
-
 def test_real_process_prints_one_line_and_no_traceback(tmp_path, case_dir, edge_onnx):
     folder, files = copy_case(tmp_path, case_dir)
     replace(files, "flair", lambda d, a: (np.full(d.shape, np.nan, np.float32), a))
-    proc = subprocess.run([str(_console_script()), "predict", str(folder), "--model", str(edge_onnx),
+    proc = subprocess.run([str(console_script()), "predict", str(folder), "--model", str(edge_onnx),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and str(files["flair"]) in lines[0] and "expected finite" in lines[0], proc.stderr
-    assert not any((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+    assert not (tmp_path / "out").exists(), "the output folder was created for a bad input"
 
 
 def test_real_process_debug_prints_traceback(tmp_path, edge_onnx):
     missing = tmp_path / "nowhere"
-    proc = subprocess.run([str(_console_script()), "--debug", "predict", str(missing), "--model", str(edge_onnx)],
+    proc = subprocess.run([str(console_script()), "--debug", "predict", str(missing), "--model", str(edge_onnx)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
