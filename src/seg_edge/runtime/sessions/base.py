@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from seg_edge.artifact import Artifact
-from seg_edge.errors import BackendUnavailable, InputError
+from seg_edge.errors import ArtifactError, InputError, SegEdgeError
 
 # backend name → (module, class); modules are imported only when asked for.
 BACKENDS = {
@@ -29,6 +29,10 @@ def cache_root() -> Path:
     return Path(root).expanduser()
 
 
+class SessionError(SegEdgeError):
+    """A session cannot run a batch: it was closed, or its backend failed after loading."""
+
+
 @runtime_checkable
 class Session(Protocol):
     """run(float32[N, C, X, Y, Z]) → float32[N, K, X, Y, Z] logits; a context manager."""
@@ -45,34 +49,54 @@ class Session(Protocol):
 
 
 class SessionBase:
-    """Shared input checks and lifecycle for concrete sessions."""
+    """Shared input and output checks and the lifecycle of concrete sessions.
+
+    Subclasses implement ``_run`` and, if they hold resources, ``_release``; ``run`` refuses a
+    closed session and ``close`` may be called any number of times.
+    """
 
     name = "base"
 
     def __init__(self, in_channels: int, out_channels: int):
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.closed = False
 
     def check_batch(self, batch: np.ndarray) -> None:
+        """InputError unless ``batch`` is float32 [N, C, X, Y, Z] with this model's C."""
         if batch.dtype != np.float32 or batch.ndim != 5 or batch.shape[1] != self.in_channels:
             raise InputError(f"{self.name} session: got {batch.dtype} array of shape {batch.shape} "
                              f"(expected float32 [N, {self.in_channels}, X, Y, Z])")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits float32 [N, K, X, Y, Z] for ``batch``; ArtifactError if the model's output disagrees with its card."""
+        if self.closed:
+            raise SessionError(f"{self.name} session is closed; open a new one to run more batches")
         self.check_batch(batch)
         out = self._run(batch)
-        if out.shape[:2] != (batch.shape[0], self.out_channels) or out.shape[2:] != batch.shape[2:]:
-            raise BackendUnavailable(f"{self.name} session returned shape {out.shape} for input "
-                                     f"{batch.shape} (expected [N, {self.out_channels}, X, Y, Z])")
+        expected = (batch.shape[0], self.out_channels, *batch.shape[2:])
+        if tuple(out.shape) != expected:
+            # the backend loaded and ran: a wrong shape is the model's (or its card's) defect, not a missing backend
+            raise ArtifactError(f"{self.name} session: the model returned shape {tuple(out.shape)} for input "
+                                f"{tuple(batch.shape)}; its card expects {expected} ([N, {self.out_channels} "
+                                f"regions, X, Y, Z])")
         return np.asarray(out, dtype=np.float32)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release backend resources; the default holds none."""
+        """Release backend resources; later ``run`` calls raise SessionError. Safe to call again."""
+        if not self.closed:
+            self.closed = True
+            self._release()
+
+    def _release(self) -> None:
+        """Free what the backend holds; the default holds nothing."""
 
     def __enter__(self) -> SessionBase:
+        if self.closed:
+            raise SessionError(f"{self.name} session is closed; open a new one")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -87,7 +111,7 @@ def open_session(artifact: Artifact, backend: str = "onnxruntime", threads: int 
 
         return open_auto(artifact, threads, cache_dir, precision_hint)
     if backend not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend '{backend}' (available: auto, {', '.join(BACKENDS)})")
+        raise InputError(f"backend '{backend}' (expected one of auto, {', '.join(BACKENDS)})")
     if precision_hint not in (None, "f32") and backend not in HINTED:
         raise InputError(f"--precision-hint {precision_hint} applies to {', '.join(sorted(HINTED))}, not {backend}")
     module_name, class_name = BACKENDS[backend]

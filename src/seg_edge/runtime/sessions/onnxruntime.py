@@ -51,7 +51,7 @@ class OrtSession(SessionBase):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self._input: batch})[0]
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._session = None
 
 

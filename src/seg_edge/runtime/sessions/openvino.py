@@ -67,5 +67,5 @@ class OpenVINOSession(SessionBase):
         request.infer({self._input: batch})
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._compiled.clear()

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from seg_edge.artifact import Artifact
-from seg_edge.errors import BackendUnavailable
+from seg_edge.errors import BackendUnavailable, SegEdgeError
 from seg_edge.export.tensorrt import cached_engine, gpu_device, import_tensorrt, plan_is_current
-from seg_edge.runtime.sessions.base import SessionBase
+from seg_edge.runtime.sessions.base import SessionBase, SessionError
 
 
 def _cudart():
@@ -24,10 +24,11 @@ def _cudart():
     return cudart
 
 
-def _check(result):
+def _check(result, error: type[SegEdgeError] = SessionError):
+    """The values of a cuda-python call, or ``error`` (BackendUnavailable while loading) naming its status."""
     err, *rest = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
-        raise BackendUnavailable(f"CUDA call failed: {err}")
+        raise error(f"CUDA call failed: {err}")
     return rest[0] if len(rest) == 1 else rest
 
 
@@ -46,11 +47,12 @@ class TensorRTSession(SessionBase):
             raise BackendUnavailable(f"{plan}: {why}; rebuild it with 'seg-edge build-engine'")
         self._cudart = _cudart()
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(plan.read_bytes())
+        self._runtime = trt.Runtime(self._logger)  # kept: a runtime must outlive its engines
+        self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self._engine is None:
             raise BackendUnavailable(f"{plan}: TensorRT could not deserialize the plan")
         self._context = self._engine.create_execution_context()
-        self._stream = _check(self._cudart.cudaStreamCreate())
+        self._stream = _check(self._cudart.cudaStreamCreate(), BackendUnavailable)
         self._input, self._output = artifact.card.input_name, artifact.card.output_name
         self._buffers: dict[str, tuple[int, int]] = {}  # name → (device pointer, bytes)
 
@@ -77,15 +79,19 @@ class TensorRTSession(SessionBase):
         self._context.set_tensor_address(self._input, d_in)
         self._context.set_tensor_address(self._output, d_out)
         if not self._context.execute_async_v3(self._stream):
-            raise BackendUnavailable("TensorRT execute_async_v3 failed")
+            raise SessionError(f"TensorRT execute_async_v3 failed for input {host_in.shape} (see TensorRT's log)")
         _check(cudart.cudaMemcpyAsync(host_out.ctypes.data, d_out, host_out.nbytes, kind_d2h, self._stream))
         _check(cudart.cudaStreamSynchronize(self._stream))
         return host_out
 
-    def close(self) -> None:
+    def _release(self) -> None:
         for ptr, _ in self._buffers.values():
             self._cudart.cudaFree(ptr)
         self._buffers.clear()
         if getattr(self, "_stream", None):
             self._cudart.cudaStreamDestroy(self._stream)
             self._stream = None
+        # TensorRT objects go in reverse order of creation: context, engine, runtime
+        self._context = None
+        self._engine = None
+        self._runtime = None
