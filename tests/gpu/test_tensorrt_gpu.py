@@ -17,7 +17,7 @@ def _gpu_reason() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed"
     try:
-        from seg_edge.export.tensorrt import gpu_device
+        from seg_edge.runtime.sessions.plans import gpu_device
 
         gpu_device()
     except Exception as exc:  # no cuda-python, no driver, no device
@@ -53,10 +53,28 @@ def test_engine_matches_onnxruntime_cpu(tmp_path, edge_onnx, case_dir, precision
 
 @skip
 def test_engine_cache_builds_once(tmp_path, monkeypatch, edge_onnx):
-    from seg_edge.export.tensorrt import cached_engine
+    from seg_edge.runtime.sessions.plans import cached_plan
 
     monkeypatch.setenv("SEG_EDGE_CACHE", str(tmp_path))
     messages = []
-    first = cached_engine(edge_onnx, log=messages.append)
-    second = cached_engine(edge_onnx, log=messages.append)
+    first = cached_plan(edge_onnx, log=messages.append)
+    second = cached_plan(edge_onnx, log=messages.append)
     assert first == second and len(messages) == 1
+    assert first.parent == tmp_path / "engines" and (tmp_path / "engines" / "timing.cache").is_file()
+
+
+@skip
+def test_predict_json_stays_clean_while_an_engine_builds(tmp_path, edge_onnx, case_dir):
+    """The engine-build notice goes to stderr (logging), never into --json's stdout."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SEG_EDGE_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "seg_edge", "predict", str(case_dir), "--model", str(edge_onnx),
+           "--backend", "tensorrt", "--out", str(tmp_path / "out"), "--json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    json.loads(result.stdout)
+    assert "building TensorRT engine" in result.stderr

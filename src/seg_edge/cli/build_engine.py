@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -10,11 +11,19 @@ from seg_edge.cli.app import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, dumps, parse_triplet
 
 
+class Precision(str, Enum):
+    """--precision choices: the values of the library's EnginePrecision (kept light: no runtime import)."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
 @guarded
 def build_engine(
     model: Path = typer.Argument(..., help="ONNX model (FP32, FP16 or INT8 Q/DQ) with a seg-edge card."),
     out_path: Path = typer.Option(..., "--out", "-o", help="Output plan; the card goes to <plan>.json."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (needs a Q/DQ model)."),
+    precision: Precision = typer.Option(Precision.fp32, "--precision", help="int8 needs a Q/DQ model."),
     workspace_gb: float = typer.Option(2.0, "--workspace-gb", min=0.1, help="Builder workspace cap (Jetson: 1-2)."),
     min_xyz: str = typer.Option(None, "--min", help="Profile minimum X,Y,Z (default: the card's window)."),
     opt_xyz: str = typer.Option(None, "--opt", help="Profile optimum X,Y,Z."),
@@ -25,13 +34,14 @@ def build_engine(
 ) -> None:
     """Build a TensorRT engine on this GPU (plans are tied to GPU and TensorRT version)."""
     from seg_edge.artifact import load_artifact
-    from seg_edge.export.tensorrt import BuildOptions, build_engine as run, make_profile
+    from seg_edge.export.tensorrt import BuildOptions, build_engine as run
+    from seg_edge.runtime.sessions.plans import make_profile
 
     card = load_artifact(model).card
     triplet = lambda v, n: parse_triplet(v, n) if v else None  # noqa: E731
     profile = make_profile(card, batch, triplet(min_xyz, "--min"), triplet(opt_xyz, "--opt"), triplet(max_xyz, "--max"))
-    meta = run(model, out_path, BuildOptions(precision, workspace_gb, profile, timing_cache),
-               log=lambda s: err.print(s, highlight=False))
+    meta = run(model, out_path, BuildOptions(precision.value, workspace_gb, profile, timing_cache),
+               log=lambda s: err.print(s, highlight=False, markup=False))
     if json_out:
         out.print_json(dumps(meta))
         return

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 
+from seg_edge.errors import ArtifactError
+
 SCOPES = "pkg.torch.onnx.name_scopes"
 CLASSES = "pkg.torch.onnx.class_hierarchy"
 
@@ -47,4 +49,86 @@ def instance_norm_nodes(model) -> list[str]:
         classes = _meta_list(node, CLASSES)
         if node.op_type == "InstanceNormalization" or any("InstanceNorm" in c for c in classes[:-1]):
             names.append(node.name)
+    return names
+
+
+def _mean_chain(tensor: str, producers: dict) -> tuple[str, list]:
+    """Follow ReduceMean nodes up from ``tensor``: (the tensor the means start from, the nodes)."""
+    chain = []
+    node = producers.get(tensor)
+    while node is not None and node.op_type == "ReduceMean" and node.input:
+        chain.append(node)
+        tensor = node.input[0]
+        node = producers.get(tensor)
+    return tensor, chain
+
+
+def _origin(tensor: str, producers: dict) -> str:
+    """``tensor`` before any Cast nodes (an FP16 graph casts a norm's input once per consumer)."""
+    node = producers.get(tensor)
+    while node is not None and node.op_type == "Cast" and node.input:
+        tensor = node.input[0]
+        node = producers.get(tensor)
+    return tensor
+
+
+def _stable_norm_at(div, producers: dict) -> list | None:
+    """The nodes of (x - mean(x)) / sqrt(mean((x - mean(x))²) + eps) ending in ``div``, or None."""
+    sub, sqrt = (producers.get(name) for name in (list(div.input) + ["", ""])[:2])
+    if sub is None or sqrt is None or sub.op_type != "Sub" or sqrt.op_type != "Sqrt" or len(sub.input) != 2:
+        return None
+    x, mean = sub.input
+    root, mean_chain = _mean_chain(mean, producers)
+    add = producers.get(sqrt.input[0]) if sqrt.input else None
+    if not mean_chain or _origin(root, producers) != _origin(x, producers) or add is None or add.op_type != "Add":
+        return None
+    centred = _origin(sub.output[0], producers)
+    for term in add.input:
+        square, var_chain = _mean_chain(term, producers)
+        mul = producers.get(square)
+        if (var_chain and mul is not None and mul.op_type == "Mul"
+                and [_origin(i, producers) for i in mul.input] == [centred, centred]):
+            return [sub, *mean_chain, mul, *var_chain, add, sqrt, div]
+    return None
+
+
+def instance_norm_patterns(model) -> list[list]:
+    """Every InstanceNorm the graph computes, found from ops and wiring alone (not names or metadata).
+
+    Each entry lists the nodes of one norm that must stay in FP32: an ``InstanceNormalization``
+    node, or the core of seg-edge's stable subgraph (means, centring, square, eps, sqrt, division;
+    the affine scale and shift after it are not precision-critical).
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    found = []
+    for node in model.graph.node:
+        if node.op_type == "InstanceNormalization":
+            found.append([node])
+        elif node.op_type == "Div":
+            nodes = _stable_norm_at(node, producers)
+            if nodes:
+                found.append(nodes)
+    return found
+
+
+def checked_instance_norm_nodes(model, source: str) -> list[str]:
+    """``instance_norm_nodes``, after checking it found every node of every InstanceNorm in the graph.
+
+    FP16 conversion and TensorRT's FP16 builds keep nodes in FP32 by name, so a norm the
+    metadata-based finder misses (an exporter that records modules differently) or a node without a
+    unique name would silently run in half precision. ArtifactError names what was missed.
+    """
+    names = instance_norm_nodes(model)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.name] = counts.get(node.name, 0) + 1
+    kept = set(names)
+    patterns = instance_norm_patterns(model)
+    missed = [node for nodes in patterns for node in nodes
+              if not node.name or counts[node.name] > 1 or node.name not in kept]
+    if missed:
+        shown = ", ".join(f"{n.op_type} '{n.name}' → {n.output[0]}" for n in missed[:3])
+        raise ArtifactError(f"{source}: {len(missed)} node(s) of the graph's {len(patterns)} InstanceNorms are not "
+                            f"recognised as InstanceNorm by name and exporter metadata, e.g. {shown}; they would "
+                            "run in FP16. Re-export the model with this seg-edge ('seg-edge export').")
     return names

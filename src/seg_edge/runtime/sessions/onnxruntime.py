@@ -8,7 +8,7 @@ import numpy as np
 
 from seg_edge.artifact import Artifact
 from seg_edge.errors import ArtifactError, BackendUnavailable
-from seg_edge.runtime.sessions.base import SessionBase
+from seg_edge.runtime.sessions.base import SessionBase, cache_root
 
 
 class OrtSession(SessionBase):
@@ -46,6 +46,7 @@ class OrtSession(SessionBase):
     install_hint = ""
 
     def provider_options(self, cache_dir: Path | None) -> dict:
+        """Options of this session's execution provider (the CPU provider takes none)."""
         return {}
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -71,9 +72,7 @@ class OrtTensorrtSession(OrtSession):
     install_hint = "; pip install onnxruntime-gpu and TensorRT"
 
     def provider_options(self, cache_dir: Path | None) -> dict:
-        from seg_edge.export.tensorrt import cache_dir as default_cache
-
-        folder = Path(cache_dir or default_cache().parent / "ort-trt")
+        folder = Path(cache_dir or cache_root() / "ort-trt")
         folder.mkdir(parents=True, exist_ok=True)
         return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(folder),
                 "trt_timing_cache_enable": True, "trt_timing_cache_path": str(folder),

@@ -1,7 +1,8 @@
 """TensorRT session: deserialize a plan, set input shapes per window batch, ``execute_async_v3``.
 
 Device memory and copies go through NVIDIA's cuda-python (not torch), so the runtime stays
-torch-free. Given an ONNX model, the plan comes from the engine cache (built on first use).
+torch-free. Given an ONNX model, the plan comes from the engine cache (built on first use, in
+``cache_dir`` if given); ``plans`` holds the cache and the compatibility rules.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 
 from seg_edge.artifact import Artifact
 from seg_edge.errors import BackendUnavailable, SegEdgeError
-from seg_edge.export.tensorrt import cached_engine, gpu_device, import_tensorrt, plan_is_current
 from seg_edge.runtime.sessions.base import SessionBase, SessionError
+from seg_edge.runtime.sessions.plans import cached_plan, gpu_device, import_tensorrt, plan_is_current
 
 
 def _cudart():
@@ -41,7 +42,7 @@ class TensorRTSession(SessionBase):
         super().__init__(artifact.card.in_channels, len(artifact.card.regions))
         trt = import_tensorrt()
         device = gpu_device()
-        plan = artifact.path if artifact.kind == "tensorrt" else cached_engine(artifact.path)
+        plan = artifact.path if artifact.kind == "tensorrt" else cached_plan(artifact.path, cache_dir)
         why = plan_is_current(plan, trt.__version__, device)
         if why:
             raise BackendUnavailable(f"{plan}: {why}; rebuild it with 'seg-edge build-engine'")
