@@ -19,12 +19,23 @@ EXAMPLE = ROOT / "examples/SynBraTS_3007_000"
 VARIANTS = {"fp32": MODEL, "int8": ASSETS / "seg-edge-edge-int8.onnx", "fp16": ASSETS / "seg-edge-edge-fp16.onnx"}
 
 
-def test_shipped_model_passes_fp32_parity_on_the_example():
-    result = CliRunner().invoke(app, ["parity", str(MODEL), str(EXAMPLE), "--json"])
+def _assert_fp32_parity(case: Path) -> None:
+    """`seg-edge parity` on the shipped ONNX, against the shipped .pt found beside it by default."""
+    result = CliRunner().invoke(app, ["parity", str(MODEL), str(case), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     (r,) = data["results"]
     assert data["passed"] and r["max_abs"] <= 1e-4 and min(r["dice"].values()) >= 0.999
+
+
+@pytest.mark.slow  # 240×240×155: 27 windows of 96³ through the model and through PyTorch + MONAI
+def test_shipped_model_passes_fp32_parity_on_the_example():
+    _assert_fp32_parity(EXAMPLE)
+
+
+def test_shipped_model_passes_fp32_parity_on_a_small_case(case_dir):
+    """The same check on the small synthetic case of the default run (one 96³ window)."""
+    _assert_fp32_parity(case_dir)
 
 
 @pytest.mark.parametrize("kind", sorted(VARIANTS))
