@@ -87,6 +87,8 @@ def predict(
     from seg_edge.runtime.jobs import plan_jobs, run_batch, run_job
     from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 
+    if not 0.0 <= overlap < 1.0:  # also NaN
+        raise InputError(f"--overlap {overlap} (expected 0 <= overlap < 1)")
     files = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v is not None}
     jobs, batch = plan_jobs(input, files or None, out)
     options = SegmenterOptions(overlap=overlap, blend=blend.value, batch_size=batch_size,

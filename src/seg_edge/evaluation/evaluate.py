@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from seg_edge.errors import InputError
+from seg_edge.runtime.atomic import atomic_write
 from seg_edge.evaluation.metrics import METRICS, region_metrics, summarize
 from seg_edge.runtime.io import is_case_folder, is_nifti, read_labels, strip_nifti
 from seg_edge.runtime.regions import LABEL_HINT, LABEL_TAGS, REGIONS, find_label_file, labels_to_regions
@@ -81,8 +82,8 @@ def evaluate(pred: Path, truth: Path, et: int) -> dict:
 
 
 def write_csv(result: dict, path: Path) -> None:
-    """One row per case and region with every metric."""
-    with open(path, "w", newline="") as fh:
+    """One row per case and region with every metric (written atomically)."""
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["case_id", "region", *METRICS])
         for case in result["cases"]:

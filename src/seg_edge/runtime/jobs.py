@@ -12,7 +12,7 @@ import numpy as np
 
 from seg_edge.errors import InputError, SegEdgeError
 from seg_edge.runtime.io import NIFTI_SUFFIXES, Case, has_modality_files, load_case, strip_nifti, write_volume
-from seg_edge.runtime.outputs import StagedOutputs, check_targets
+from seg_edge.runtime.outputs import StagedOutputs, check_name_length, check_targets
 from seg_edge.runtime.segmenter import Segmentation, Segmenter
 
 DEFAULT_OUT = Path("predictions")
@@ -57,6 +57,7 @@ def output_kind(out: Path | None) -> str:
     """'file' for a NIfTI file name, 'folder' for a folder; InputError for another kind of file."""
     if out is None:
         return "folder"
+    check_name_length(out)
     if out.name.lower().endswith(NIFTI_SUFFIXES):
         if out.is_dir():
             raise InputError(f"{out}: is a folder (expected a .nii.gz or .nii file name to write)")

@@ -137,7 +137,7 @@ def parse_header(path: Path, head: bytes):
     """The NIfTI-1/2 header in ``head``, checked field by field (no nibabel chatter)."""
     if len(head) < 348:
         raise InputError(f"{path}: too short for a NIfTI header ({len(head)} bytes; expected ≥ 348)")
-    klass = None
+    klass, endian = None, "<"
     for endian in "<>":
         size = struct.unpack(endian + "i", head[:4])[0]
         if size in _HEADERS:
@@ -145,7 +145,8 @@ def parse_header(path: Path, head: bytes):
             break
     if klass is None:
         raise InputError(f"{path}: not a NIfTI file (expected sizeof_hdr 348 or 540 at its start)")
-    header = klass.header_class.from_fileobj(io.BytesIO(head), check=False)
+    # byte order from sizeof_hdr: nibabel would guess it from dim[0], which may be the defect itself
+    header = klass.header_class.from_fileobj(io.BytesIO(head), endianness=endian, check=False)
     _check_header(path, header)
     return header
 

@@ -24,7 +24,7 @@ NIFTI_NAMES = (".nii.gz", ".nii")
 def _name_max(folder: Path) -> int:
     existing = nearest_existing(folder)
     try:
-        return int(os.pathconf(existing, "PC_NAME_MAX"))
+        return int(os.pathconf(existing, "PC_NAME_MAX"))  # 255 on ext4, xfs, btrfs, tmpfs
     except (OSError, ValueError):
         return 255
 
@@ -37,15 +37,21 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
+def check_name_length(path: Path) -> None:
+    """InputError if the file system cannot hold ``path``'s name (checked before any stat of it)."""
+    limit = _name_max(path.parent)
+    if len(path.name.encode()) > limit:
+        raise InputError(f"{path}: file name too long for the file system ({len(path.name.encode())} bytes; "
+                         f"at most {limit})")
+
+
 def check_targets(targets: list[Path], overwrite: bool) -> None:
     """InputError before any work if a target exists (without overwrite), is a folder, has a
     name the file system cannot hold, or its folder cannot be created or written."""
     for target in targets:
+        check_name_length(target)
         if target.is_dir():
             raise InputError(f"{target}: is a folder (expected a file name to write)")
-        if len(target.name.encode()) > _name_max(target.parent):
-            raise InputError(f"{target}: file name too long for the file system "
-                             f"({len(target.name.encode())} bytes; at most {_name_max(target.parent)})")
         if os.path.lexists(target) and not overwrite:
             raise InputError(f"{target}: output exists (use --overwrite to replace it)")
     folder = targets[0].parent
