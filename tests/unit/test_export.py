@@ -15,7 +15,8 @@ from seg_edge.artifact import load_artifact
 from seg_edge.cli.app import app
 from seg_edge.errors import InputError, ParityError
 from seg_edge.export.norm import stabilise_instance_norms
-from seg_edge.export.onnx import ExportOptions, export_onnx
+from seg_edge.export.onnx import ExportOptions, InstanceNorm, export_onnx
+from seg_edge.runtime.atomic import default_file_mode
 from seg_edge.model.networks import build_network
 
 
@@ -91,5 +92,14 @@ def test_native_instance_norm_option_keeps_the_op(tmp_path, edge_checkpoint):
     export_onnx(edge_checkpoint, out, ExportOptions(check_shape=(32, 32, 32), instance_norm="native"))
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "InstanceNormalization" in ops
+    assert [p.name for p in tmp_path.iterdir()] == ["native.onnx"]  # no temporary left beside it
+    assert out.stat().st_mode & 0o777 == default_file_mode()
     assert load_artifact(out).card.provenance["instance_norm"] == "native"
     assert np.isfinite(load_artifact(out).card.provenance["export_check"]["max_abs_logit_error"])
+
+
+@pytest.mark.parametrize("value", ["fast", "Stable", ""])
+def test_instance_norm_choice_is_closed(value):
+    with pytest.raises(InputError, match="expected one of stable, native"):
+        ExportOptions(instance_norm=value)
+    assert ExportOptions(instance_norm="native").instance_norm is InstanceNorm.native

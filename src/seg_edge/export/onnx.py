@@ -9,9 +9,8 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +22,37 @@ from seg_edge.model.checkpoints import load_network, sha256
 from seg_edge.export.graph import name_nodes_by_module
 from seg_edge.export.norm import stabilise_instance_norms
 from seg_edge.model.networks import card_for
-from seg_edge.runtime.io import default_file_mode
+from seg_edge.runtime.atomic import atomic_write
 
 DEFAULT_OPSET = 18
 
 
+class InstanceNorm(str, Enum):
+    """How InstanceNorm is exported: ``stable`` per-axis two-pass subgraph, or ONNX's ``native`` op."""
+
+    stable = "stable"
+    native = "native"
+
+    @classmethod
+    def _missing_(cls, value: object) -> InstanceNorm:
+        raise InputError(f"instance norm '{value}' (expected one of {', '.join(m.value for m in cls)})")
+
+
 @dataclass(frozen=True)
 class ExportOptions:
+    """``export_onnx``'s settings; ``instance_norm`` is checked on construction (InputError)."""
+
     preset: str = "edge"
     name: str | None = None
     opset: int = DEFAULT_OPSET
     tolerance: float = 1e-3  # max |logit| difference, ORT CPU vs torch, on the check input
     check_shape: tuple[int, int, int] | None = None  # default: the card's patch size
     seed: int = 0
-    instance_norm: str = "stable"  # stable: per-axis two-pass subgraph; native: ONNX InstanceNormalization
+    instance_norm: InstanceNorm = InstanceNorm.stable
     extra_provenance: dict | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "instance_norm", InstanceNorm(self.instance_norm))
 
 
 @dataclass(frozen=True)
@@ -93,19 +108,14 @@ def export_onnx(checkpoint: Path, out: Path, options: ExportOptions = ExportOpti
     checkpoint, out = Path(checkpoint), Path(out)
     net, filters = load_network(checkpoint, options.preset)
     reference = copy.deepcopy(net)  # verification compares against torch's own InstanceNorm
-    if options.instance_norm == "stable":
+    if options.instance_norm is InstanceNorm.stable:
         stabilise_instance_norms(net)
-    elif options.instance_norm != "native":
-        raise InputError(f"instance norm '{options.instance_norm}' (expected stable or native)")
     card = card_for(options.preset, options.name, filters)
     shape = options.check_shape or card.patch_size
     if any(s % card.size_divisor for s in shape):
         raise InputError(f"check shape {shape} (expected multiples of {card.size_divisor})")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".onnx")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_write(out) as tmp:  # nothing reaches ``out`` unless verification passes
         _torch_to_onnx(net, card, shape, options.opset, tmp)
         error = _verify(reference, tmp, card, shape, options.seed)
         if not error <= options.tolerance:
@@ -119,7 +129,7 @@ def export_onnx(checkpoint: Path, out: Path, options: ExportOptions = ExportOpti
             "versions": {"seg_edge": __version__, "torch": torch.__version__, "monai": monai.__version__,
                          "onnx": onnx.__version__},
             "opset": options.opset,
-            "instance_norm": options.instance_norm,
+            "instance_norm": options.instance_norm.value,
             "export_check": {"input_shape": [1, card.in_channels, *shape], "seed": options.seed,
                              "max_abs_logit_error": error, "tolerance": options.tolerance},
             **(options.extra_provenance or {}),
@@ -130,10 +140,6 @@ def export_onnx(checkpoint: Path, out: Path, options: ExportOptions = ExportOpti
         write_card(model, card)
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(tmp), save_as_external_data=False)
-        os.chmod(tmp, default_file_mode())  # mkstemp files start at 0600
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportReport(out, card, error, out.stat().st_size)
 
 
