@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from seg_edge.cli.app import app
-from seg_edge.evaluation.bench import NetworkResult, graph_gflop
+from seg_edge.errors import InputError
+from seg_edge.evaluation.bench import NetworkResult, bench_network, bench_pipeline, graph_gflop
 
 
 def test_graph_gflop_counts_conv_and_conv_transpose(tmp_path):
@@ -52,3 +53,12 @@ def test_bench_cli_network_and_pipeline(edge_onnx, case_dir):
 def test_bench_rejects_bad_shape(edge_onnx):
     result = CliRunner().invoke(app, ["bench", str(edge_onnx), "--shape", "4,32,32"])
     assert result.exit_code == 2 and "--shape" in result.stderr
+
+
+def test_library_rejects_counts_that_measure_nothing(edge_onnx, case_dir):
+    with pytest.raises(InputError, match="--iters 0"):
+        bench_network(edge_onnx, "onnxruntime", iters=0)
+    with pytest.raises(InputError, match="--warmup -1"):
+        bench_network(edge_onnx, "onnxruntime", warmup=-1)
+    with pytest.raises(InputError, match="--runs 0"):
+        bench_pipeline(edge_onnx, "onnxruntime", case_dir, runs=0)

@@ -93,6 +93,8 @@ def graph_gflop(model: Path, shape: tuple[int, ...]) -> float | None:
 def bench_network(model: Path, backend: str, shape: tuple[int, ...] | None = None, warmup: int = 2,
                   iters: int = 10, threads: int | None = None, hint: str | None = None) -> NetworkResult:
     """Time ``iters`` calls of the session on a seeded input of ``shape`` (default 1×C×patch)."""
+    if iters < 1 or warmup < 0:
+        raise InputError(f"--iters {iters}, --warmup {warmup} (expected iters >= 1 and warmup >= 0)")
     artifact = load_artifact(model)
     card = artifact.card
     shape = tuple(shape or (1, card.in_channels, *card.patch_size))
@@ -132,6 +134,8 @@ def cold_start(model: Path, backend: str, case: Path, threads: int | None,
 def bench_pipeline(model: Path, backend: str, case: Path, runs: int = 3, threads: int | None = None,
                    with_cold_start: bool = True, hint: str | None = None) -> PipelineResult:
     """Median stage times over ``runs`` in-process predictions of ``case`` (model loaded once)."""
+    if runs < 1:
+        raise InputError(f"--runs {runs} (expected at least 1)")
     all_runs = []
     with Segmenter.open(model, backend, threads, SegmenterOptions(), hint) as seg, \
             tempfile.TemporaryDirectory() as tmp:
