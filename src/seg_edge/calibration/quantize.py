@@ -4,35 +4,74 @@ INT8 follows what both ONNX Runtime CPU and TensorRT ≥ 10 run: Q/DQ nodes with
 on Conv inputs and weights only (ConvTranspose and the InstanceNorm subgraph stay float), after
 ORT's quantization pre-processing. An accuracy budget is enforced on held-out cases: while any
 region's Dice against the FP32 labels drops by more than the budget, the most sensitive Conv
-(lowest SQNR of its quantized input) goes back to float.
+(lowest SQNR of its quantized input) goes back to float. Progress goes to a ``log`` callback
+(default: this module's logger); ONNX Runtime's tools run inside quantize's temporary folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from seg_edge.artifact import Tolerances, load_artifact
 from seg_edge.calibration.budget import DiceChange, Evaluator, conv_sensitivity
 from seg_edge.calibration.sampler import PatchReader, case_folders, plan_patches
 from seg_edge.errors import InputError
-from seg_edge.export.graph import instance_norm_nodes
-from seg_edge.runtime.io import default_file_mode
+from seg_edge.export.graph import checked_instance_norm_nodes
+from seg_edge.runtime.atomic import atomic_write
 
-METHODS = ("minmax", "entropy", "percentile")
+logger = logging.getLogger(__name__)
+
+
+class Precision(str, Enum):
+    """What ``quantize`` makes of an FP32 model."""
+
+    int8 = "int8"
+    fp16 = "fp16"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Precision:
+        raise InputError(f"--precision {value} (expected one of {', '.join(m.value for m in cls)})")
+
+
+class Method(str, Enum):
+    """How INT8 calibration turns activation statistics into scales."""
+
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Method:
+        raise InputError(f"--method {value} (expected one of {', '.join(m.value for m in cls)})")
 
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    precision: str = "int8"
-    method: str = "minmax"
+    """``quantize``'s settings; checked on construction (InputError names the bad value)."""
+
+    precision: Precision = Precision.int8
+    method: Method = Method.minmax
     samples: int = 64
     budget: float = 0.01
     seed: int = 0
     threads: int | None = None
     sensitivity_samples: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", Precision(self.precision))
+        object.__setattr__(self, "method", Method(self.method))
+        if self.samples < 1 or self.sensitivity_samples < 1:
+            raise InputError(f"--samples {self.samples}, sensitivity samples {self.sensitivity_samples} "
+                             "(expected at least 1 each)")
+        if not self.budget >= 0:
+            raise InputError(f"--budget {self.budget} (expected a Dice loss >= 0)")
 
 
 @dataclass
@@ -46,28 +85,50 @@ class QuantizeReport:
     eval_cases: list[str] = field(default_factory=list)
 
 
-def _int8(pre: Path, out: Path, reader, method: str, exclude: list[str], cache: Path) -> None:
+@contextlib.contextmanager
+def _ort_scratch(folder: Path) -> Iterator[None]:
+    """Run ONNX Runtime's quantization tools with ``folder`` as the working directory.
+
+    Its symbolic shape inference saves a failed attempt to the relative path
+    ``sym_shape_infer_temp.onnx`` (plus a ``<uuid>.data`` file), so the working directory is the
+    only handle that keeps such files in quantize's own temporary folder. The working directory is
+    process-wide: every path handed to the tools is absolute, and the previous one comes back even
+    on error.
+    """
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _int8(pre: Path, out: Path, reader, method: Method, exclude: list[str], cache: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-             "percentile": CalibrationMethod.Percentile}[method]
+    calib = {Method.minmax: CalibrationMethod.MinMax, Method.entropy: CalibrationMethod.Entropy,
+             Method.percentile: CalibrationMethod.Percentile}[method]
     reader.rewind()
-    quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
-                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=exclude, calibrate_method=calib, calibration_cache_path=str(cache),
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                   "CalibStridedMinMax": 1,
-                                   # Q/DQ on Conv inputs only: the outputs feed float InstanceNorm
-                                   "OpTypesToExcludeOutputQuantization": ["Conv"]})
+    with _ort_scratch(out.parent):
+        quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=exclude, calibrate_method=calib, calibration_cache_path=str(cache),
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "CalibStridedMinMax": 1,
+                                       # Q/DQ on Conv inputs only: the outputs feed float InstanceNorm
+                                       "OpTypesToExcludeOutputQuantization": ["Conv"]})
 
 
 def to_fp16(model_path: Path, out: Path) -> int:
-    """FP16 weights and compute; graph I/O and every InstanceNorm node stay FP32. Returns nodes kept."""
+    """FP16 weights and compute; graph I/O and every InstanceNorm node stay FP32. Returns nodes kept.
+
+    ArtifactError if the graph computes an InstanceNorm that the node finder does not name.
+    """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(model_path))
-    keep = instance_norm_nodes(model)
+    keep = checked_instance_norm_nodes(model, str(model_path))
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
     _topological_sort(converted.graph)  # the converter appends its input casts at the end
     onnx.save(converted, str(out))
@@ -100,29 +161,24 @@ def _finish(src: Path, dst: Path, model: Path, **card_changes) -> None:
     proto = onnx.load(str(src))
     write_card(proto, card.replace(provenance=provenance, **card_changes))
     onnx.checker.check_model(proto)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".onnx")
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_write(dst) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def quantize(model: Path, calibration: Path, out: Path, eval_dir: Path | None = None,
-             options: QuantizeOptions = QuantizeOptions(), log=print) -> QuantizeReport:
-    """Write ``out``: the INT8 or FP16 version of ``model`` with its card updated and measured."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+             options: QuantizeOptions = QuantizeOptions(),
+             log: Callable[[str], None] | None = None) -> QuantizeReport:
+    """Write ``out``: the INT8 or FP16 version of ``model`` with its card updated and measured.
 
-    model, out = Path(model), Path(out)
-    if options.method not in METHODS:
-        raise InputError(f"--method {options.method} (expected one of {', '.join(METHODS)})")
+    ``log`` receives one line per budget iteration (default: this module's logger, at INFO).
+    """
+    # absolute: ONNX Runtime's tools run with the temporary folder as working directory
+    model, out = Path(model).absolute(), Path(out).absolute()
     card = load_artifact(model).card
     if card.precision != "fp32":
         raise InputError(f"{model}: precision {card.precision} (expected an fp32 model to quantize)")
-    cal_cases = case_folders(calibration)
-    eval_cases = case_folders(eval_dir) if eval_dir else []
+    cal_cases = [c.absolute() for c in case_folders(calibration)]
+    eval_cases = [c.absolute() for c in case_folders(eval_dir)] if eval_dir else []
     if not eval_cases:  # default: hold out the last fifth of the calibration folder
         cut = max(1, len(cal_cases) // 5)
         if len(cal_cases) < 2:
@@ -132,38 +188,46 @@ def quantize(model: Path, calibration: Path, out: Path, eval_dir: Path | None = 
     if overlap:
         raise InputError(f"{eval_dir}: eval cases also used for calibration: {sorted(overlap)[:3]}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        evaluator = Evaluator(model, eval_cases, options.threads)
-        if options.precision == "fp16":
-            to_fp16(model, tmp / "fp16.onnx")
-            _finish(tmp / "fp16.onnx", tmp / "cand.onnx", model)
-            change = evaluator.change(tmp / "cand.onnx")
-            report = QuantizeReport(out, "fp16", change=change, eval_cases=[c.name for c in eval_cases])
-            _finish(tmp / "fp16.onnx", out, model, precision="fp16",
-                    # measured on the shipped model, ORT CPU: WT Dice vs FP32 0.981 (mean of 10
-                    # cases), max |Δp| 0.13 on the example; ORT's CPU FP16 is a poor proxy for a GPU's
-                    tolerances=Tolerances(max_prob_diff=0.25, min_region_dice=0.97),
-                    provenance={"quantization": _record(report, options, [], eval_cases)})
-            return report
-        return _int8_with_budget(model, out, tmp, cal_cases, eval_cases, evaluator, options, log,
-                                 quant_pre_process)
+    with tempfile.TemporaryDirectory(prefix="seg-edge-quantize-") as folder:
+        tmp = Path(folder).absolute()
+        if options.precision is Precision.fp16:
+            return _fp16(model, out, tmp, eval_cases, options)
+        return _int8_with_budget(model, out, tmp, (cal_cases, eval_cases), options, log or logger.info)
 
 
-def _int8_with_budget(model, out, tmp, cal_cases, eval_cases, evaluator, options, log, pre_process):
+def _fp16(model: Path, out: Path, tmp: Path, eval_cases: list[Path], options: QuantizeOptions) -> QuantizeReport:
+    to_fp16(model, tmp / "fp16.onnx")  # first: it refuses a graph whose norms it cannot keep FP32
+    _finish(tmp / "fp16.onnx", tmp / "cand.onnx", model)
+    change = Evaluator(model, eval_cases, options.threads).change(tmp / "cand.onnx")
+    report = QuantizeReport(out, Precision.fp16.value, change=change, eval_cases=[c.name for c in eval_cases])
+    _finish(tmp / "fp16.onnx", out, model, precision=Precision.fp16.value,
+            # measured on the shipped model, ORT CPU: WT Dice vs FP32 0.981 (mean of 10
+            # cases), max |Δp| 0.13 on the example; ORT's CPU FP16 is a poor proxy for a GPU's
+            tolerances=Tolerances(max_prob_diff=0.25, min_region_dice=0.97),
+            provenance={"quantization": _record(report, options, [], eval_cases)})
+    return report
+
+
+def _int8_with_budget(model: Path, out: Path, tmp: Path, cases: tuple[list[Path], list[Path]],
+                      options: QuantizeOptions, log: Callable[[str], None]) -> QuantizeReport:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    cal_cases, eval_cases = cases
     card = load_artifact(model).card
+    evaluator = Evaluator(model, eval_cases, options.threads)
     pre = tmp / "pre.onnx"
-    # symbolic shape inference cannot follow the exporter's "16*x" dims; ONNX shape inference can
-    pre_process(str(model), str(pre), skip_symbolic_shape=True)
+    with _ort_scratch(tmp):
+        # symbolic shape inference cannot follow the exporter's "16*x" dims; ONNX shape inference can
+        quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
     plans = plan_patches(cal_cases, card, options.samples, options.seed)
     reader = PatchReader(plans, card)
     cache = tmp / "calibration.json"
     excluded: list[str] = []
     ranking: list[tuple[str, float]] | None = None
-    report = QuantizeReport(out, "int8", eval_cases=[c.name for c in eval_cases])
+    report = QuantizeReport(out, Precision.int8.value, eval_cases=[c.name for c in eval_cases])
     while True:
         _int8(pre, tmp / "int8.onnx", reader, options.method, excluded, cache)
-        _finish(tmp / "int8.onnx", tmp / "cand.onnx", model, precision="int8")
+        _finish(tmp / "int8.onnx", tmp / "cand.onnx", model, precision=Precision.int8.value)
         change = evaluator.change(tmp / "cand.onnx")
         report.iterations.append({"kept_float": list(excluded), "dice_vs_fp32": change.vs_fp32})
         log(f"INT8 with {len(excluded)} Conv kept float: Dice vs FP32 "
@@ -172,16 +236,18 @@ def _int8_with_budget(model, out, tmp, cal_cases, eval_cases, evaluator, options
             break
         if ranking is None:
             few = PatchReader(plans[: options.sensitivity_samples], card)
-            ranking = conv_sensitivity(pre, tmp / "int8.onnx", few)
+            with _ort_scratch(tmp):
+                ranking = conv_sensitivity(pre, tmp / "int8.onnx", few)
         remaining = [name for name, _ in ranking if name not in excluded]
         if not remaining:
             log("every Conv is back in float; budget still exceeded")
             break
         excluded.append(remaining[0])
     report.kept_float, report.change = excluded, change
-    report.calibration = {"cases": [c.name for c in cal_cases], "samples": len(plans), "method": options.method,
+    report.calibration = {"cases": [c.name for c in cal_cases], "samples": len(plans),
+                          "method": options.method.value,
                           "strata": {s: sum(p.stratum == s for p in plans) for s in ("tumour", "healthy", "border")}}
-    _finish(tmp / "int8.onnx", out, model, precision="int8",
+    _finish(tmp / "int8.onnx", out, model, precision=Precision.int8.value,
             tolerances=Tolerances(max_prob_diff=1.0, min_region_dice=1.0 - options.budget),
             provenance={"quantization": _record(report, options, excluded, eval_cases)})
     return report

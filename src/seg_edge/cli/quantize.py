@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -10,13 +11,28 @@ from seg_edge.cli.app import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, dumps
 
 
+class Precision(str, Enum):
+    """--precision: the values of calibration.quantize.Precision (the CLI starts without importing it)."""
+
+    int8 = "int8"
+    fp16 = "fp16"
+
+
+class Method(str, Enum):
+    """--method: the values of calibration.quantize.Method."""
+
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
 @guarded
 def quantize(
     model: Path = typer.Argument(..., help="FP32 ONNX model with a seg-edge card."),
     calibration: Path = typer.Option(..., "--calibration", help="Folder of BraTS-format cases for calibration."),
     out_path: Path = typer.Option(..., "--out", "-o", help="Output .onnx."),
-    precision: str = typer.Option("int8", "--precision", help="int8 (Q/DQ, Conv only, symmetric) or fp16."),
-    method: str = typer.Option("minmax", "--method", help="INT8 calibration: minmax, entropy or percentile."),
+    precision: Precision = typer.Option(Precision.int8, "--precision", help="int8: Q/DQ, Conv only, symmetric."),
+    method: Method = typer.Option(Method.minmax, "--method", help="INT8 calibration method."),
     samples: int = typer.Option(64, "--samples", min=1, help="Calibration patches (stratified over cases)."),
     eval_dir: Path = typer.Option(None, "--eval", help="Held-out cases for the accuracy gate "
                                   "(default: the last fifth of the calibration folder)."),
@@ -28,13 +44,9 @@ def quantize(
     """Quantize with calibration; layers go back to float until every region is within the budget."""
     from seg_edge.calibration.quantize import QuantizeOptions, quantize as run
 
-    if precision not in ("int8", "fp16"):
-        from seg_edge.errors import InputError
-
-        raise InputError(f"--precision {precision} (expected int8 or fp16)")
     report = run(model, calibration, out_path, eval_dir,
-                 QuantizeOptions(precision, method, samples, budget, seed, threads),
-                 log=lambda s: err.print(s, highlight=False))
+                 QuantizeOptions(precision.value, method.value, samples, budget, seed, threads),
+                 log=lambda s: err.print(s, highlight=False, markup=False))
     change = report.change
     data = {"path": str(report.path), "precision": report.precision, "kept_float": report.kept_float,
             "dice_vs_fp32": change.vs_fp32, "dice_vs_truth": {"fp32": change.fp32_vs_truth,
