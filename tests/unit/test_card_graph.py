@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from seg_edge import artifact as art
-from seg_edge import onnxproto as proto
+from seg_edge import onnxproto as walker
 from seg_edge.artifact import (CARD_KEY, ETRule, ModelCard, Tolerances, load_artifact, read_onnx_header,
                                sidecar_path)
 from seg_edge.cli.app import app
@@ -63,13 +63,13 @@ def write_model(path, card: dict | str | None = None, inputs=(("image", GOOD_IN)
 
 def test_walker_field_numbers_are_onnx_protos():
     fields = {
-        (onnx.ModelProto, "graph"): proto._MODEL_GRAPH, (onnx.ModelProto, "metadata_props"): proto._MODEL_METADATA_PROPS,
-        (onnx.GraphProto, "input"): proto._GRAPH_INPUT, (onnx.GraphProto, "output"): proto._GRAPH_OUTPUT,
-        (onnx.ValueInfoProto, "name"): proto._VALUE_NAME, (onnx.ValueInfoProto, "type"): proto._VALUE_TYPE,
-        (onnx.TypeProto, "tensor_type"): proto._TYPE_TENSOR, (onnx.TypeProto.Tensor, "elem_type"): proto._TENSOR_ELEM,
-        (onnx.TypeProto.Tensor, "shape"): proto._TENSOR_SHAPE, (onnx.TensorShapeProto, "dim"): proto._SHAPE_DIM,
-        (onnx.TensorShapeProto.Dimension, "dim_value"): proto._DIM_VALUE,
-        (onnx.TensorShapeProto.Dimension, "dim_param"): proto._DIM_PARAM,
+        (onnx.ModelProto, "graph"): walker._MODEL_GRAPH, (onnx.ModelProto, "metadata_props"): walker._MODEL_METADATA_PROPS,
+        (onnx.GraphProto, "input"): walker._GRAPH_INPUT, (onnx.GraphProto, "output"): walker._GRAPH_OUTPUT,
+        (onnx.ValueInfoProto, "name"): walker._VALUE_NAME, (onnx.ValueInfoProto, "type"): walker._VALUE_TYPE,
+        (onnx.TypeProto, "tensor_type"): walker._TYPE_TENSOR, (onnx.TypeProto.Tensor, "elem_type"): walker._TENSOR_ELEM,
+        (onnx.TypeProto.Tensor, "shape"): walker._TENSOR_SHAPE, (onnx.TensorShapeProto, "dim"): walker._SHAPE_DIM,
+        (onnx.TensorShapeProto.Dimension, "dim_value"): walker._DIM_VALUE,
+        (onnx.TensorShapeProto.Dimension, "dim_param"): walker._DIM_PARAM,
     }
     for (proto, name), number in fields.items():
         assert proto.DESCRIPTOR.fields_by_name[name].number == number, (proto.DESCRIPTOR.name, name)
