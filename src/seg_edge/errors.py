@@ -27,6 +27,12 @@ class BackendUnavailable(SegEdgeError):
     exit_code = 3
 
 
+class SessionError(SegEdgeError):
+    """A loaded session cannot run a batch: it was closed, or its backend failed while running."""
+
+    exit_code = 1
+
+
 class ParityError(SegEdgeError):
     """A backend's output differs from the reference beyond the card's tolerance."""
 

@@ -7,7 +7,8 @@ import pytest
 
 from seg_edge.artifact import load_artifact
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError, SegEdgeError
-from seg_edge.runtime.sessions.base import SessionBase, SessionError, open_session
+from seg_edge.errors import SessionError
+from seg_edge.runtime.sessions.base import SessionBase, open_session
 
 
 @pytest.fixture()

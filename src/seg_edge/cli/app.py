@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from seg_edge import __version__
-from seg_edge.errors import ArtifactError, BackendUnavailable, InputError, ParityError, SegEdgeError
+from seg_edge.errors import (ArtifactError, BackendUnavailable, InputError, ParityError, SegEdgeError,
+                             SessionError)
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -56,6 +57,7 @@ ERROR_TABLE: list[tuple[type[BaseException], str, int]] = [
     (ArtifactError, "model error", 2),
     (BackendUnavailable, "backend unavailable", 3),
     (ParityError, "parity error", 1),
+    (SessionError, "backend error", 1),
     (SegEdgeError, "error", 1),
 ]
 

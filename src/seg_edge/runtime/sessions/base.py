@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from seg_edge.artifact import Artifact
-from seg_edge.errors import ArtifactError, InputError, SegEdgeError
+from seg_edge.errors import ArtifactError, InputError, SessionError
 
 # backend name → (module, class); modules are imported only when asked for.
 BACKENDS = {
@@ -27,10 +27,6 @@ def cache_root() -> Path:
     """Where compiled engines and caches live: $SEG_EDGE_CACHE, else $XDG_CACHE_HOME/seg-edge."""
     root = os.environ.get("SEG_EDGE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "seg-edge")
     return Path(root).expanduser()
-
-
-class SessionError(SegEdgeError):
-    """A session cannot run a batch: it was closed, or its backend failed after loading."""
 
 
 @runtime_checkable

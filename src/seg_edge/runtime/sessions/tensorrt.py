@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from seg_edge.artifact import Artifact
-from seg_edge.errors import BackendUnavailable, SegEdgeError
-from seg_edge.runtime.sessions.base import SessionBase, SessionError
+from seg_edge.errors import BackendUnavailable, SegEdgeError, SessionError
+from seg_edge.runtime.sessions.base import SessionBase
 from seg_edge.runtime.sessions.plans import cached_plan, gpu_device, import_tensorrt, plan_is_current
 
 
