@@ -132,7 +132,7 @@ def test_type_table_covers_every_card_field():
 
 
 def test_runtime_implements_exactly_the_values_cards_may_name():
-    from seg_edge.runtime.postprocess import LABEL_SCHEMES
+    from seg_edge.runtime.regions import LABEL_SCHEMES
     from seg_edge.runtime.preprocess import NORMALIZERS
     from seg_edge.runtime.segmenter import ACTIVATION_FUNCTIONS
 

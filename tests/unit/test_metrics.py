@@ -187,7 +187,7 @@ def test_evaluate_folders_matched_by_case_id(tmp_path):
         assert a[region]["dice"] == 1.0 and a[region]["hd95"] == 0.0
         assert b[region]["dice"] < 1.0
     # the second case's metrics equal region_metrics on the same masks with the file's spacing
-    from seg_edge.runtime.postprocess import labels_to_regions
+    from seg_edge.runtime.regions import labels_to_regions
     for name, pr, tr in zip(("WT", "TC", "ET"), labels_to_regions(pred_b, 4), labels_to_regions(truth_b, 4)):
         expected = region_metrics(pr, tr, (1.0, 1.2, 2.0))
         for metric in METRICS:

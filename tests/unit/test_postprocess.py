@@ -9,7 +9,8 @@ import pytest
 
 from seg_edge.artifact import ETRule
 from seg_edge.errors import InputError
-from seg_edge.runtime.postprocess import apply_et_rule, et_label, labels_to_regions, regions_to_labels, sigmoid
+from seg_edge.runtime.postprocess import apply_et_rule, sigmoid
+from seg_edge.runtime.regions import et_label, labels_to_regions, regions_to_labels
 
 T = (0.5, 0.5, 0.5)
 

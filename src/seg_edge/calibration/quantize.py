@@ -16,40 +16,18 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
+from seg_edge.choices import CalibrationMethod as Method, QuantizePrecision as Precision  # noqa: F401
 from seg_edge.artifact import Tolerances, load_artifact
 from seg_edge.calibration.budget import DiceChange, Evaluator, conv_sensitivity
-from seg_edge.calibration.sampler import PatchReader, case_folders, plan_patches
+from seg_edge.calibration.sampler import PatchReader, plan_patches
+from seg_edge.runtime.regions import case_folders
 from seg_edge.errors import InputError
 from seg_edge.export.graph import checked_instance_norm_nodes
 from seg_edge.runtime.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
-
-
-class Precision(str, Enum):
-    """What ``quantize`` makes of an FP32 model."""
-
-    int8 = "int8"
-    fp16 = "fp16"
-
-    @classmethod
-    def _missing_(cls, value: object) -> Precision:
-        raise InputError(f"--precision {value} (expected one of {', '.join(m.value for m in cls)})")
-
-
-class Method(str, Enum):
-    """How INT8 calibration turns activation statistics into scales."""
-
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
-
-    @classmethod
-    def _missing_(cls, value: object) -> Method:
-        raise InputError(f"--method {value} (expected one of {', '.join(m.value for m in cls)})")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from scipy import ndimage
 from seg_edge.artifact import ModelCard
 from seg_edge.runtime.io import load_case, read_labels
 from seg_edge.runtime.preprocess import preprocess
-from seg_edge.runtime.regions import case_folders  # noqa: F401  (quantize.py imports it from here)
 from seg_edge.runtime.regions import et_label, find_label_file, to_network_layout
 
 STRATA = ("tumour", "healthy", "border")

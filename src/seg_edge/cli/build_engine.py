@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
+from seg_edge.choices import EnginePrecision as Precision
 from seg_edge.cli.app import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, dumps, parse_triplet
-
-
-class Precision(str, Enum):
-    """--precision choices: the values of the library's EnginePrecision (kept light: no runtime import)."""
-
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
 
 
 @guarded

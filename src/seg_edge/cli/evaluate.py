@@ -24,8 +24,7 @@ def evaluate(
     """Score predictions per region (WT, TC, ET) with BraTS conventions for empty regions."""
     from seg_edge.evaluation.evaluate import evaluate as run, write_csv
     from seg_edge.evaluation.metrics import METRICS
-    from seg_edge.runtime.postprocess import et_label
-    from seg_edge.runtime.regions import REGIONS
+    from seg_edge.runtime.regions import REGIONS, et_label
 
     if csv_path is not None:
         from seg_edge.runtime.outputs import check_targets

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
+from seg_edge.choices import CalibrationMethod as Method, QuantizePrecision as Precision
 from seg_edge.cli.app import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, dumps
-
-
-class Precision(str, Enum):
-    """--precision: the values of calibration.quantize.Precision (the CLI starts without importing it)."""
-
-    int8 = "int8"
-    fp16 = "fp16"
-
-
-class Method(str, Enum):
-    """--method: the values of calibration.quantize.Method."""
-
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
 
 
 @guarded

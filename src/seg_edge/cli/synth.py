@@ -22,7 +22,7 @@ def synth(
                                     "mni152 (MNI152 tissue templates shipped by nilearn: extra 'synth')."),
 ) -> None:
     """Generate synthetic BraTS-like cases (procedural brain + glioma; not patient data)."""
-    from seg_edge.runtime.postprocess import et_label
+    from seg_edge.runtime.regions import et_label
     from seg_edge.synth import write_cases
 
     grid = parse_triplet(shape, "--shape")

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
+from seg_edge.choices import TrainPrecision as Precision
 from seg_edge.cli.app import err, guarded, out
-
-
-class Precision(str, Enum):
-    """The members of ``seg_edge.model.train.TrainPrecision``.
-
-    Mirrored, not imported: importing that module here would add numpy, scipy and nibabel to the
-    start-up of every command. tests/unit/test_train.py keeps the two equal.
-    """
-
-    auto = "auto"
-    fp32 = "fp32"
 
 
 @guarded

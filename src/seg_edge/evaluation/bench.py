@@ -76,7 +76,6 @@ def graph_gflop(model: Path, shape: tuple[int, ...]) -> float | None:
         if node.op_type not in ("Conv", "ConvTranspose") or node.input[1] not in weights:
             continue
         w = weights[node.input[1]]
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
         if node.op_type == "Conv":
             out = shapes.get(node.output[0])
             if not out or 0 in out:

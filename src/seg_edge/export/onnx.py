@@ -10,11 +10,11 @@ import copy
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
+from seg_edge.choices import InstanceNorm
 from seg_edge import __version__
 from seg_edge.artifact import CARD_KEY, ModelCard
 from seg_edge.errors import InputError, ParityError
@@ -25,17 +25,6 @@ from seg_edge.model.networks import card_for
 from seg_edge.runtime.atomic import atomic_write
 
 DEFAULT_OPSET = 18
-
-
-class InstanceNorm(str, Enum):
-    """How InstanceNorm is exported: ``stable`` per-axis two-pass subgraph, or ONNX's ``native`` op."""
-
-    stable = "stable"
-    native = "native"
-
-    @classmethod
-    def _missing_(cls, value: object) -> InstanceNorm:
-        raise InputError(f"instance norm '{value}' (expected one of {', '.join(m.value for m in cls)})")
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
+from seg_edge.choices import TrainPrecision
 from seg_edge.errors import InputError
 from seg_edge.model.dataset import PatchSampler, load_training_case, split_cases
 from seg_edge.model.networks import build_network, card_for
@@ -25,13 +25,6 @@ from seg_edge.runtime.preprocess import window_size
 from seg_edge.runtime.regions import case_folders, dice, et_label
 from seg_edge.runtime.sessions.torch import TorchSession
 from seg_edge.runtime.window import sliding_window
-
-
-class TrainPrecision(str, Enum):
-    """Mixed precision of training: auto is fp16 AMP on CUDA and bf16 autocast on CPU; fp32 is none."""
-
-    auto = "auto"
-    fp32 = "fp32"
 
 
 LOG_FIELDS = ["epoch", "train_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET", "val_dice_mean", "lr", "seconds"]
@@ -54,15 +47,6 @@ class TrainConfig:
     precision: TrainPrecision | str = TrainPrecision.auto
 
 
-def train_precision(value: TrainPrecision | str) -> TrainPrecision:
-    """``value`` as a TrainPrecision; InputError naming the precisions there are otherwise."""
-    try:
-        return TrainPrecision(value)
-    except ValueError:
-        names = ", ".join(p.value for p in TrainPrecision)
-        raise InputError(f"training precision '{value}' (expected one of {names})") from None
-
-
 def validate(session, cases, card, overlap: float) -> list[float]:
     """Mean per-region Dice over whole validation cases, windowed as the runtime windows."""
     scores = []
@@ -82,7 +66,7 @@ def _autocast_dtype(torch, device: str, precision: TrainPrecision):
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     """Train per ``cfg``; returns the path of the best checkpoint."""
-    precision = train_precision(cfg.precision)  # before torch loads and anything is written
+    precision = TrainPrecision(cfg.precision)  # InputError before torch loads and anything is written
     import torch
     from monai.losses import DiceLoss
 

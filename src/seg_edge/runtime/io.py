@@ -14,7 +14,6 @@ import nibabel as nib
 import numpy as np
 
 from seg_edge.errors import InputError
-from seg_edge.runtime.atomic import default_file_mode  # noqa: F401  (re-exported)
 from seg_edge.runtime.nifti import image_data, read_image, read_npy
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

@@ -1,4 +1,4 @@
-"""Logits → probabilities → nested regions → BraTS labels, with NVIDIA's ET clean-up rule."""
+"""Logits → probabilities, and NVIDIA's ET clean-up rule (regions ⇄ labels live in ``runtime.regions``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import numpy as np
 from scipy import ndimage, special
 
 from seg_edge.artifact import ETRule
-# The label/region mappings live with the other ground-truth pieces; callers import them from here too.
-from seg_edge.runtime.regions import LABEL_SCHEMES, et_label, labels_to_regions, regions_to_labels  # noqa: F401
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -15,8 +15,8 @@ import numpy as np
 from seg_edge.artifact import Artifact, ModelCard, load_artifact
 from seg_edge.errors import ArtifactError, InputError
 from seg_edge.runtime.io import Case
-from seg_edge.runtime.postprocess import (apply_et_rule, et_label, labels_to_regions, regions_to_labels,
-                                          sigmoid)
+from seg_edge.runtime.postprocess import apply_et_rule, sigmoid
+from seg_edge.runtime.regions import et_label, labels_to_regions, regions_to_labels
 from seg_edge.runtime.preprocess import Inverse, crop_padding, preprocess, to_original_grid, window_size
 from seg_edge.runtime.sessions.base import Session, open_session
 from seg_edge.runtime.window import sliding_window

@@ -16,28 +16,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from seg_edge.choices import EnginePrecision
 from seg_edge.artifact import ModelCard, file_sha256, load_artifact, sidecar_path
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
 from seg_edge.runtime.atomic import write_bytes_atomic
 from seg_edge.runtime.sessions.base import cache_root
 
 logger = logging.getLogger(__name__)
-
-
-class EnginePrecision(str, Enum):
-    """What a plan computes in; ``int8`` comes from a Q/DQ model."""
-
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-
-    @classmethod
-    def _missing_(cls, value: object) -> EnginePrecision:
-        raise InputError(f"precision '{value}' (expected one of {', '.join(m.value for m in cls)})")
 
 
 @dataclass(frozen=True)
