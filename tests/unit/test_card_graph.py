@@ -180,10 +180,15 @@ MALFORMED = {
 def test_malformed_card_is_an_artifact_error_naming_field_value_and_expectation(tmp_path, case):
     change, words = MALFORMED[case]
     path = write_model(tmp_path / f"{case}.onnx", card_dict(**change))
+    assert_refused(path, "invalid model card: ", words)
+
+
+def assert_refused(path, prefix: str, words) -> None:
+    """load_artifact raises an ArtifactError naming the file, with ``prefix`` and every word."""
     with pytest.raises(ArtifactError) as info:
         load_artifact(path)
     message = str(info.value)
-    assert message.startswith(f"{path}: invalid model card: ")
+    assert message.startswith(f"{path}: {prefix}")
     for word in words:
         assert word in message, (word, message)
 
@@ -241,12 +246,7 @@ GRAPH_MISMATCH = {
 def test_card_that_does_not_fit_its_graph_is_an_artifact_error(tmp_path, case):
     graph, words = GRAPH_MISMATCH[case]
     path = write_model(tmp_path / f"{case}.onnx", card_dict(), **graph)
-    with pytest.raises(ArtifactError) as info:
-        load_artifact(path)
-    message = str(info.value)
-    assert message.startswith(f"{path}: model card does not fit its graph: ")
-    for word in words:
-        assert word in message, (word, message)
+    assert_refused(path, "model card does not fit its graph: ", words)
 
 
 def test_mask_channel_none_expects_four_input_channels(tmp_path):

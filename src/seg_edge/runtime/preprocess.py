@@ -8,7 +8,7 @@ channel_wise=True)`` and the mask is 1 where all z-scored channels are > 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -54,12 +54,18 @@ def zscore_nonzero(channel: np.ndarray) -> np.ndarray:
 NORMALIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"zscore_nonzero": zscore_nonzero}
 
 
+def implemented(table: dict[str, Any], card: ModelCard, field: str) -> Any:
+    """``table[card.<field>]``; ArtifactError (never a silent default) if this runtime lacks that name."""
+    name = getattr(card, field)
+    if name not in table:
+        raise ArtifactError(f"model card {card.name!r}: {field} {name!r} is not implemented by this runtime "
+                            f"(expected one of {list(table)})")
+    return table[name]
+
+
 def normalizer(card: ModelCard) -> Callable[[np.ndarray], np.ndarray]:
-    """The per-channel normalisation the card names; ArtifactError (never a silent z-score) if unknown."""
-    if card.normalization not in NORMALIZERS:
-        raise ArtifactError(f"model card {card.name!r}: normalization {card.normalization!r} is not implemented "
-                            f"by this runtime (expected one of {list(NORMALIZERS)})")
-    return NORMALIZERS[card.normalization]
+    """The per-channel normalisation the card names."""
+    return implemented(NORMALIZERS, card, "normalization")
 
 
 def pad_shape(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ...]:

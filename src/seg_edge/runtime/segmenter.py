@@ -13,11 +13,12 @@ from typing import Callable
 import numpy as np
 
 from seg_edge.artifact import Artifact, ModelCard, load_artifact
-from seg_edge.errors import ArtifactError, InputError
+from seg_edge.errors import InputError
 from seg_edge.runtime.io import Case
 from seg_edge.runtime.postprocess import apply_et_rule, sigmoid
 from seg_edge.runtime.regions import et_label, labels_to_regions, regions_to_labels
-from seg_edge.runtime.preprocess import Inverse, crop_padding, preprocess, to_original_grid, window_size
+from seg_edge.runtime.preprocess import (Inverse, crop_padding, implemented, preprocess, to_original_grid,
+                                         window_size)
 from seg_edge.runtime.sessions.base import Session, open_session
 from seg_edge.runtime.window import sliding_window
 
@@ -28,10 +29,7 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"sigmoid"
 
 def activation(card: ModelCard) -> Callable[[np.ndarray], np.ndarray]:
     """The function the card's ``activation`` names; ArtifactError if this runtime lacks it."""
-    if card.activation not in ACTIVATION_FUNCTIONS:
-        raise ArtifactError(f"model card {card.name!r}: activation {card.activation!r} is not implemented "
-                            f"by this runtime (expected one of {list(ACTIVATION_FUNCTIONS)})")
-    return ACTIVATION_FUNCTIONS[card.activation]
+    return implemented(ACTIVATION_FUNCTIONS, card, "activation")
 
 
 @dataclass(frozen=True)
