@@ -17,7 +17,7 @@ from seg_edge.cli.options import (HINT_OPTION, JSON_OPTION, THREADS_OPTION, Back
 
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=True)
+                    console=err, transient=True, disable=not err.is_terminal)  # no stray blank line in logs
 
 
 def _case_table(result) -> Table:
