@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from monai.inferers import sliding_window_inference  # noqa: E402
 from monai.transforms import CropForeground, NormalizeIntensity  # noqa: E402
 
-from seg_edge.artifact import load_artifact  # noqa: E402  (reads the card: patch size, preset)
+from seg_edge.artifact import load_artifact  # noqa: E402  (reads the card: patch size, preset
 from seg_edge.model.checkpoints import load_network  # noqa: E402
 from seg_edge.runtime.io import find_modalities  # noqa: E402
 
@@ -48,7 +48,7 @@ def main() -> None:
     cropped, start, end = cropper(torch.from_numpy(image))
     x = torch.as_tensor(NormalizeIntensity(nonzero=True, channel_wise=True)(cropped))
     x = torch.cat([x, (x > 0).all(0, keepdim=True).float()])
-    if card.axis_order == "zyx":
+    if tuple(card.inputs.axes) == (2, 1, 0):
         x = x.permute(0, 3, 2, 1)
     t["preprocess"] = time.perf_counter() - s
     s = time.perf_counter()
@@ -57,7 +57,7 @@ def main() -> None:
                                           mode="gaussian", sigma_scale=0.125)[0]
     t["inference"] = time.perf_counter() - s
     s = time.perf_counter()
-    if card.axis_order == "zyx":
+    if tuple(card.inputs.axes) == (2, 1, 0):
         logits = logits.permute(0, 3, 2, 1)
     wt, tc, et = (torch.sigmoid(logits) > 0.5).numpy()
     lab = np.zeros(wt.shape, np.uint8)

@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 __all__ = ["Segmenter", "load_artifact", "ModelCard", "__version__"]
 
 if TYPE_CHECKING:
-    from seg_edge.artifact import ModelCard, load_artifact
+    from seg_edge.card import ModelCard
+    from seg_edge.artifact import load_artifact
     from seg_edge.runtime.segmenter import Segmenter
 
 

@@ -135,7 +135,7 @@ def test_card_is_checked_when_present(variants, tmp_path):
     misfit = _plain_graph(tmp_path / "misfit.onnx", card=card.to_json())  # rank-2 graph, card wants rank 5
     findings = lint(misfit)
     assert [f.rule for f in findings] == ["card"]
-    assert "input_name 'image' is not a graph input" in findings[0].message
+    assert "inputs.tensor 'image' is not a graph input" in findings[0].message
     broken = _plain_graph(tmp_path / "broken.onnx", card=card.replace(size_divisor=0).to_json())
     result = CliRunner().invoke(app, ["lint", str(broken), "--json"])
     data = json.loads(result.stdout)

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from seg_edge.artifact import ETRule
+from seg_edge.card import ETRule
 from seg_edge.errors import InputError
 from seg_edge.runtime.postprocess import apply_et_rule, sigmoid
 from seg_edge.runtime.regions import et_label, labels_to_regions, regions_to_labels

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seg_edge.artifact import ModelCard
+from seg_edge.card import ModelCard, schema1_card
 from seg_edge.runtime.preprocess import (nonzero_box, pad_shape, preprocess, to_original_grid, window_size,
                                          zscore_nonzero)
 
@@ -15,7 +15,7 @@ from monai.transforms.utils import generate_spatial_bounding_box  # noqa: E402
 
 
 def card(**changes) -> ModelCard:
-    return ModelCard(name="test", preset="edge").replace(**changes)
+    return schema1_card(**{"name": "test", "preset": "edge", **changes})
 
 
 def sparse_images(rng: np.random.Generator, shape=(4, 30, 26, 21), density=0.002) -> np.ndarray:
@@ -166,15 +166,23 @@ def test_no_mask_channel(rng):
     assert tensor.shape[0] == 4
 
 
-def test_preprocess_dispatches_on_the_cards_normalization(rng, monkeypatch):
+def test_preprocess_dispatches_on_each_channels_normalization(rng, monkeypatch):
+    import dataclasses
+
+    from seg_edge.card import NORMALIZATIONS
     from seg_edge.errors import ArtifactError
     from seg_edge.runtime import preprocess as module
 
+    assert tuple(module.NORMALIZERS) == NORMALIZATIONS  # what the card accepts is what the runtime has
     images = brain_images(rng)
+    base = card(patch_size=(32, 32, 32))
+    chans = tuple(dataclasses.replace(c, normalization="minmax") if c.derived is None else c
+                  for c in base.inputs.channels)
+    unvalidated = base.replace(inputs=dataclasses.replace(base.inputs, channels=chans))  # as if the card check missed it
     with pytest.raises(ArtifactError, match="normalization 'minmax' is not implemented.*zscore_nonzero"):
-        preprocess(images, card(normalization="minmax", patch_size=(32, 32, 32)))  # never a silent z-score
+        preprocess(images, unvalidated)  # never a silent z-score
     monkeypatch.setitem(module.NORMALIZERS, "minmax", lambda c: (c / c.max()).astype(np.float32))
-    tensor, _ = preprocess(images, card(normalization="minmax", patch_size=(32, 32, 32)))
+    tensor, _ = preprocess(images, unvalidated)
     assert tensor[:4].max() == 1.0 and tensor[:4].min() == 0.0
 
 

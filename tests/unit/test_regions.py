@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seg_edge.artifact import ModelCard
+from seg_edge.card import ModelCard, schema1_card
 from seg_edge.errors import InputError
 from seg_edge.runtime import postprocess
 from seg_edge.runtime.preprocess import preprocess, to_original_grid
@@ -27,7 +27,7 @@ def brain_images(rng: np.random.Generator) -> np.ndarray:
 
 
 def card(axis_order: str = "xyz", patch=(16, 16, 16)) -> ModelCard:
-    return ModelCard(name="t", preset="edge", patch_size=patch, size_divisor=8, axis_order=axis_order)
+    return schema1_card(name="t", preset="edge", patch_size=patch, size_divisor=4, axis_order=axis_order)
 
 
 def numbered_labels() -> np.ndarray:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seg_edge.choices import CalibrationMethod as Method, QuantizePrecision as Precision  # noqa: F401
-from seg_edge.artifact import Tolerances, load_artifact
+from seg_edge.card import Tolerances
+from seg_edge.artifact import load_artifact
 from seg_edge.calibration.budget import DiceChange, Evaluator, conv_sensitivity
 from seg_edge.calibration.sampler import PatchReader, plan_patches
 from seg_edge.runtime.regions import case_folders

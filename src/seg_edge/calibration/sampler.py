@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from seg_edge.artifact import ModelCard
+from seg_edge.card import ModelCard
 from seg_edge.runtime.io import load_case, read_labels
 from seg_edge.runtime.preprocess import preprocess
 from seg_edge.runtime.regions import et_label, find_label_file, to_network_layout

@@ -92,8 +92,10 @@ def parse_modalities(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
     names = tuple(v.strip().lower() for v in text.split(","))
-    if sorted(names) != sorted(("flair", "t1", "t1ce", "t2")):
-        raise InputError(f"--modalities '{text}' (expected an order of flair,t1,t1ce,t2)")
+    known = ("flair", "t1", "t1ce", "t2")
+    if len(set(names)) != len(names) or any(n not in known for n in names):
+        raise InputError(f"--modalities '{text}' (expected the volumes' order, distinct names from "
+                         "flair,t1,t1ce,t2)")
     return names
 
 

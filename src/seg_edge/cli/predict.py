@@ -73,8 +73,11 @@ def predict(
                                    "(default: the model card's)."),
     label_scheme: LabelScheme = typer.Option(None, "--label-scheme", help="ET=4 (brats2021) or ET=3 (brats2023); "
                                              "default: the card's."),
-    overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap, 0 <= o < 1."),
-    blend: Blend = typer.Option(Blend.gaussian, "--blend", help="Window blending."),
+    overlap: float = typer.Option(None, "--overlap", help="Sliding-window overlap, 0 <= o < 1 (default: the "
+                                  "card's)."),
+    blend: Blend = typer.Option(None, "--blend", help="Window blending (default: the card's)."),
+    tta: bool = typer.Option(None, "--tta/--no-tta", help="Mirroring test-time augmentation (default: the "
+                             "card's axes; --tta without axes in the card mirrors every axis)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Windows per network call."),
     et_rule: bool = typer.Option(True, "--et-rule/--no-et-rule", help="Apply the card's small-ET clean-up."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write WT/TC/ET probabilities."),
@@ -87,11 +90,11 @@ def predict(
     from seg_edge.runtime.jobs import plan_jobs, run_batch, run_job
     from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 
-    if not 0.0 <= overlap < 1.0:  # also NaN
+    if overlap is not None and not 0.0 <= overlap < 1.0:  # also NaN
         raise InputError(f"--overlap {overlap} (expected 0 <= overlap < 1)")
     files = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v is not None}
     jobs, batch = plan_jobs(input, files or None, out)
-    options = SegmenterOptions(overlap=overlap, blend=blend.value, batch_size=batch_size,
+    options = SegmenterOptions(overlap=overlap, blend=blend.value if blend else None, batch_size=batch_size, tta=tta,
                                label_scheme=label_scheme.value if label_scheme else None, et_rule=et_rule,
                                probabilities=probabilities)
     file_order = parse_modalities(modalities)

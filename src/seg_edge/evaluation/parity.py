@@ -19,6 +19,7 @@ import numpy as np
 from seg_edge.artifact import Artifact, load_artifact
 from seg_edge.errors import ArtifactError, InputError
 from seg_edge.evaluation.metrics import hd95
+from seg_edge.runtime.inference import mirrored, slicewise
 from seg_edge.runtime.io import Case, load_case
 from seg_edge.runtime.preprocess import nonzero_box, preprocess, window_size
 from seg_edge.runtime.regions import REGIONS, dice, labels_to_regions
@@ -69,16 +70,27 @@ def load_reference(artifact: Artifact, checkpoint: Path | None):
 
 
 def reference_segmentation(net, segmenter: Segmenter, case: Case) -> Segmentation:
+    """The torch network through MONAI's ``sliding_window_inference`` with the card's preprocessing,
+    window, overlap, blending and mirroring (2D models: slice by slice, each slice one window)."""
     import torch
     from monai.inferers import sliding_window_inference
 
-    tensor, inverse = preprocess(case.images, segmenter.card)
-    window = window_size(tensor.shape[1:], segmenter.card.patch_size)
-    opts = segmenter.options
-    with torch.no_grad():
-        logits = sliding_window_inference(torch.from_numpy(tensor[None]), window, opts.batch_size, net,
-                                          overlap=opts.overlap, mode=opts.blend, sigma_scale=0.125)
-    return segmenter.finish(case, logits[0].numpy(), inverse)
+    card, plan = segmenter.card, segmenter.plan
+    tensor, inverse = preprocess(case.images, card)
+
+    def torch_windows(batch: np.ndarray) -> np.ndarray:
+        window = window_size(batch.shape[2:], card.patch_size)
+        with torch.no_grad():
+            out = sliding_window_inference(torch.from_numpy(batch), window, plan.batch_size, net,
+                                           overlap=plan.overlap, mode=plan.blend, sigma_scale=0.125)
+        return out.numpy()
+
+    predict = mirrored(torch_windows, plan.tta_axes)
+    if card.inputs.spatial_dims == 2:
+        logits = slicewise(tensor, predict, card, plan.batch_size)
+    else:
+        logits = predict(tensor[None])[0]
+    return segmenter.finish(case, logits, inverse)
 
 
 def compare(case: Case, got: Segmentation, ref: Segmentation, backend: str, box, et: int) -> ParityResult:

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_edge.artifact import CARD_KEY, ModelCard, check_card_graph, read_onnx_header
+from seg_edge.card import CARD_KEY, ModelCard
+
+from seg_edge.onnxproto import read_onnx_header
+
+from seg_edge.artifact import check_card_graph
 from seg_edge.errors import ArtifactError, InputError
 from seg_edge.export.graph import instance_norm_nodes
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seg_edge.artifact import ModelCard, load_artifact
+from seg_edge.card import ModelCard
+
+from seg_edge.artifact import load_artifact
 from seg_edge.errors import ArtifactError, InputError
 from seg_edge.runtime.sessions.plans import (BuildSpec, EnginePrecision, Profile, build_plan, import_tensorrt,
                                              make_profile, native_precision, trt_major)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_edge.artifact import ModelCard
+from seg_edge.card import ModelCard
 from seg_edge.errors import InputError
 from seg_edge.runtime.io import load_case, read_labels
 from seg_edge.runtime.preprocess import preprocess

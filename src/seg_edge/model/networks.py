@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seg_edge.artifact import ETRule, ModelCard
+from seg_edge.card import ETRule, Inference, ModelCard, nvidia_inputs
 from seg_edge.errors import InputError
 
 
@@ -71,13 +71,12 @@ def build_network(preset: str, filters: tuple[int, ...] | None = None):
 def card_for(preset: str, name: str | None = None, filters: tuple[int, ...] | None = None) -> ModelCard:
     """The model card a network of ``preset`` is exported with (before provenance is added)."""
     spec = get_preset(preset)
+    axes = (2, 1, 0) if spec.axis_order == "zyx" else (0, 1, 2)
     return ModelCard(
         name=name or preset,
         preset=preset,
-        mask_channel=spec.mask_channel,
-        patch_size=spec.patch_size,
-        size_divisor=spec.size_divisor,
-        axis_order=spec.axis_order,
-        et_rule=ETRule(),
-        provenance={"filters": list(filters or spec.filters), "strides": list(spec.strides)},
+        inputs=nvidia_inputs(axes=axes),
+        inference=Inference(patch_size=spec.patch_size, size_divisor=spec.size_divisor, et_rule=ETRule()),
+        provenance={"source_framework": "seg-edge", "filters": list(filters or spec.filters),
+                    "strides": list(spec.strides)},
     )

@@ -53,7 +53,7 @@ def validate(session, cases, card, overlap: float) -> list[float]:
     for case in cases:
         image = case.image.astype(np.float32)
         logits = sliding_window(image, session.run, window_size(image.shape[1:], card.patch_size), overlap)
-        pred = sigmoid(logits) > np.asarray(card.thresholds, dtype=np.float32)[:, None, None, None]
+        pred = sigmoid(logits) > np.asarray(card.outputs.thresholds, dtype=np.float32)[:, None, None, None]
         scores.append([dice(p, t) for p, t in zip(pred, case.regions)])
     return list(np.mean(scores, axis=0)) if scores else [0.0, 0.0, 0.0]
 

@@ -51,8 +51,8 @@ def strip_nifti(name: str) -> str:
     return name
 
 
-def find_modalities(folder: Path) -> dict[str, Path]:
-    """Map modality → file in a BraTS case folder; InputError if one is missing or ambiguous."""
+def find_modalities(folder: Path, needed: tuple[str, ...] = tuple(TAGS)) -> dict[str, Path]:
+    """Map modality → file in a BraTS case folder; InputError if a ``needed`` one is missing or ambiguous."""
     found: dict[str, list[Path]] = {m: [] for m in TAGS}
     for path in sorted(folder.iterdir()):
         if path.is_dir() or not is_nifti(path):  # a FIFO named like a modality is refused when read
@@ -61,14 +61,15 @@ def find_modalities(folder: Path) -> dict[str, Path]:
         for modality, tags in TAGS.items():
             if any(stem.endswith(tag) for tag in tags):
                 found[modality].append(path)
-    missing = [m for m, paths in found.items() if not paths]
+    missing = [m for m in needed if not found[m]]
     if missing:
         names = ", ".join(f"*{TAGS[m][0]} or *{TAGS[m][1]}" for m in missing)
         raise InputError(f"{folder}: case folder lacks {', '.join(missing)} (expected a NIfTI named {names})")
-    for modality, paths in found.items():
-        if len(paths) > 1:
-            raise InputError(f"{folder}: {len(paths)} files match {modality}: {[p.name for p in paths]}")
-    return {m: paths[0] for m, paths in found.items()}
+    for modality in needed:
+        if len(found[modality]) > 1:
+            raise InputError(f"{folder}: {len(found[modality])} files match {modality}: "
+                             f"{[p.name for p in found[modality]]}")
+    return {m: found[m][0] for m in needed}
 
 
 def has_modality_files(folder: Path) -> bool:
@@ -174,7 +175,15 @@ def load_case(source: Path | dict[str, Path], order: tuple[str, ...],
     NIfTI or .npy (defaults to ``order``).
     """
     file_order = file_order or order
+    lacking = [m for m in order if m not in file_order]
+    if lacking:
+        raise InputError(f"--modalities {','.join(file_order)}: lacks {', '.join(lacking)}, which the model reads "
+                         f"(it needs {', '.join(order)})")
     if isinstance(source, dict):
+        missing = [m for m in order if m not in source]
+        if missing:
+            raise InputError(f"--{missing[0]} missing (the model reads {', '.join(order)}: give "
+                             f"{' '.join('--' + m for m in order)})")
         first = source.get("flair", source[order[0]])
         return stack_files(source, order, re.sub(r"[_-](flair|t2f|t1ce|t1c|t1n|t1|t2w|t2)$", "",
                                                  strip_nifti(first.name), flags=re.IGNORECASE))
@@ -182,7 +191,7 @@ def load_case(source: Path | dict[str, Path], order: tuple[str, ...],
     if not path.exists():
         raise InputError(f"{path}: not found (expected a case folder, a 4D NIfTI or a .npy stack)")
     if path.is_dir():
-        return stack_files(find_modalities(path), order, path.name)
+        return stack_files(find_modalities(path, order), order, path.name)
     if path.name.lower().endswith(".npy"):
         return load_npy(path, order, file_order)
     return load_4d(path, order, file_order)

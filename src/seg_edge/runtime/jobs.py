@@ -85,10 +85,7 @@ def plan_jobs(source: Path | None, files: dict[str, Path] | None, out: Path | No
     if files:
         if source is not None:
             raise InputError(f"{source}: give either INPUT or --flair/--t1/--t1ce/--t2, not both")
-        missing = [m for m in ("flair", "t1", "t1ce", "t2") if m not in files]
-        if missing:
-            raise InputError(f"--{missing[0]} missing (all four of --flair --t1 --t1ce --t2 are needed)")
-        cid = strip_nifti(files["flair"].name)
+        cid = strip_nifti(files.get("flair", next(iter(files.values()))).name)  # the model says which it needs
         for tag in ("_flair", "-t2f"):
             cid = cid.removesuffix(tag)
         return [Job(cid, files, _single_out(out, kind, cid))], False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, special
 
-from seg_edge.artifact import ETRule
+from seg_edge.card import ETRule, Outputs
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -35,3 +35,42 @@ def apply_et_rule(labels: np.ndarray, et_prob: np.ndarray, rule: ETRule, et: int
         labels[mask] = 1
         changed += total
     return changed
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the class axis (0) in float32, shifted by the maximum for stability."""
+    return special.softmax(np.asarray(logits, dtype=np.float32), axis=0)
+
+
+# outputs.kind → logits-to-probabilities function; the card refuses kinds missing here.
+ACTIVATIONS = {"sigmoid": sigmoid, "softmax": softmax}
+
+
+def label_values(et: int) -> dict[str, int]:
+    """BraTS label name → the value written (ET's value depends on the label scheme)."""
+    return {"background": 0, "NCR": 1, "ED": 2, "ET": et}
+
+
+def to_labels(probs: np.ndarray, outputs: Outputs, et: int) -> np.ndarray:
+    """(K, …) probabilities → uint8 BraTS labels, by the card's output rule (docs/CARD.md).
+
+    softmax: the label of the arg-max class. sigmoid, ``sequential``: each ``[region, label]``
+    of ``order`` in turn paints its region (later ones overwrite); ``nested``: the same, but
+    every region after the first counts only inside the first (NVIDIA: TC and ET inside WT).
+    """
+    values = label_values(et)
+    if outputs.kind == "softmax":
+        lut = np.array([values[name] for name in outputs.channels], dtype=np.uint8)
+        return lut[np.argmax(probs, axis=0)]
+    masks = {name: probs[i] > t for i, (name, t) in enumerate(zip(outputs.channels, outputs.thresholds))}
+    labels = np.zeros(probs.shape[1:], dtype=np.uint8)
+    first = masks[outputs.order[0][0]]
+    for region, label in outputs.order:
+        inside = masks[region] if outputs.rule == "sequential" else masks[region] & first
+        labels[inside] = values[label]
+    return labels
+
+
+def et_probability(probs: np.ndarray, outputs: Outputs) -> np.ndarray | None:
+    """The ET probability map (sigmoid channel or softmax class named ET), or None."""
+    return probs[list(outputs.channels).index("ET")] if "ET" in outputs.channels else None

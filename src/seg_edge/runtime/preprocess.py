@@ -1,8 +1,9 @@
-"""Crop to the non-zero box, normalise each channel as the card says, append the mask channel, pad.
+"""Crop, normalise each channel as the card says, add derived channels, permute axes, pad.
 
-Matches NVIDIA's BraTS21 preprocessor: the box is where any modality is > 0 (MONAI's
-``generate_spatial_bounding_box``), normalisation is MONAI ``NormalizeIntensity(nonzero=True,
-channel_wise=True)`` and the mask is 1 where all z-scored channels are > 0.
+With NVIDIA's BraTS21 card this matches their preprocessor: the box is where any modality is > 0
+(MONAI's ``generate_spatial_bounding_box``), normalisation is MONAI ``NormalizeIntensity(
+nonzero=True, channel_wise=True)`` and the mask is 1 where all z-scored channels are > 0. Other
+cards choose per-channel normalisation, no cropping, another axis order (docs/CARD.md).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from seg_edge.artifact import ModelCard
+from seg_edge.card import ModelCard
 from seg_edge.errors import ArtifactError
 
 
@@ -23,8 +24,26 @@ class Inverse:
     original_shape: tuple[int, int, int]
     box: tuple[slice, slice, slice]
     cropped_shape: tuple[int, int, int]
-    axis_order: str
-    pad_before: tuple[int, int, int] = (0, 0, 0)  # network layout
+    axes: tuple[int, ...] = (0, 1, 2)  # network spatial axis i = array axis axes[i]
+    pad_before: tuple[int, ...] = (0, 0, 0)  # network layout
+
+    @property
+    def network_shape(self) -> tuple[int, ...]:
+        """The cropped shape in network layout (before padding)."""
+        return tuple(self.cropped_shape[a] for a in self.axes)
+
+
+def to_network_axes(volume: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Permute the last three (array X, Y, Z) axes into network order."""
+    lead = volume.ndim - 3
+    return volume.transpose(tuple(range(lead)) + tuple(lead + a for a in axes))
+
+
+def from_network_axes(volume: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """The inverse of ``to_network_axes``."""
+    lead = volume.ndim - 3
+    inverse = tuple(int(i) for i in np.argsort(axes))
+    return volume.transpose(tuple(range(lead)) + tuple(lead + a for a in inverse))
 
 
 def nonzero_box(images: np.ndarray) -> tuple[slice, slice, slice]:
@@ -50,22 +69,44 @@ def zscore_nonzero(channel: np.ndarray) -> np.ndarray:
     return out
 
 
-# card.normalization → per-channel function; the card refuses names missing here (artifact.NORMALIZATIONS).
-NORMALIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"zscore_nonzero": zscore_nonzero}
+def zscore_all(channel: np.ndarray) -> np.ndarray:
+    """Z-score over every voxel of the channel (float32)."""
+    values = channel.astype(np.float64)
+    std = values.std()
+    return ((values - values.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
-def implemented(table: dict[str, Any], card: ModelCard, field: str) -> Any:
-    """``table[card.<field>]``; ArtifactError (never a silent default) if this runtime lacks that name."""
-    name = getattr(card, field)
+# channel normalization → function; the card refuses names missing here (card.NORMALIZATIONS, a test
+# keeps the two equal).
+NORMALIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "zscore_nonzero": zscore_nonzero, "zscore": zscore_all, "none": lambda c: c.astype(np.float32)}
+
+
+def implemented(table: dict[str, Any], name: str, what: str, card: ModelCard) -> Any:
+    """``table[name]``; ArtifactError (never a silent default) if this runtime lacks that name."""
     if name not in table:
-        raise ArtifactError(f"model card {card.name!r}: {field} {name!r} is not implemented by this runtime "
+        raise ArtifactError(f"model card {card.name!r}: {what} {name!r} is not implemented by this runtime "
                             f"(expected one of {list(table)})")
     return table[name]
 
 
-def normalizer(card: ModelCard) -> Callable[[np.ndarray], np.ndarray]:
-    """The per-channel normalisation the card names."""
-    return implemented(NORMALIZERS, card, "normalization")
+def nvidia_mask(modalities: list[np.ndarray]) -> np.ndarray:
+    """NVIDIA's BraTS21 mask channel: 1 where every normalised modality channel is > 0."""
+    return np.logical_and.reduce([c > 0 for c in modalities]).astype(np.float32)
+
+
+DERIVED: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {"nvidia_mask": nvidia_mask}
+
+
+def channels(cropped: np.ndarray, card: ModelCard) -> np.ndarray:
+    """(M, …) modalities in the card's modality order → (C, …) network channels in the card's order."""
+    normalised = []
+    for image, channel in zip(cropped, (c for c in card.inputs.channels if c.derived is None)):
+        normalised.append(implemented(NORMALIZERS, channel.normalization, "normalization", card)(image))
+    it = iter(normalised)
+    out = [implemented(DERIVED, c.derived, "derived channel", card)(normalised) if c.derived else next(it)
+           for c in card.inputs.channels]
+    return np.stack(out)
 
 
 def pad_shape(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ...]:
@@ -79,45 +120,39 @@ def window_size(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ..
 
 
 def preprocess(images: np.ndarray, card: ModelCard) -> tuple[np.ndarray, Inverse]:
-    """(4, X, Y, Z) images in the card's modality order → network tensor (C, *spatial) + Inverse.
+    """(M, X, Y, Z) images in the card's modality order → network tensor (C, *spatial) + Inverse.
 
-    The spatial axes of the result follow the card's ``axis_order``; dimensions smaller than the
-    patch are padded with zeros up to the patch, half before and half after (as MONAI's sliding
-    window and NVIDIA's preprocessor pad), so every window has the patch size the network was
-    built for (a deep U-Net's bottleneck would otherwise shrink to one voxel).
+    Cropped to the non-zero box (or not, as the card says), normalised, derived channels added,
+    spatial axes permuted to the card's order. 3D models: dimensions smaller than the patch are
+    padded with zeros up to the patch, half before and half after (as MONAI's sliding window and
+    NVIDIA's preprocessor pad), so every window has the size the network was built for.
     """
-    normalize = normalizer(card)
-    box = nonzero_box(images)
+    if images.shape[0] != len(card.modalities):
+        raise ArtifactError(f"model card {card.name!r}: {images.shape[0]} images for "
+                            f"{len(card.modalities)} modalities {list(card.modalities)}")
+    box = nonzero_box(images) if card.inputs.crop == "nonzero" else tuple(slice(0, s) for s in images.shape[1:])
     cropped = images[(slice(None),) + box]
-    channels = [normalize(c) for c in cropped]
-    if card.mask_channel == "nvidia":
-        mask = np.logical_and.reduce([c > 0 for c in channels]).astype(np.float32)
-        channels.append(mask)
-    tensor = np.stack(channels)
-    if card.axis_order == "zyx":
-        tensor = tensor.transpose(0, 3, 2, 1)
-    target = pad_shape(tensor.shape[1:], card.patch_size)
+    tensor = to_network_axes(channels(cropped, card), card.inputs.axes)
+    target = pad_shape(tensor.shape[1:], card.patch_size) if card.inputs.spatial_dims == 3 else tensor.shape[1:]
     before = tuple((t - s) // 2 for t, s in zip(target, tensor.shape[1:]))
     if target != tensor.shape[1:]:
         pads = [(0, 0)] + [(b, t - s - b) for b, t, s in zip(before, target, tensor.shape[1:])]
         tensor = np.pad(tensor, pads)
-    inverse = Inverse(tuple(images.shape[1:]), box, tuple(cropped.shape[1:]), card.axis_order, before)
+    inverse = Inverse(tuple(images.shape[1:]), box, tuple(cropped.shape[1:]), tuple(card.inputs.axes), before)
     return np.ascontiguousarray(tensor), inverse
 
 
 def crop_padding(volume: np.ndarray, inverse: Inverse) -> np.ndarray:
     """Drop the padding preprocess added (network layout kept)."""
-    shape = inverse.cropped_shape[::-1] if inverse.axis_order == "zyx" else inverse.cropped_shape
+    shape = inverse.network_shape
     return volume[(Ellipsis,) + tuple(slice(b, b + s) for b, s in zip(inverse.pad_before, shape))]
 
 
 def to_original_grid(volume: np.ndarray, inverse: Inverse, fill: float | int = 0) -> np.ndarray:
     """(K, *network-spatial) or (*network-spatial), padded or already unpadded → original (X, Y, Z) grid."""
     lead = volume.shape[:-3]
-    net_shape = inverse.cropped_shape[::-1] if inverse.axis_order == "zyx" else inverse.cropped_shape
-    crop = volume if volume.shape[-3:] == tuple(net_shape) else crop_padding(volume, inverse)
-    if inverse.axis_order == "zyx":
-        crop = np.moveaxis(crop, (-3, -2, -1), (-1, -2, -3))
+    crop = volume if volume.shape[-3:] == inverse.network_shape else crop_padding(volume, inverse)
+    crop = from_network_axes(crop, inverse.axes)
     out = np.full(lead + inverse.original_shape, fill, dtype=volume.dtype)
     out[(Ellipsis,) + inverse.box] = crop
     return out

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_edge.artifact import REGIONS
+from seg_edge.card import REGIONS
 from seg_edge.errors import InputError
 from seg_edge.runtime.io import is_case_folder, is_nifti, strip_nifti
-from seg_edge.runtime.preprocess import Inverse
+from seg_edge.runtime.preprocess import Inverse, to_network_axes
 
 __all__ = ["LABEL_HINT", "LABEL_SCHEMES", "LABEL_TAGS", "REGIONS", "case_folders", "dice", "et_label",
            "find_label_file", "labels_to_regions", "regions_to_labels", "to_network_layout"]
@@ -92,16 +92,14 @@ def to_network_layout(labels: np.ndarray, inverse: Inverse, shape: tuple[int, ..
                       source: str = "label map") -> np.ndarray:
     """A map on the original (X, Y, Z) grid → the spatial layout of the tensor ``preprocess`` made.
 
-    The same rule preprocess applies to the images: crop to ``inverse.box``, reverse the axes for
-    axis order 'zyx', place at ``inverse.pad_before`` inside ``shape`` (the tensor's spatial
+    The same rule preprocess applies to the images: crop to ``inverse.box``, permute the axes as the
+    card says, place at ``inverse.pad_before`` inside ``shape`` (the tensor's spatial
     shape). Padding is 0; so is everything outside the box. ``source`` names the map in errors.
     """
     if tuple(labels.shape) != tuple(inverse.original_shape):
         raise InputError(f"{source}: shape {tuple(labels.shape)} differs from the image grid "
                          f"{tuple(inverse.original_shape)} (expected labels on the images' grid)")
-    crop = labels[inverse.box]
-    if inverse.axis_order == "zyx":
-        crop = crop.transpose(2, 1, 0)
+    crop = to_network_axes(labels[inverse.box], inverse.axes)
     out = np.zeros(tuple(shape), dtype=labels.dtype)
     out[tuple(slice(b, b + s) for b, s in zip(inverse.pad_before, crop.shape))] = crop
     return out

@@ -8,48 +8,52 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from seg_edge.artifact import Artifact, ModelCard, load_artifact
+from seg_edge.card import ModelCard
+
+from seg_edge.artifact import Artifact, load_artifact
 from seg_edge.errors import InputError
 from seg_edge.runtime.io import Case
-from seg_edge.runtime.postprocess import apply_et_rule, sigmoid
-from seg_edge.runtime.regions import et_label, labels_to_regions, regions_to_labels
-from seg_edge.runtime.preprocess import (Inverse, crop_padding, implemented, preprocess, to_original_grid,
-                                         window_size)
+from seg_edge.runtime.inference import Plan, network_logits
+from seg_edge.runtime.postprocess import ACTIVATIONS, apply_et_rule, et_probability, to_labels
+from seg_edge.runtime.regions import et_label, labels_to_regions
+from seg_edge.runtime.preprocess import Inverse, crop_padding, implemented, preprocess, to_original_grid
 from seg_edge.runtime.sessions.base import Session, open_session
-from seg_edge.runtime.window import sliding_window
-
-
-# card.activation → logits-to-probabilities function; the card refuses names missing here (artifact.ACTIVATIONS).
-ACTIVATION_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"sigmoid": sigmoid}
-
-
-def activation(card: ModelCard) -> Callable[[np.ndarray], np.ndarray]:
-    """The function the card's ``activation`` names; ArtifactError if this runtime lacks it."""
-    return implemented(ACTIVATION_FUNCTIONS, card, "activation")
 
 
 @dataclass(frozen=True)
 class SegmenterOptions:
-    """User-chosen inference options; everything else comes from the model card."""
+    """User-chosen inference options; ``None`` means the model card's, everything else is the card's."""
 
-    overlap: float = 0.5
-    blend: str = "gaussian"
+    overlap: float | None = None
+    blend: str | None = None
     batch_size: int = 1
     label_scheme: str | None = None  # None: the card's
     et_rule: bool = True
     probabilities: bool = False
+    tta: bool | None = None  # None: the card's tta_axes; False: none; True: the card's, or every axis
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.overlap < 1.0:
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
             raise InputError(f"overlap {self.overlap} (expected 0 <= overlap < 1)")
-        if self.blend not in ("gaussian", "constant"):
+        if self.blend not in (None, "gaussian", "constant"):
             raise InputError(f"blend '{self.blend}' (expected gaussian or constant)")
         if self.batch_size < 1:
             raise InputError(f"batch size {self.batch_size} (expected >= 1)")
+
+    def plan(self, card: ModelCard) -> Plan:
+        """The options in force for ``card``."""
+        inf = card.inference
+        if self.tta is False:
+            axes: tuple[int, ...] = ()
+        elif self.tta and not inf.tta_axes:
+            axes = tuple(range(card.inputs.spatial_dims))
+        else:
+            axes = tuple(inf.tta_axes)
+        return Plan(inf.overlap if self.overlap is None else self.overlap, self.blend or inf.blend,
+                    self.batch_size, axes)
 
 
 @dataclass
@@ -86,7 +90,8 @@ class Segmenter:
         self.options = options or SegmenterOptions()
         self.scheme = self.options.label_scheme or self.card.label_scheme
         self.et = et_label(self.scheme)
-        self.activate = activation(self.card)
+        self.activate = implemented(ACTIVATIONS, self.card.outputs.kind, "outputs.kind", self.card)
+        self.plan = self.options.plan(self.card)
 
     @classmethod
     def open(cls, model: str | Path, backend: str = "onnxruntime", threads: int | None = None,
@@ -109,8 +114,7 @@ class Segmenter:
         t0 = time.perf_counter()
         tensor, inverse = preprocess(images, self.card)
         t1 = time.perf_counter()
-        logits = sliding_window(tensor, self.session.run, window_size(tensor.shape[1:], self.card.patch_size),
-                                self.options.overlap, self.options.blend, self.options.batch_size, on_window)
+        logits = network_logits(tensor, self.session.run, self.card, self.plan, on_window)
         t2 = time.perf_counter()
         return logits, inverse, {"preprocess": t1 - t0, "inference": t2 - t1}
 
@@ -128,10 +132,11 @@ class Segmenter:
         timings = dict(timings or {})
         t0 = time.perf_counter()
         probs = self.activate(crop_padding(logits, inverse))  # padding is dropped first: the rule must not see it
-        labels_net = regions_to_labels(probs, self.card.thresholds, self.et)
+        labels_net = to_labels(probs, self.card.outputs, self.et)
+        et_prob = et_probability(probs, self.card.outputs)
         relabelled = 0
-        if self.options.et_rule:
-            relabelled = apply_et_rule(labels_net, probs[2], self.card.et_rule, self.et)
+        if self.options.et_rule and et_prob is not None:
+            relabelled = apply_et_rule(labels_net, et_prob, self.card.et_rule, self.et)
         labels = to_original_grid(labels_net, inverse)
         full_probs = to_original_grid(probs, inverse) if self.options.probabilities else None
         timings["postprocess"] = time.perf_counter() - t0

@@ -53,16 +53,18 @@ class SessionBase:
 
     name = "base"
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3):
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.spatial_dims = spatial_dims
         self.closed = False
 
     def check_batch(self, batch: np.ndarray) -> None:
-        """InputError unless ``batch`` is float32 [N, C, X, Y, Z] with this model's C."""
-        if batch.dtype != np.float32 or batch.ndim != 5 or batch.shape[1] != self.in_channels:
+        """InputError unless ``batch`` is float32 [N, C, *spatial] with this model's C and rank."""
+        if batch.dtype != np.float32 or batch.ndim != 2 + self.spatial_dims or batch.shape[1] != self.in_channels:
+            axes = ", ".join("XYZ"[:self.spatial_dims]) if self.spatial_dims == 3 else "H, W"
             raise InputError(f"{self.name} session: got {batch.dtype} array of shape {batch.shape} "
-                             f"(expected float32 [N, {self.in_channels}, X, Y, Z])")
+                             f"(expected float32 [N, {self.in_channels}, {axes}])")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits float32 [N, K, X, Y, Z] for ``batch``; ArtifactError if the model's output disagrees with its card."""

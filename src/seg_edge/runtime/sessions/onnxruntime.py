@@ -18,7 +18,7 @@ class OrtSession(SessionBase):
     provider = "CPUExecutionProvider"
 
     def __init__(self, artifact: Artifact, threads: int | None = None, cache_dir: Path | None = None):
-        super().__init__(artifact.card.in_channels, len(artifact.card.regions))
+        super().__init__(artifact.card.in_channels, artifact.card.out_channels, artifact.card.inputs.spatial_dims)
         if artifact.kind != "onnx":
             raise BackendUnavailable(f"{artifact.path}: {self.name} needs an ONNX model, got a {artifact.kind} plan")
         try:

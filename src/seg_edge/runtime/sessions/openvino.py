@@ -26,7 +26,7 @@ class OpenVINOSession(SessionBase):
 
     def __init__(self, artifact: Artifact, threads: int | None = None, cache_dir: Path | None = None,
                  precision_hint: str | None = None):
-        super().__init__(artifact.card.in_channels, len(artifact.card.regions))
+        super().__init__(artifact.card.in_channels, artifact.card.out_channels, artifact.card.inputs.spatial_dims)
         hint = precision_hint or "f32"
         if hint not in HINTS:
             raise InputError(f"--precision-hint {hint} (expected one of {', '.join(HINTS)})")

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from seg_edge.choices import EnginePrecision
-from seg_edge.artifact import ModelCard, file_sha256, load_artifact, sidecar_path
+from seg_edge.card import ModelCard
+from seg_edge.artifact import file_sha256, load_artifact, sidecar_path
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
 from seg_edge.runtime.atomic import write_bytes_atomic
 from seg_edge.runtime.sessions.base import cache_root

@@ -39,7 +39,7 @@ class TensorRTSession(SessionBase):
     name = "tensorrt"
 
     def __init__(self, artifact: Artifact, threads: int | None = None, cache_dir: Path | None = None):
-        super().__init__(artifact.card.in_channels, len(artifact.card.regions))
+        super().__init__(artifact.card.in_channels, artifact.card.out_channels, artifact.card.inputs.spatial_dims)
         trt = import_tensorrt()
         device = gpu_device()
         plan = artifact.path if artifact.kind == "tensorrt" else cached_plan(artifact.path, cache_dir)

@@ -1,0 +1,320 @@
+"""The model card, schema 2 (docs/CARD.md): what a network expects and produces, in data.
+
+Importers write cards; the runtime reads them and never branches on a preset. Schema-1 cards
+(flat fields) load as schema 2 with identical behaviour (``migrate_schema1``). Parsing checks the
+JSON type of every field against the dataclasses' annotations (``_build``), then the values
+(``validate_card``); any defect is an ArtifactError naming the source, the field, the value
+found and the value expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from seg_edge.errors import ArtifactError
+
+CARD_KEY = "seg_edge.card"
+CARD_SCHEMA = 2
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+REGIONS = ("WT", "TC", "ET")
+LABELS = ("NCR", "ED", "ET")
+CLASSES = ("background",) + LABELS
+NORMALIZATIONS = ("zscore_nonzero", "zscore", "none")
+DERIVED = ("nvidia_mask",)
+CROPS = ("nonzero", "none")
+KINDS = ("sigmoid", "softmax")
+RULES = ("nested", "sequential")
+BLENDS = ("gaussian", "constant")
+INTERPOLATIONS = ("linear", "nearest")
+LABEL_SCHEMES = ("brats2021", "brats2023")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class ETRule:
+    """NVIDIA's BraTS21 enhancing-tumour clean-up, applied to the label map.
+
+    ET components with ``2 <= size < component_max_voxels`` and mean ET probability below
+    ``max_mean_prob`` become necrosis; then, if all ET together has fewer than
+    ``total_max_voxels`` voxels and mean probability below ``max_mean_prob``, all of it does.
+    """
+
+    enabled: bool = True
+    component_max_voxels: int = 8
+    total_max_voxels: int = 73
+    max_mean_prob: float = 0.9
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Parity tolerances of this artifact's precision against the framework reference."""
+
+    max_prob_diff: float = 1e-4
+    min_region_dice: float = 0.999
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One network input channel: a modality with its normalization, or a derived channel."""
+
+    name: str
+    normalization: str = "zscore_nonzero"
+    derived: str | None = None
+
+
+@dataclass(frozen=True)
+class SliceSpec:
+    """2D models: slices along ``axis`` of the cropped array, resized in-plane to ``size``."""
+
+    axis: int = 2
+    size: tuple[int, ...] = (128, 128)
+    interpolation: str = "linear"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The network input: channels in order, crop policy, axis permutation, 2D slicing."""
+
+    channels: tuple[Channel, ...]
+    tensor: str = "image"
+    crop: str = "nonzero"
+    axes: tuple[int, ...] = (0, 1, 2)
+    spatial_dims: int = 3
+    slice: SliceSpec | None = None
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What the output channels mean and how they become BraTS labels."""
+
+    kind: str = "sigmoid"
+    channels: tuple[str, ...] = REGIONS
+    thresholds: tuple[float, ...] = (0.5, 0.5, 0.5)
+    rule: str = "nested"
+    order: tuple[tuple[str, ...], ...] = (("WT", "ED"), ("TC", "NCR"), ("ET", "ET"))
+    tensor: str = "logits"
+    source_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Sliding window, blending, mirroring TTA, ensemble size and the ET rule."""
+
+    patch_size: tuple[int, ...] = (128, 128, 128)
+    size_divisor: int = 16
+    overlap: float = 0.5
+    blend: str = "gaussian"
+    tta_axes: tuple[int, ...] = ()
+    ensemble: int = 1
+    et_rule: ETRule = field(default_factory=ETRule)
+
+
+_INFERENCE_FIELDS = frozenset(f.name for f in dataclasses.fields(Inference))
+
+
+def nvidia_inputs(tensor: str = "image", axes: tuple[int, ...] = (0, 1, 2)) -> Inputs:
+    """FLAIR, T1, T1ce, T2 z-scored over non-zero voxels plus NVIDIA's mask channel."""
+    return Inputs(tuple(Channel(m) for m in MODALITIES) + (Channel("mask", "none", "nvidia_mask"),), tensor,
+                  "nonzero", axes)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model expects and produces. Frozen: derive a changed copy with ``replace``."""
+
+    name: str
+    preset: str
+    inputs: Inputs = field(default_factory=nvidia_inputs)
+    outputs: Outputs = field(default_factory=Outputs)
+    inference: Inference = field(default_factory=Inference)
+    label_scheme: str = "brats2021"
+    precision: str = "fp32"
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema: int = CARD_SCHEMA
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.inputs.channels)
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.outputs.channels)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities the network reads, in its channel order (derived channels excluded)."""
+        return tuple(c.name for c in self.inputs.channels if c.derived is None)
+
+    @property
+    def input_name(self) -> str:
+        return self.inputs.tensor
+
+    @property
+    def output_name(self) -> str:
+        return self.outputs.tensor
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        return self.inference.patch_size
+
+    @property
+    def size_divisor(self) -> int:
+        return self.inference.size_divisor
+
+    @property
+    def et_rule(self) -> ETRule:
+        return self.inference.et_rule
+
+    def replace(self, **changes: Any) -> ModelCard:
+        """A copy with ``changes`` applied (not validated: ``from_json`` validates).
+
+        Names of ``Inference`` fields (``patch_size``, ``overlap``, …) change the inference part.
+        """
+        nested = {k: changes.pop(k) for k in list(changes) if k in _INFERENCE_FIELDS}
+        if nested:
+            changes["inference"] = dataclasses.replace(changes.get("inference", self.inference), **nested)
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        """The card as compact JSON with sorted keys (what files store)."""
+        return json.dumps(dataclasses.asdict(self), indent=None, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "card") -> ModelCard:
+        """Parse, migrate (schema 1) and validate a card; ArtifactError naming ``source`` on any defect."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{source}: model card is not valid JSON ({exc.msg})") from exc
+        if not isinstance(raw, dict):
+            raise ArtifactError(f"{source}: model card must be a JSON object, not {show(raw)}")
+        return card_from_dict(raw, source)
+
+
+# --------------------------------------------------------------------------- parsing
+
+def show(value: Any) -> str:
+    """A value as JSON, shortened for one-line messages."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:  # JSON true/false load as bool, a subclass of int: not a size
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _build(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
+    """``value`` converted to annotation ``tp``; a type mismatch is appended to ``problems``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _build(next(a for a in args if a is not type(None)), value, where, problems)
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, where, problems)
+    if origin is tuple:
+        if not isinstance(value, list):
+            problems.append(f"{where} is {show(value)} (expected a list)")
+            return ()
+        item = args[0]
+        return tuple(_build(item, v, f"{where}[{i}]", problems) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{where} is {show(value)} (expected a JSON object)")
+            return {}
+        return dict(value)
+    checks = {str: (lambda v: isinstance(v, str), "a string"), int: (_is_int, "an integer"),
+              float: (lambda v: _is_int(v) or isinstance(v, float), "a number"),
+              bool: (lambda v: isinstance(v, bool), "true or false")}
+    check, expected = checks[tp]
+    if not check(value):
+        problems.append(f"{where} is {show(value)} (expected {expected})")
+        return tp() if tp is not float else 0.0
+    return float(value) if tp is float else value
+
+
+def _build_dataclass(cls: type, value: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(value, dict):
+        problems.append(f"{where} is {show(value)} (expected a JSON object)")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        problems.append(f"{where} has unknown fields {unknown} (expected only {sorted(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name in value:
+            kwargs[name] = _build(hints[name], value[name], path, problems)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"lacks '{path}'")
+    try:
+        return cls(**kwargs)
+    except TypeError:  # a missing required field, already reported
+        return None
+
+
+def migrate_schema1(raw: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 card (flat fields) as the schema-2 dict with identical behaviour."""
+    raw = dict(raw)
+    known = {"name", "preset", "modalities", "mask_channel", "regions", "activation", "thresholds",
+             "label_scheme", "patch_size", "size_divisor", "normalization", "axis_order", "et_rule",
+             "precision", "input_name", "output_name", "tolerances", "provenance", "schema"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"has unknown schema-1 fields {unknown}")
+    norm = raw.get("normalization", "zscore_nonzero")
+    channels = [{"name": m, "normalization": norm} for m in raw.get("modalities", MODALITIES)]
+    if raw.get("mask_channel", "nvidia") == "nvidia":
+        channels.append({"name": "mask", "normalization": "none", "derived": "nvidia_mask"})
+    elif raw.get("mask_channel") != "none":
+        raise ValueError(f"mask_channel {show(raw.get('mask_channel'))} (expected 'nvidia' or 'none')")
+    if raw.get("activation", "sigmoid") != "sigmoid":
+        raise ValueError(f"activation {show(raw.get('activation'))} (expected 'sigmoid')")
+    axes = {"xyz": [0, 1, 2], "zyx": [2, 1, 0]}.get(raw.get("axis_order", "xyz"))
+    if axes is None:
+        raise ValueError(f"axis_order {show(raw.get('axis_order'))} (expected 'xyz' or 'zyx')")
+    out = {k: raw[k] for k in ("name", "preset", "label_scheme", "precision", "tolerances", "provenance") if k in raw}
+    out["inputs"] = {"tensor": raw.get("input_name", "image"), "channels": channels, "crop": "nonzero", "axes": axes}
+    out["outputs"] = {"tensor": raw.get("output_name", "logits"), "kind": "sigmoid",
+                      "channels": raw.get("regions", list(REGIONS)), "thresholds": raw.get("thresholds", [0.5] * 3),
+                      "rule": "nested", "order": [["WT", "ED"], ["TC", "NCR"], ["ET", "ET"]]}
+    out["inference"] = {k: raw[k] for k in ("patch_size", "size_divisor", "et_rule") if k in raw}
+    out["schema"] = CARD_SCHEMA
+    return out
+
+
+def card_from_dict(raw: dict[str, Any], source: str) -> ModelCard:
+    """A validated ModelCard from a parsed JSON object (schema 1 migrated)."""
+    schema = raw.get("schema", 1)
+    if not _is_int(schema) or not 1 <= schema:
+        raise ArtifactError(f"{source}: invalid model card: schema is {show(schema)} (expected an integer "
+                            f"1..{CARD_SCHEMA})")
+    if schema > CARD_SCHEMA:
+        raise ArtifactError(f"{source}: model card schema {schema} is newer than {CARD_SCHEMA}; "
+                            "upgrade seg-edge to read it")
+    if schema == 1:
+        try:
+            raw = migrate_schema1(raw)
+        except ValueError as exc:
+            raise ArtifactError(f"{source}: invalid model card (schema 1): {exc}") from None
+    problems: list[str] = []
+    card = _build_dataclass(ModelCard, raw, "", problems)
+    if problems or card is None:
+        raise ArtifactError(f"{source}: invalid model card: " + "; ".join(problems or ["unreadable"]))
+    from seg_edge.cardcheck import validate_card  # value rules live beside the card, in their own module
+
+    validate_card(card, source)
+    return card
+
+
+def schema1_card(**fields: Any) -> ModelCard:
+    """A card from schema-1 (flat) fields, migrated and validated like a stored schema-1 card."""
+    return card_from_dict(json.loads(json.dumps({**fields, "schema": 1})), "schema-1 card")

@@ -1,0 +1,89 @@
+"""How a network is applied to a preprocessed tensor, as the card says: a 3D sliding window or
+2D slices resized to the network's size; mirroring test-time augmentation either way.
+
+Mirroring follows nnU-Net: every batch of windows is also run flipped along each combination of
+the card's ``tta_axes`` and the flipped-back logits are averaged with the plain ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from seg_edge.card import ModelCard
+from seg_edge.runtime.preprocess import window_size
+from seg_edge.runtime.window import sliding_window
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+_ORDER = {"linear": 1, "nearest": 0}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The inference options in force: the card's, where the user did not override them."""
+
+    overlap: float
+    blend: str
+    batch_size: int
+    tta_axes: tuple[int, ...]
+
+
+def mirrored(predict: Predictor, axes: tuple[int, ...]) -> Predictor:
+    """``predict`` averaged over every flip combination of the spatial ``axes`` (of N, C, *spatial)."""
+    if not axes:
+        return predict
+    combos = [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        total = predict(batch).astype(np.float32)
+        for combo in combos:
+            dims = tuple(2 + a for a in combo)
+            total += np.flip(predict(np.ascontiguousarray(np.flip(batch, dims))), dims)
+        return total / (len(combos) + 1)
+
+    return run
+
+
+def _resize(volume: np.ndarray, size: tuple[int, ...], order: int) -> np.ndarray:
+    """(C, H, W) → (C, *size) by spline interpolation of ``order`` (1 linear, 0 nearest)."""
+    if tuple(volume.shape[1:]) == tuple(size):
+        return volume
+    zoom = (1.0,) + tuple(t / s for t, s in zip(size, volume.shape[1:]))
+    return ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=True).astype(np.float32)
+
+
+def slicewise(tensor: np.ndarray, predict: Predictor, card: ModelCard, batch_size: int,
+              on_window: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """2D models: (C, *3 spatial) → (K, *3 spatial) logits, slice by slice along the card's axis."""
+    spec = card.inputs.slice
+    assert spec is not None  # the card check guarantees a slice spec for 2D cards
+    moved = np.moveaxis(tensor, 1 + spec.axis, 1)  # (C, S, H, W)
+    count, plane = moved.shape[1], moved.shape[2:]
+    order = _ORDER[spec.interpolation]
+    out: np.ndarray | None = None
+    for start in range(0, count, batch_size):
+        idx = range(start, min(start + batch_size, count))
+        batch = np.stack([_resize(moved[:, i], spec.size, order) for i in idx])
+        logits = predict(np.ascontiguousarray(batch, dtype=np.float32))
+        if out is None:
+            out = np.zeros((logits.shape[1], count) + tuple(plane), dtype=np.float32)
+        for i, item in zip(idx, logits):
+            out[:, i] = _resize(item, plane, order)
+        if on_window:
+            on_window(idx[-1] + 1, count)
+    assert out is not None
+    return np.moveaxis(out, 1, 1 + spec.axis)
+
+
+def network_logits(tensor: np.ndarray, predict: Predictor, card: ModelCard, plan: Plan,
+                   on_window: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Logits in network layout for a preprocessed tensor, with the card's window or slices."""
+    predict = mirrored(predict, plan.tta_axes)
+    if card.inputs.spatial_dims == 2:
+        return slicewise(tensor, predict, card, plan.batch_size, on_window)
+    window = window_size(tensor.shape[1:], card.patch_size)
+    return sliding_window(tensor, predict, window, plan.overlap, plan.blend, plan.batch_size, on_window)
