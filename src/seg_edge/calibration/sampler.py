@@ -37,8 +37,8 @@ def _tumour_in_network_layout(case_dir: Path, tensor_shape, inverse, card: Model
     return to_network_layout(labels, inverse, tensor_shape, str(path)) > 0
 
 
-def _centres(tensor: np.ndarray, tumour: np.ndarray | None) -> dict[str, np.ndarray]:
-    brain = np.any(tensor[:4] != 0, axis=0)
+def _centres(brain: np.ndarray, tumour: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Candidate patch centres per stratum, from the brain mask and tumour mask (network layout)."""
     inner = ndimage.binary_erosion(brain, iterations=3)
     pools = {"border": np.argwhere(brain & ~ndimage.binary_erosion(brain)),
              "healthy": np.argwhere(inner & (~tumour if tumour is not None else True))}
@@ -56,8 +56,11 @@ def plan_patches(cases: list[Path], card: ModelCard, samples: int, seed: int) ->
     for case_dir, n in zip(cases, per_case):
         if n == 0:
             continue
-        tensor, inverse = preprocess(load_case(case_dir, card.modalities).images, card)
-        pools = _centres(tensor, _tumour_in_network_layout(case_dir, tensor.shape[1:], inverse, card))
+        images = load_case(case_dir, card.modalities).images
+        tensor, inverse = preprocess(images, card)
+        # the brain from the raw images: normalised channels are not zero outside it for every card
+        brain = to_network_layout(np.any(images > 0, axis=0), inverse, tensor.shape[1:], str(case_dir))
+        pools = _centres(brain, _tumour_in_network_layout(case_dir, tensor.shape[1:], inverse, card))
         names = [s for s in STRATA if s in pools and len(pools[s])]
         for i in range(n):
             stratum = names[i % len(names)]
