@@ -233,21 +233,27 @@ def identity_onnx(path: Path, metadata: dict[str, str] | None = None) -> Path:
 
 
 def card_of(model: Path) -> dict:
+    """The card ``model`` stores, as a schema-2 dict (a schema-1 card is migrated as seg-edge reads it)."""
     import onnx
 
+    from seg_edge.card import ModelCard
+
     proto = onnx.load(str(model), load_external_data=False)
-    return json.loads(next(p.value for p in proto.metadata_props if p.key == CARD_KEY))
+    raw = json.loads(next(p.value for p in proto.metadata_props if p.key == CARD_KEY))
+    if raw.get("schema", 1) == 1:
+        raw = json.loads(ModelCard.from_json(json.dumps(raw), str(model)).to_json())
+    return raw
 
 
 def with_card(model: Path, path: Path, edit: Callable[[dict], None]) -> Path:
-    """A copy of ``model`` (graph and weights unchanged) whose card JSON ``edit`` changed."""
+    """A copy of ``model`` (graph and weights unchanged) storing its schema-2 card as ``edit`` changed it."""
     import onnx
 
+    card = card_of(model)
+    edit(card)
     proto = onnx.load(str(model))
     for prop in proto.metadata_props:
         if prop.key == CARD_KEY:
-            card = json.loads(prop.value)
-            edit(card)
             prop.value = json.dumps(card)
             break
     else:

@@ -426,27 +426,55 @@ def _(tmp, src, model):
 
 @case("card-size-divisor-0")
 def _(tmp, src, model):
-    path = with_card(model, tmp / "m.onnx", lambda c: c.update(size_divisor=0))
-    return Spec([str(src)], [str(path), "size_divisor"], label="model error", model=path)
+    path = with_card(model, tmp / "m.onnx", lambda c: c["inference"].update(size_divisor=0))
+    return Spec([str(src)], [str(path), "inference.size_divisor"], label="model error", model=path)
 
 
 @case("card-schema-a-string")
 def _(tmp, src, model):
-    path = with_card(model, tmp / "m.onnx", lambda c: c.update(schema="1"))
+    path = with_card(model, tmp / "m.onnx", lambda c: c.update(schema="2"))
     return Spec([str(src)], [str(path), "schema"], label="model error", model=path)
 
 
 @case("card-input-name-not-in-graph")
 def _(tmp, src, model):
-    path = with_card(model, tmp / "m.onnx", lambda c: c.update(input_name="volume_in"))
-    return Spec([str(src)], [str(path), ("input_name", "volume_in")], label="model error", model=path)
+    path = with_card(model, tmp / "m.onnx", lambda c: c["inputs"].update(tensor="volume_in"))
+    return Spec([str(src)], [str(path), "inputs.tensor", "volume_in"], label="model error", model=path)
 
 
 @case("card-channels-disagree-with-graph")
 def _(tmp, src, model):
-    """The card says no mask channel (4 inputs); the graph takes 5 channels."""
-    path = with_card(model, tmp / "m.onnx", lambda c: c.update(mask_channel="none"))
+    """The card drops the mask channel (4 inputs); the graph takes 5 channels."""
+    def drop_mask(card):
+        card["inputs"]["channels"] = [c for c in card["inputs"]["channels"] if not c.get("derived")]
+    path = with_card(model, tmp / "m.onnx", drop_mask)
     return Spec([str(src)], [str(path), "channel"], label="model error", model=path)
+
+
+@case("card-order-region-not-an-output")
+def _(tmp, src, model):
+    """outputs.order paints a region the outputs do not have (a typo: 'EH' for 'ET')."""
+    path = with_card(model, tmp / "m.onnx", lambda c: c["outputs"].update(order=[["WT", "ED"], ["TC", "NCR"],
+                                                                                 ["EH", "ET"]]))
+    return Spec([str(src)], [str(path), "outputs.order", "EH"], label="model error", model=path)
+
+
+@case("card-softmax-classes-not-distinct")
+def _(tmp, src, model):
+    """A softmax card whose three classes name ET twice: two arg-max indices would mean one label."""
+    path = with_card(model, tmp / "m.onnx", lambda c: c["outputs"].update(kind="softmax",
+                                                                          channels=["background", "ET", "ET"]))
+    return Spec([str(src)], [str(path), "outputs.channels", "distinct"], label="model error", model=path)
+
+
+@case("card-2d-without-slice")
+def _(tmp, src, model):
+    """A card saying the network is 2D, with a 2D patch, but no slice spec (axis, size)."""
+    def flatten(card):
+        card["inputs"].update(spatial_dims=2, slice=None)
+        card["inference"]["patch_size"] = card["inference"]["patch_size"][:2]
+    path = with_card(model, tmp / "m.onnx", flatten)
+    return Spec([str(src)], [str(path), "inputs.slice", "2D"], label="model error", model=path)
 
 
 # ----------------------------------------------------------------------------- options

@@ -1,39 +1,56 @@
-"""Model card: JSON round trip, validation, and the protobuf reader against onnx's own parser."""
+"""Model card: JSON round trip, validation at load, and the protobuf reader against onnx's own parser."""
 
 from __future__ import annotations
+
+import json
+import re
 
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from seg_edge.artifact import CARD_KEY, ModelCard, load_artifact, read_onnx_metadata, sidecar_path
+from seg_edge.artifact import load_artifact, sidecar_path
+from seg_edge.card import CARD_KEY, ModelCard
 from seg_edge.errors import ArtifactError
 from seg_edge.model.networks import card_for
+from seg_edge.onnxproto import read_onnx_metadata
 
 
 def test_card_round_trip_is_exact():
     card = card_for("nvidia-brats21", "demo").replace(provenance={"a": [1, 2], "b": {"c": "d"}})
     again = ModelCard.from_json(card.to_json())
-    assert again == card
-    assert again.in_channels == 5 and again.axis_order == "zyx" and again.patch_size == (128, 128, 128)
+    assert again == card and again.schema == 2
+    assert again.in_channels == 5 and again.inputs.axes == (2, 1, 0) and again.patch_size == (128, 128, 128)
+    assert json.loads(again.to_json()) == json.loads(card.to_json())
 
 
-@pytest.mark.parametrize("change,words", [
-    ({"modalities": ["flair", "t1", "t2"]}, "modalities"),
-    ({"regions": ["TC", "WT", "ET"]}, "regions"),
-    ({"mask_channel": "ones"}, "mask_channel"),
-    ({"patch_size": [96, 96, 90]}, "patch_size"),
-    ({"label_scheme": "brats2019"}, "label_scheme"),
-    ({"surprise": 1}, "unknown fields"),
-    ({"schema": 99}, "newer"),
+@pytest.mark.parametrize("path,value,words", [
+    ("inputs.channels", [{"name": c} for c in ("flair", "t1", "t2")],
+     r"inputs.channels \['flair', 't1', 't2'\] gives 3"),
+    ("outputs.channels", ["TC", "WT", "WT"], r"outputs.channels \['TC', 'WT', 'WT'\]"),
+    ("inputs.channels[4].derived", "ones", "inputs.channels\\[4\\].derived"),
+    ("inference.patch_size", [96, 96, 90], "inference.patch_size"),
+    ("label_scheme", "brats2019", "label_scheme"),
+    ("surprise", 1, r"unknown fields \['surprise'\]"),
+    ("schema", 99, "newer"),
 ])
-def test_invalid_cards_are_rejected_with_the_field_named(change, words):
-    import json
-
+def test_invalid_cards_are_rejected_with_the_field_named(tmp_path, path, value, words):
     raw = json.loads(card_for("edge").to_json())
-    raw.update(change)
-    with pytest.raises(ArtifactError, match=words):
-        ModelCard.from_json(json.dumps(raw), "m.onnx")
+    *parents, last = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    model = tmp_path / "m.onnx"
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 5, 16, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 16, 16, 16])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    helper.set_model_props(proto, {CARD_KEY: json.dumps(raw)})
+    onnx.save(proto, model)
+    with pytest.raises(ArtifactError, match=words) as info:
+        load_artifact(model)
+    assert str(info.value).startswith(f"{model}: ")
 
 
 def _tiny_model(props: dict[str, str]) -> onnx.ModelProto:

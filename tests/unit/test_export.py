@@ -82,9 +82,10 @@ def test_export_and_info_cli(tmp_path):
     info = runner.invoke(app, ["info", str(out), "--json"])
     assert info.exit_code == 0, info.output
     data = json.loads(info.stdout)
-    assert data["card"]["name"] == "unit" and data["card"]["modalities"] == ["flair", "t1", "t1ce", "t2"]
+    channels = [c["name"] for c in data["card"]["inputs"]["channels"]]
+    assert data["card"]["name"] == "unit" and channels == ["flair", "t1", "t1ce", "t2", "mask"]
     table = runner.invoke(app, ["info", str(out)])
-    assert "patch_size" in table.stdout and "[96, 96, 96]" in table.stdout
+    assert "window" in table.stdout and "patch 96×96×96" in table.stdout
 
 
 def test_native_instance_norm_option_keeps_the_op(tmp_path, edge_checkpoint):

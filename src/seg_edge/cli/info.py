@@ -1,47 +1,209 @@
-"""``seg-edge info``: print a model's card (checked against its graph) and the graph's inputs/outputs."""
+"""``seg-edge info``: a model's card (checked against its graph) in words, and the graph's inputs/outputs.
+
+The words are meant to be checked against the source's own documentation: channel order and
+normalisation, crop, axis order, slicing, what each output means and how outputs become labels,
+the window, TTA, the ensemble, the ET rule and where the model came from (docs/CARD.md).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from seg_edge.card import CARD_KEY, ModelCard
 from seg_edge.cli.app import guarded, out
 from seg_edge.cli.options import JSON_OPTION, dumps, model_path
+
+if TYPE_CHECKING:
+    from seg_edge.artifact import Artifact
+
+ARRAY_AXES = "XYZ"  # the loaded array's axes, as nibabel gives them
+NORMALIZATION_WORDS = {
+    "zscore_nonzero": "z-score over its non-zero voxels (zeros stay 0)",
+    "zscore": "z-score over all voxels",
+    "none": "as loaded (not normalised)",
+}
+DERIVED_WORDS = {"nvidia_mask": "1 where every normalised modality channel is > 0 (NVIDIA BraTS21 mask)"}
+CROP_WORDS = {"nonzero": "to the box where any modality is > 0 (pasted back after)", "none": "none (the whole volume)"}
+BLEND_WORDS = {"gaussian": "gaussian blend (σ = 0.125 × window)", "constant": "constant blend"}
+# provenance keys shown as their own rows, with the schema-1 exporter's names as fallbacks
+SOURCE_KEYS = (("source framework", ("source_framework",)), ("source file", ("source_file", "checkpoint")),
+               ("source sha256", ("source_sha256", "checkpoint_sha256")), ("importer", ("importer",)))
+
+
+def _label_values(card: ModelCard) -> dict[str, int]:
+    from seg_edge.runtime.postprocess import label_values
+    from seg_edge.runtime.regions import et_label
+
+    return label_values(et_label(card.label_scheme))
+
+
+def _array_axes(card: ModelCard, network_axes) -> str:
+    return ", ".join(ARRAY_AXES[card.inputs.axes[a]] for a in network_axes)
+
+
+def channel_words(card: ModelCard) -> str:
+    """One line per input channel, in order."""
+    lines = []
+    for i, channel in enumerate(card.inputs.channels):
+        if channel.derived is None:
+            how = NORMALIZATION_WORDS.get(channel.normalization, channel.normalization)
+        else:
+            how = "derived: " + DERIVED_WORDS.get(channel.derived, channel.derived)
+        lines.append(f"{i}: {channel.name} — {how}")
+    return "\n".join(lines)
+
+
+def rule_words(card: ModelCard) -> str:
+    """How outputs become labels: 'ET → ET (4), else TC → NCR (1), else WT → ED (2)' (sequential)."""
+    values, outputs = _label_values(card), card.outputs
+    if outputs.kind == "softmax":
+        return "arg-max class: " + ", ".join(f"{name} → {values.get(name, '?')}" for name in outputs.channels)
+    first = outputs.order[0][0] if outputs.order else ""
+    steps = []
+    for i, (region, label) in reversed(list(enumerate(outputs.order))):  # later entries overwrite earlier ones
+        inside = f" inside {first}" if outputs.rule == "nested" and i and region != first else ""
+        steps.append(f"{region}{inside} → {label} ({values.get(label, '?')})")
+    words = ", else ".join(steps) + ", else background (0)"
+    others = [r for r, _ in outputs.order[1:] if r != first]
+    if outputs.rule == "nested" and others:
+        words += f"; nested: {', '.join(others)} outside {first} ignored"
+    return words
+
+
+def output_words(card: ModelCard) -> str:
+    """What each output channel is."""
+    outputs = card.outputs
+    if outputs.kind == "softmax":
+        return "softmax over classes: " + ", ".join(f"{i} {name}" for i, name in enumerate(outputs.channels))
+    return "sigmoid regions: " + ", ".join(f"{i} {name} (p > {t:g})" for i, (name, t)
+                                           in enumerate(zip(outputs.channels, outputs.thresholds)))
+
+
+def source_label_words(card: ModelCard) -> str:
+    labels = card.outputs.source_labels
+    if not labels:
+        return "not stated"
+    keys = sorted(labels, key=lambda k: (len(k), k))  # "2" before "10"
+    return "the model's label " + ", ".join(f"{k} = {labels[k]}" for k in keys)
+
+
+def slice_words(card: ModelCard) -> str:
+    spec = card.inputs.slice
+    if card.inputs.spatial_dims == 3 or spec is None:
+        return "none (3D network)"
+    return (f"2D network: slices along network axis {spec.axis} (array {_array_axes(card, (spec.axis,))}), "
+            f"each resized to {'×'.join(map(str, spec.size))} ({spec.interpolation}) and the output resized back")
+
+
+def window_words(card: ModelCard) -> str:
+    inf = card.inference
+    return (f"patch {'×'.join(map(str, inf.patch_size))}, size divisor {inf.size_divisor}, overlap {inf.overlap:g}, "
+            + BLEND_WORDS.get(inf.blend, inf.blend))
+
+
+def tta_words(card: ModelCard) -> str:
+    axes = card.inference.tta_axes
+    if not axes:
+        return "off"
+    return (f"mirroring along network axes {', '.join(map(str, axes))} (array {_array_axes(card, axes)}): "
+            f"{2 ** len(axes)} passes averaged")
+
+
+def et_rule_words(card: ModelCard) -> str:
+    rule = card.et_rule
+    if not rule.enabled:
+        return "off"
+    return (f"on: ET components of 2..{rule.component_max_voxels - 1} voxels with mean ET probability "
+            f"< {rule.max_mean_prob:g} become NCR; then all ET becomes NCR if it has < {rule.total_max_voxels} "
+            f"voxels with mean probability < {rule.max_mean_prob:g}")
+
+
+def describe_card(card: ModelCard, stored_schema: int | None = None) -> list[tuple[str, str]]:
+    """The card as (field, words) rows, provenance last; ``stored_schema``: the number the file holds."""
+    inputs, inf, values = card.inputs, card.inference, _label_values(card)
+    identity = tuple(inputs.axes) == (0, 1, 2)
+    migrated = stored_schema is not None and stored_schema != card.schema
+    rows = [
+        ("model", f"{card.name} (preset {card.preset})"),
+        ("card", f"schema {stored_schema}, read as schema {card.schema}" if migrated else f"schema {card.schema}"),
+        (f"input '{inputs.tensor}'", channel_words(card)),
+        ("crop", CROP_WORDS.get(inputs.crop, inputs.crop)),
+        ("axes", f"network axes = array {_array_axes(card, range(3))}" + (" (as loaded)" if identity else "")),
+        ("2D slicing", slice_words(card)),
+        (f"output '{card.outputs.tensor}'", output_words(card)),
+        ("labels", rule_words(card)),
+        ("source labels", source_label_words(card)),
+        ("window", window_words(card)),
+        ("TTA", tta_words(card)),
+        ("ensemble", "1 network" if inf.ensemble == 1 else f"{inf.ensemble} networks averaged in logit space"),
+        ("ET rule", et_rule_words(card)),
+        ("label scheme", f"{card.label_scheme}: NCR = {values['NCR']}, ED = {values['ED']}, ET = {values['ET']}"),
+        ("precision", card.precision),
+        ("tolerances", f"max probability difference {card.tolerances.max_prob_diff:g}, min region Dice "
+                       f"{card.tolerances.min_region_dice:g} (against the framework reference)"),
+    ]
+    provenance = dict(card.provenance)
+    for label, keys in SOURCE_KEYS:
+        key = next((k for k in keys if k in provenance), None)
+        rows.append((label, _text(provenance.pop(key)) if key else "not stated"))
+    rows += [(f"provenance.{key}", _text(value)) for key, value in provenance.items()]
+    return rows
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def stored_schema(artifact: Artifact) -> int | None:
+    """The schema number the file stores (1: migrated on load), or None if it cannot be read again."""
+    from seg_edge.artifact import sidecar_path
+    from seg_edge.onnxproto import read_onnx_metadata
+
+    try:
+        if artifact.kind == "onnx":
+            raw = json.loads(read_onnx_metadata(artifact.path)[CARD_KEY])
+        else:
+            raw = json.loads(sidecar_path(artifact.path).read_text())["card"]
+        return raw.get("schema", 1)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 @guarded
 def info(model: Path = typer.Argument(None, help="ONNX model or TensorRT plan (default: the shipped model)."),
          json_out: bool = JSON_OPTION) -> None:
-    """Show what a model expects and produces (its seg-edge card)."""
+    """Show what a model expects and produces (its seg-edge card), in words."""
     from seg_edge.artifact import load_artifact
 
     artifact = load_artifact(model_path(model))
-    card = dataclasses.asdict(artifact.card)
+    stored = stored_schema(artifact)
     graph = {"inputs": [dataclasses.asdict(t) for t in artifact.inputs],
              "outputs": [dataclasses.asdict(t) for t in artifact.outputs]}
     if json_out:
         out.print_json(dumps({"path": str(artifact.path), "kind": artifact.kind,
-                              "size_bytes": artifact.path.stat().st_size, "card": card,
+                              "size_bytes": artifact.path.stat().st_size, "stored_schema": stored,
+                              "card": dataclasses.asdict(artifact.card),
                               **({"graph": graph} if artifact.kind == "onnx" else {})}))
         return
     table = Table(title=f"{artifact.path} ({artifact.kind}, {artifact.path.stat().st_size / 1e6:.1f} MB)",
                   title_justify="left", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    for key, value in card.items():
-        if key == "provenance":
-            continue
-        table.add_row(key, escape(value if isinstance(value, str) else json.dumps(value)))
-    for what, tensors in (("graph.input", artifact.inputs), ("graph.output", artifact.outputs)):
-        for tensor in tensors:
-            table.add_row(what, escape(tensor.describe()))
-    for key, value in card["provenance"].items():
-        table.add_row(f"provenance.{key}", escape(value if isinstance(value, str) else json.dumps(value)))
+    rows = describe_card(artifact.card, stored)
+    graph_rows = [("graph input", t.describe()) for t in artifact.inputs]
+    graph_rows += [("graph output", t.describe()) for t in artifact.outputs]
+    if artifact.kind != "onnx":
+        graph_rows = [("graph", "a TensorRT plan: inputs and outputs are the card's")]
+    at = next(i for i, (key, _) in enumerate(rows) if key == "source framework")
+    for key, value in rows[:at] + graph_rows + rows[at:]:
+        table.add_row(escape(key), escape(value))
     out.print(table)
 
 
