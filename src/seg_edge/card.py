@@ -69,7 +69,7 @@ class Channel:
 
 @dataclass(frozen=True)
 class SliceSpec:
-    """2D models: slices along ``axis`` of the cropped array, resized in-plane to ``size``."""
+    """2D models: slices along network ``axis`` (after ``Inputs.axes``), resized in-plane to ``size``."""
 
     axis: int = 2
     size: tuple[int, ...] = (128, 128)
@@ -247,7 +247,7 @@ def _build_dataclass(cls: type, value: Any, where: str, problems: list[str]) -> 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(value) - set(fields))
     if unknown:
-        problems.append(f"{where} has unknown fields {unknown} (expected only {sorted(fields)})")
+        problems.append(f"{where or 'card'} has unknown fields {unknown} (expected only {sorted(fields)})")
     kwargs = {}
     for name, f in fields.items():
         path = f"{where}.{name}" if where else name
@@ -270,6 +270,12 @@ def migrate_schema1(raw: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"has unknown schema-1 fields {unknown}")
+    for key, kind, check in (("axis_order", "a string", lambda v: isinstance(v, str)),
+                             ("mask_channel", "a string", lambda v: isinstance(v, str)),
+                             ("activation", "a string", lambda v: isinstance(v, str)),
+                             ("modalities", "a list", lambda v: isinstance(v, list))):
+        if key in raw and not check(raw[key]):
+            raise ValueError(f"{key} is {show(raw[key])} (expected {kind})")
     norm = raw.get("normalization", "zscore_nonzero")
     channels = [{"name": m, "normalization": norm} for m in raw.get("modalities", MODALITIES)]
     if raw.get("mask_channel", "nvidia") == "nvidia":
