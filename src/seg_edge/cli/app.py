@@ -106,10 +106,11 @@ def main_options(
 
 
 def _register() -> None:
-    from seg_edge.cli import (bench, build_engine, evaluate, export, info, lint, parity, predict, quantize, synth,
-                              train)
+    from seg_edge.cli import (bench, build_engine, evaluate, export, import_cmd, info, lint, parity, predict, quantize,
+                              synth, train)
 
-    for module in (predict, export, info, quantize, build_engine, lint, parity, bench, synth, train, evaluate):
+    for module in (predict, export, import_cmd, info, quantize, build_engine, lint, parity, bench, synth, train,
+                   evaluate):
         module.register(app)
 
 
