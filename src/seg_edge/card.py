@@ -299,7 +299,8 @@ def migrate_schema1(raw: dict[str, Any]) -> dict[str, Any]:
 
 def card_from_dict(raw: dict[str, Any], source: str) -> ModelCard:
     """A validated ModelCard from a parsed JSON object (schema 1 migrated)."""
-    schema = raw.get("schema", 1)
+    # a card without "schema" is read by its layout: nested sections are schema 2, flat fields schema 1
+    schema = raw.get("schema", 2 if {"inputs", "outputs", "inference"} & set(raw) else 1)
     if not _is_int(schema) or not 1 <= schema:
         raise ArtifactError(f"{source}: invalid model card: schema is {show(schema)} (expected an integer "
                             f"1..{CARD_SCHEMA})")

@@ -19,23 +19,30 @@ from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, Blend, Pr
 def parity(
     model: Path = typer.Argument(..., help="ONNX model with a seg-edge card."),
     cases: list[Path] = typer.Argument(..., help="BraTS-format case folders."),
-    reference: Path = typer.Option(None, "--reference", help="Checkpoint the model was exported from "
-                                   "(default: MODEL with suffix .pt); its sha256 must match the card."),
+    reference: Path = typer.Option(None, "--reference", help="The file the model was made from: preset checkpoint "
+                                   "(default: MODEL with suffix .pt), NVIDIA .ckpt, or PyTorch weights; its sha256 "
+                                   "must match the card."),
+    network: str = typer.Option(None, "--network", help="ONNX imports: the PyTorch module standing for the "
+                                "graph, PKG.MODULE:FACTORY or file.py:FACTORY."),
+    network_kwargs: str = typer.Option(None, "--network-kwargs", help="JSON keyword arguments for --network."),
     backend: list[Backend] = typer.Option([Backend.onnxruntime], "--backend", help="Backend(s) to check."),
-    overlap: float = typer.Option(0.5, "--overlap"),
-    blend: Blend = typer.Option(Blend.gaussian, "--blend"),
+    overlap: float = typer.Option(None, "--overlap", help="Default: the card's."),
+    blend: Blend = typer.Option(None, "--blend", help="Default: the card's."),
+    tta: bool = typer.Option(None, "--tta/--no-tta", help="Mirroring TTA (default: the card's)."),
     threads: int = THREADS_OPTION,
     precision_hint: list[PrecisionHint] = typer.Option(None, "--precision-hint", help="OpenVINO precision(s)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Compare backends with PyTorch + MONAI per case: probabilities, labels, Dice, HD95, volumes."""
-    from seg_edge.evaluation.parity import check_parity
+    from seg_edge.evaluation.parity import Reference, check_parity
+    from seg_edge.importers.torch import parse_kwargs
     from seg_edge.runtime.segmenter import SegmenterOptions
 
     hints = [h.value for h in dict.fromkeys(precision_hint or [])] or [None]
     backends = tuple((b.value, h) for b in dict.fromkeys(backend) for h in (hints if b.value == "openvino" else [None]))
-    options = SegmenterOptions(overlap=overlap, blend=blend.value)
-    results = check_parity(model, cases, backends, reference, options, threads,
+    options = SegmenterOptions(overlap=overlap, blend=blend.value if blend else None, tta=tta)
+    ref = Reference(reference, network, parse_kwargs(network_kwargs) if network else None)
+    results = check_parity(model, cases, backends, ref, options, threads,
                            on_result=lambda r: err.print(f"  {escape(r.case_id)} / {r.backend}: "
                                                          f"{'pass' if r.passed else 'FAIL'}"))
     if json_out:

@@ -56,17 +56,67 @@ def default_reference(model: Path) -> Path:
     return model.with_suffix(".pt")
 
 
-def load_reference(artifact: Artifact, checkpoint: Path | None):
-    """The torch network the artifact was exported from; its sha256 must match the card's."""
-    from seg_edge.model.checkpoints import load_network, sha256
+@dataclass(frozen=True)
+class Reference:
+    """Where the framework reference comes from: the source file, and for ONNX imports the torch
+    module that stands for the graph (``network`` as ``PKG.MODULE:FACTORY`` or ``file.py:FACTORY``)."""
 
-    path = Path(checkpoint) if checkpoint else default_reference(artifact.path)
+    source: Path | None = None
+    network: str | None = None
+    network_kwargs: dict | None = None
+
+
+def load_reference(artifact: Artifact, reference: Reference | Path | None):
+    """The torch network the artifact was made from, rebuilt as its importer built it.
+
+    The source's sha256 must match the card's provenance. The importer is chosen by the card's
+    ``source_framework``: seg-edge presets, NVIDIA DLE checkpoints, any PyTorch module (its
+    spec is in the card, or given for ONNX imports).
+    """
+    from seg_edge.artifact import file_sha256
+
+    ref = reference if isinstance(reference, Reference) else Reference(reference)
+    card, prov = artifact.card, artifact.card.provenance
+    path = Path(ref.source) if ref.source else default_reference(artifact.path)
     if not path.is_file():
-        raise InputError(f"{path}: reference checkpoint not found (pass --reference CHECKPOINT)")
-    expected = artifact.card.provenance.get("checkpoint_sha256")
-    if expected and sha256(path) != expected:
-        raise ArtifactError(f"{path}: sha256 differs from the checkpoint {artifact.path.name} was exported from")
-    return load_network(path, artifact.card.preset)[0]
+        raise InputError(f"{path}: reference not found (pass --reference with the file the model was made from)")
+    onnx_import = "onnx_producer" in prov  # the card was attached to a graph made elsewhere
+    if onnx_import and not ref.network:
+        raise InputError(f"{artifact.path}: imported from ONNX; give the framework model it came from with "
+                         "--network PKG.MODULE:FACTORY and its weights with --reference")
+    expected = prov.get("source_sha256") or prov.get("checkpoint_sha256")
+    # (an ONNX import's source is the graph; the reference is then the framework's weights, another file)
+    if expected and not onnx_import and file_sha256(path) != expected:
+        raise ArtifactError(f"{path}: sha256 differs from the source {artifact.path.name} was made from")
+    framework, spec = prov.get("source_framework", "seg-edge"), ref.network or prov.get("network")
+    if framework == "nvidia-dle-nnunet":
+        from seg_edge.importers.nvidia import load_nvidia
+
+        return load_nvidia(path)[0]
+    if isinstance(spec, str):
+        from seg_edge.importers.torch import load_torch
+
+        kwargs = ref.network_kwargs if ref.network else prov.get("network_kwargs")
+        return _logits_of(load_torch(spec, path, card, kwargs)[0], prov.get("removed_output_activation"))
+    from seg_edge.model.checkpoints import load_network
+
+    return load_network(path, card.preset)[0]
+
+
+def _logits_of(net, removed: str | None):
+    """``net`` if it gives logits; else the inverse of the output activation the importer removed
+    from the graph (softmax → log p, whose softmax is p; sigmoid → logit p)."""
+    if not removed:
+        return net
+    import torch
+
+    kind = "softmax" if "softmax" in str(removed).lower() else "sigmoid"
+
+    def run(x):
+        p = net(x).clamp(1e-7, 1 - 1e-7)
+        return torch.log(p) if kind == "softmax" else torch.log(p / (1 - p))
+
+    return run
 
 
 def reference_segmentation(net, segmenter: Segmenter, case: Case) -> Segmentation:
@@ -118,7 +168,7 @@ def judge(result: ParityResult, max_prob_diff: float, min_dice: float) -> Parity
 
 
 def check_parity(model: Path, cases: list[Path], backends: tuple = ("onnxruntime",),
-                 reference: Path | None = None, options: SegmenterOptions | None = None,
+                 reference: Reference | Path | None = None, options: SegmenterOptions | None = None,
                  threads: int | None = None, on_result=None) -> list[ParityResult]:
     """Run every backend and the reference on every case; results judged by tolerances.
 

@@ -117,7 +117,7 @@ def report_dict(seg: Segmentation, job: Job, segmenter: Segmenter) -> dict:
         "inputs": {m: str(p) for m, p in (job.source.items() if isinstance(job.source, dict)
                                           else [("input", job.source)])},
         "model": {"name": card.name, "path": str(segmenter.artifact.path), "precision": card.precision,
-                  "checkpoint_sha256": card.provenance.get("checkpoint_sha256"),
+                  "source_sha256": card.provenance.get("source_sha256") or card.provenance.get("checkpoint_sha256"),
                   "backend": segmenter.session.name},
         "label_scheme": seg.label_scheme,
         "labels": {"NCR": 1, "ED": 2, "ET": segmenter.et},
