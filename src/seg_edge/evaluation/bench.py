@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from seg_edge.artifact import load_artifact
+from seg_edge.card import ModelCard
 from seg_edge.errors import InputError
 from seg_edge.runtime.jobs import Job, run_job
 from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 from seg_edge.runtime.sessions.base import open_session
+from seg_edge.runtime.sessions.plans import network_window
 
 
 @dataclass
@@ -64,7 +66,8 @@ def graph_gflop(model: Path, shape: tuple[int, ...]) -> float | None:
     for dim, value in zip(m.graph.input[0].type.tensor_type.shape.dim, shape):
         dim.ClearField("dim_param")
         dim.dim_value = value
-    m = onnx.shape_inference.infer_shapes(m)
+    # data propagation follows Reshape(x, Shape(y)): GroupNorm exports (MONAI SegResNet) need it
+    m = onnx.shape_inference.infer_shapes(m, data_prop=True)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)}
     weights = {t.name: list(t.dims) for t in m.graph.initializer}
@@ -89,16 +92,23 @@ def graph_gflop(model: Path, shape: tuple[int, ...]) -> float | None:
     return flops / 1e9
 
 
+def default_shape(card: ModelCard, batch: int = 1) -> tuple[int, ...]:
+    """One network call as the runtime makes it: ``batch`` × channels × the window (2D: the slice size)."""
+    return (batch, card.in_channels, *network_window(card))
+
+
 def bench_network(model: Path, backend: str, shape: tuple[int, ...] | None = None, warmup: int = 2,
                   iters: int = 10, threads: int | None = None, hint: str | None = None) -> NetworkResult:
-    """Time ``iters`` calls of the session on a seeded input of ``shape`` (default 1×C×patch)."""
+    """Time ``iters`` calls of the session on a seeded input of ``shape`` (default: ``default_shape(card)``)."""
     if iters < 1 or warmup < 0:
         raise InputError(f"--iters {iters}, --warmup {warmup} (expected iters >= 1 and warmup >= 0)")
     artifact = load_artifact(model)
     card = artifact.card
-    shape = tuple(shape or (1, card.in_channels, *card.patch_size))
-    if len(shape) != 5 or shape[1] != card.in_channels:
-        raise InputError(f"shape {shape} (expected N,{card.in_channels},X,Y,Z for {model})")
+    shape = tuple(shape or default_shape(card))
+    dims = card.inputs.spatial_dims
+    if len(shape) != 2 + dims or shape[1] != card.in_channels:
+        layout = "X,Y,Z" if dims == 3 else "H,W"
+        raise InputError(f"shape {shape} (expected N,{card.in_channels},{layout} for {model}, a {dims}D model)")
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     with open_session(artifact, backend, threads=threads, precision_hint=hint) as session:
         label = session.name

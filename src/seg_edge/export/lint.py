@@ -5,7 +5,8 @@ range of the target version, Q/DQ zero points of 0 (TensorRT's INT8 is symmetric
 ConvTranspose or InstanceNorm, weights inline (no external-data files), and FP16 graphs whose
 InstanceNorm stays FP32. The seg-edge card is optional, as Polygraphy lints any graph: when the
 file carries one, the card itself (types, ranges, names and channels against the graph) and the
-input shapes it implies (rank 5, fixed spatial axes multiples of its divisor) are checked too.
+input shapes it implies (rank 4 or 5 as its ``spatial_dims`` says, fixed spatial axes multiples of its
+divisor) are checked too.
 """
 
 from __future__ import annotations
@@ -105,16 +106,20 @@ def _check_fp16_norm(model, norms: set[str]) -> list[Finding]:
     return out
 
 
-def _check_shapes(model, divisor: int) -> list[Finding]:
+def _check_shapes(model, card: ModelCard) -> list[Finding]:
+    """The input shapes the card implies: rank 2 + spatial_dims, fixed spatial axes multiples of its divisor."""
     out = []
+    divisor, dims_expected = card.size_divisor, card.inputs.spatial_dims
+    layout = "N, C, X, Y, Z" if dims_expected == 3 else "N, C, H, W"
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         for axis, dim in list(enumerate(dims))[2:]:
             if dim.HasField("dim_value") and dim.dim_value % divisor:
                 out.append(Finding(value.name, "shape", f"axis {axis} is fixed at {dim.dim_value}, "
                                    f"not a multiple of the size divisor {divisor}"))
-        if len(dims) != 5:
-            out.append(Finding(value.name, "shape", f"rank {len(dims)} (expected N, C, X, Y, Z)"))
+        if len(dims) != dims_expected + 2:
+            out.append(Finding(value.name, "shape", f"rank {len(dims)} (expected {layout}: the card's "
+                               f"{dims_expected}D input)"))
     return out
 
 
@@ -171,7 +176,7 @@ def lint_model(path: Path, trt_version: str = "10.3") -> LintReport:
     findings += _check_qdq(model, norms)
     findings += _check_fp16_norm(model, norms)
     if card is not None:  # shapes are the card's contract: a plain graph may have any rank
-        findings += _check_shapes(model, card.size_divisor)
+        findings += _check_shapes(model, card)
     return LintReport(path, str(trt_version), card_state, findings)
 
 

@@ -31,24 +31,36 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Profile:
-    """One optimization profile: (N, C, X, Y, Z) min / opt / max of the network input."""
+    """One optimization profile: min / opt / max of the network input, (N, C, X, Y, Z) or 2D (N, C, H, W)."""
 
     min: tuple[int, ...]
     opt: tuple[int, ...]
     max: tuple[int, ...]
 
 
+def network_window(card: ModelCard) -> tuple[int, ...]:
+    """The spatial size of what the runtime feeds the network: the patch (3D) or the slice size (2D)."""
+    if card.inputs.spatial_dims == 2 and card.inputs.slice is not None:
+        return tuple(card.inputs.slice.size)
+    return tuple(card.patch_size)
+
+
 def make_profile(card: ModelCard, batch: int = 1, min_xyz=None, opt_xyz=None, max_xyz=None) -> Profile:
-    """Default: exactly the windows the runtime feeds (the card's patch, batch 1..``batch``)."""
-    patch = tuple(card.patch_size)
-    lo, opt, hi = tuple(min_xyz or patch), tuple(opt_xyz or patch), tuple(max_xyz or patch)
-    for name, dims in (("min", lo), ("opt", opt), ("max", hi)):
-        if len(dims) != 3 or any(d < 1 or d % card.size_divisor for d in dims):
-            raise InputError(f"--{name} {dims} (expected 3 sizes, each a multiple of {card.size_divisor})")
+    """Default: exactly the windows the runtime feeds (the card's window, batch 1..``batch``).
+
+    Sizes have as many entries as the card's ``spatial_dims`` (2D models: the slice's H, W).
+    """
+    window = network_window(card)
+    dims = card.inputs.spatial_dims
+    lo, opt, hi = tuple(min_xyz or window), tuple(opt_xyz or window), tuple(max_xyz or window)
+    for name, sizes in (("min", lo), ("opt", opt), ("max", hi)):
+        if len(sizes) != dims or any(d < 1 or d % card.size_divisor for d in sizes):
+            raise InputError(f"--{name} {sizes} (expected {dims} sizes, each a multiple of {card.size_divisor}, "
+                             f"for this {dims}D model)")
     if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
         raise InputError(f"profile min {lo} <= opt {opt} <= max {hi} does not hold")
-    if not all(a <= p <= c for a, p, c in zip(lo, patch, hi)):
-        raise InputError(f"profile {lo}..{hi} excludes the card's window {patch} that the runtime feeds")
+    if not all(a <= p <= c for a, p, c in zip(lo, window, hi)):
+        raise InputError(f"profile {lo}..{hi} excludes the card's window {window} that the runtime feeds")
     c = card.in_channels
     return Profile((1, c, *lo), (1, c, *opt), (batch, c, *hi))
 
