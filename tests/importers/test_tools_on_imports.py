@@ -122,12 +122,29 @@ def test_int8_quantize_of_the_seed_import_passes_parity_against_its_torch_source
     assert lint(int8) == []
 
 
-def test_quantize_refuses_2d_models_in_one_line(unet2d, cases_dir, tmp_path):
-    result = runner.invoke(app, ["quantize", str(unet2d), "--calibration", str(cases_dir),
-                                 "--out", str(tmp_path / "q.onnx")])
-    assert result.exit_code == 2 and "2D" in result.stderr, result.output
-    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
-    assert not (tmp_path / "q.onnx").exists()
+def test_int8_quantize_of_the_2d_import_calibrates_on_slices(unet2d, cases_dir, tmp_path):
+    cal, ev = _split(cases_dir, tmp_path)
+    int8 = tmp_path / "seed2d.int8.onnx"
+    result = run_ok("quantize", unet2d, "--calibration", cal, "--eval", ev, "--out", int8, "--samples", 3,
+                    "--budget", 1.0, "--json")
+    report = json.loads(result.stdout)
+    assert report["calibration"]["samples"] == 3 and set(report["dice_vs_fp32"]) == {"WT", "TC", "ET"}
+    card = load_artifact(int8).card
+    assert card.precision == "int8" and card.inputs.spatial_dims == 2
+    assert lint(int8) == []
+    data = json.loads(run_ok("bench", int8, "--iters", 1, "--warmup", 0, "--json").stdout)
+    assert data["network"][0]["shape"] == [1, 2, 128, 128]
+
+
+def test_2d_calibration_slices_are_the_runtime_slices(unet2d, cases_dir):
+    from seg_edge.calibration.sampler import PatchReader, plan_patches
+
+    card = load_artifact(unet2d).card
+    cases = sorted(p for p in cases_dir.iterdir() if p.is_dir())[:1]
+    plans = plan_patches(cases, card, 3, seed=0)
+    assert [len(p.corner) for p in plans] == [1, 1, 1] and {p.stratum for p in plans} <= {"tumour", "healthy", "border"}
+    batches = list(PatchReader(plans, card))
+    assert [b["input_1"].shape for b in batches] == [(1, 2, 128, 128)] * 3
 
 
 @pytest.mark.parametrize("which,shape", [("seed3d", [1, 4, 32, 32, 32]), ("monai3d", [1, 4, 32, 32, 32]),

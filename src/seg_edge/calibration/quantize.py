@@ -198,9 +198,6 @@ def quantize(model: Path, calibration: Path, out: Path, eval_dir: Path | None = 
     card = load_artifact(model).card
     if card.precision != "fp32":
         raise InputError(f"{model}: precision {card.precision} (expected an fp32 model to quantize)")
-    if options.precision is Precision.int8 and card.inputs.spatial_dims != 3:
-        raise InputError(f"{model}: a 2D model; INT8 calibration samples 3D patches only (quantize a 3D model, "
-                         "or use --precision fp16)")
     cal_cases = [c.absolute() for c in case_folders(calibration)]
     eval_cases = [c.absolute() for c in case_folders(eval_dir)] if eval_dir else []
     if not eval_cases:  # default: hold out the last fifth of the calibration folder

@@ -3,7 +3,8 @@
 Stratified and seeded: a third of each case's patches centred on tumour (where a *_seg label
 exists), a third on healthy brain, a third on the brain border. One case is held in memory at
 a time, and ORT's calibrator is fed one patch per collection round (``CalibStridedMinMax``), so
-activations of all samples are never held together.
+activations of all samples are never held together. 2D models (``spatial_dims`` 2) get whole
+slices through the same centres, along the card's slice axis, resized as the runtime resizes them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from seg_edge.card import ModelCard
+from seg_edge.runtime.inference import _ORDER, _resize
 from seg_edge.runtime.io import load_case, read_labels
 from seg_edge.runtime.preprocess import preprocess
 from seg_edge.runtime.regions import et_label, find_label_file, to_network_layout
@@ -26,7 +28,7 @@ STRATA = ("tumour", "healthy", "border")
 class PatchPlan:
     case: Path
     stratum: str
-    corner: tuple[int, int, int]
+    corner: tuple[int, ...]  # 3D: the patch's corner; 2D: (index of the slice along the card's axis,)
 
 
 def _tumour_in_network_layout(case_dir: Path, tensor_shape, inverse, card: ModelCard) -> np.ndarray | None:
@@ -65,13 +67,23 @@ def plan_patches(cases: list[Path], card: ModelCard, samples: int, seed: int) ->
         for i in range(n):
             stratum = names[i % len(names)]
             centre = pools[stratum][rng.integers(len(pools[stratum]))]
-            corner = np.clip(centre - patch // 2, 0, np.array(tensor.shape[1:]) - patch)
+            if card.inputs.spatial_dims == 2:
+                corner = centre[[card.inputs.slice.axis]]
+            else:
+                corner = np.clip(centre - patch // 2, 0, np.array(tensor.shape[1:]) - patch)
             plans.append(PatchPlan(case_dir, stratum, tuple(int(c) for c in corner)))
     return plans
 
 
+def network_slice(tensor: np.ndarray, card: ModelCard, index: int) -> np.ndarray:
+    """2D models: (C, H, W) slice ``index`` along the card's slice axis, resized as the runtime feeds it."""
+    spec = card.inputs.slice
+    plane = np.moveaxis(tensor, 1 + spec.axis, 1)[:, index]
+    return _resize(plane, spec.size, _ORDER[spec.interpolation])
+
+
 class PatchReader:
-    """ONNX Runtime ``CalibrationDataReader``: ``get_next()`` → {input: (1, C, *patch)} or None."""
+    """ONNX Runtime ``CalibrationDataReader``: ``get_next()`` → {input: (1, C, *patch or slice)} or None."""
 
     def __init__(self, plans: list[PatchPlan], card: ModelCard):
         self.plans, self.card = plans, card
@@ -106,6 +118,10 @@ class PatchReader:
             return None
         plan = self.plans[self._pos]
         self._pos += 1
-        where = tuple(slice(c, c + p) for c, p in zip(plan.corner, self.card.patch_size))
-        patch = self._tensor(plan.case)[(slice(None),) + where]
+        tensor = self._tensor(plan.case)
+        if self.card.inputs.spatial_dims == 2:
+            patch = network_slice(tensor, self.card, plan.corner[0])
+        else:
+            where = tuple(slice(c, c + p) for c, p in zip(plan.corner, self.card.patch_size))
+            patch = tensor[(slice(None),) + where]
         return {self.card.input_name: np.ascontiguousarray(patch[None], dtype=np.float32)}
