@@ -80,6 +80,10 @@ def _inference_problems(card: ModelCard) -> list[str]:
     if len(patch) != dims or min(patch, default=0) < 1 or (div >= 1 and any(p % div for p in patch)):
         problems.append(f"inference.patch_size {patch} (expected {dims} sizes >= 1, each a multiple of "
                         f"size_divisor {div})")
+    sl = card.inputs.slice
+    if dims == 2 and sl is not None and tuple(patch) != tuple(sl.size):
+        problems.append(f"inference.patch_size {patch} (expected the 2D network's input size, inputs.slice.size "
+                        f"{list(sl.size)})")
     if not 0 <= inf.overlap < 1:
         problems.append(f"inference.overlap {inf.overlap} (expected 0 <= overlap < 1)")
     problems += _choice("inference.blend", inf.blend, BLENDS)

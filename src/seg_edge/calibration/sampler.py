@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from seg_edge.card import ModelCard
-from seg_edge.runtime.inference import _ORDER, _resize
+from seg_edge.runtime.inference import resize_plane
 from seg_edge.runtime.io import load_case, read_labels
 from seg_edge.runtime.preprocess import preprocess
 from seg_edge.runtime.regions import et_label, find_label_file, to_network_layout
@@ -79,7 +79,7 @@ def network_slice(tensor: np.ndarray, card: ModelCard, index: int) -> np.ndarray
     """2D models: (C, H, W) slice ``index`` along the card's slice axis, resized as the runtime feeds it."""
     spec = card.inputs.slice
     plane = np.moveaxis(tensor, 1 + spec.axis, 1)[:, index]
-    return _resize(plane, spec.size, _ORDER[spec.interpolation])
+    return resize_plane(plane, spec.size, spec.interpolation)
 
 
 class PatchReader:

@@ -19,7 +19,7 @@ from seg_edge.runtime.preprocess import window_size
 from seg_edge.runtime.window import sliding_window
 
 Predictor = Callable[[np.ndarray], np.ndarray]
-_ORDER = {"linear": 1, "nearest": 0}
+INTERPOLATION_ORDER = {"linear": 1, "nearest": 0}  # card slice.interpolation → spline order
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,11 @@ def mirrored(predict: Predictor, axes: tuple[int, ...]) -> Predictor:
     return run
 
 
-def _resize(volume: np.ndarray, size: tuple[int, ...], order: int) -> np.ndarray:
-    """(C, H, W) → (C, *size) by spline interpolation of ``order`` (1 linear, 0 nearest)."""
+def resize_plane(volume: np.ndarray, size: tuple[int, ...], interpolation: str) -> np.ndarray:
+    """(C, H, W) → (C, *size), ``linear`` or ``nearest`` as the card's slice spec says."""
     if tuple(volume.shape[1:]) == tuple(size):
         return volume
+    order = INTERPOLATION_ORDER[interpolation]
     zoom = (1.0,) + tuple(t / s for t, s in zip(size, volume.shape[1:]))
     return ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=True).astype(np.float32)
 
@@ -63,16 +64,15 @@ def slicewise(tensor: np.ndarray, predict: Predictor, card: ModelCard, batch_siz
     assert spec is not None  # the card check guarantees a slice spec for 2D cards
     moved = np.moveaxis(tensor, 1 + spec.axis, 1)  # (C, S, H, W)
     count, plane = moved.shape[1], moved.shape[2:]
-    order = _ORDER[spec.interpolation]
     out: np.ndarray | None = None
     for start in range(0, count, batch_size):
         idx = range(start, min(start + batch_size, count))
-        batch = np.stack([_resize(moved[:, i], spec.size, order) for i in idx])
+        batch = np.stack([resize_plane(moved[:, i], spec.size, spec.interpolation) for i in idx])
         logits = predict(np.ascontiguousarray(batch, dtype=np.float32))
         if out is None:
             out = np.zeros((logits.shape[1], count) + tuple(plane), dtype=np.float32)
         for i, item in zip(idx, logits):
-            out[:, i] = _resize(item, plane, order)
+            out[:, i] = resize_plane(item, plane, spec.interpolation)
         if on_window:
             on_window(idx[-1] + 1, count)
     assert out is not None

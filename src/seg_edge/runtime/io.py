@@ -182,8 +182,8 @@ def load_case(source: Path | dict[str, Path], order: tuple[str, ...],
     if isinstance(source, dict):
         missing = [m for m in order if m not in source]
         if missing:
-            raise InputError(f"--{missing[0]} missing (the model reads {', '.join(order)}: give "
-                             f"{' '.join('--' + m for m in order)})")
+            raise InputError(f"--{missing[0]} missing (the model reads {', '.join(order)}: "
+                             f"{' '.join('--' + m for m in order)} are needed)")
         first = source.get("flair", source[order[0]])
         return stack_files(source, order, re.sub(r"[_-](flair|t2f|t1ce|t1c|t1n|t1|t2w|t2)$", "",
                                                  strip_nifti(first.name), flags=re.IGNORECASE))
