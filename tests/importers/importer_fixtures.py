@@ -179,3 +179,41 @@ def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
 
 def files_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
+
+
+def run_ok(*args) -> object:
+    """``seg-edge ARGS`` through the Typer app; exit 0 or the output in the failure."""
+    from typer.testing import CliRunner
+
+    from seg_edge.cli.app import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+# MONAI's BraTS bundle network (SegResNet blocks 1,2,2,4 / 1,1,1) at init_filters 4 for speed
+MONAI_KWARGS = {"blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "init_filters": 4, "in_channels": 4,
+                "out_channels": 3, "norm": ["GROUP", {"num_groups": 2}]}
+
+
+def import_monai_bundle_like(root: Path, seed: int = 1) -> tuple[Path, Path]:
+    """A SegResNet described as MONAI's BraTS bundle does — channels t1ce, t1, t2, flair, no mask, no crop,
+    outputs TC, WT, ET, 'ET → 4, else TC → 1, else WT → 2' — imported with ``import torch``: (model, weights)."""
+    import torch
+    from monai.networks.nets import SegResNet
+
+    torch.manual_seed(seed)
+    weights = root / "model.pt"
+    torch.save(SegResNet(**MONAI_KWARGS).eval().state_dict(), weights)
+    card = card_json(root / "monai.json", name="monai-brats", preset="monai-bundle",
+                     inputs={"tensor": "image", "crop": "none",
+                             "channels": [{"name": m} for m in ("t1ce", "t1", "t2", "flair")]},
+                     outputs={"tensor": "logits", "kind": "sigmoid", "channels": ["TC", "WT", "ET"],
+                              "thresholds": [0.5, 0.5, 0.5], "rule": "sequential",
+                              "order": [["WT", "ED"], ["TC", "NCR"], ["ET", "ET"]]},
+                     inference={"patch_size": [32, 32, 32], "size_divisor": 8, "et_rule": {"enabled": False}})
+    model = root / "monai.onnx"
+    run_ok("import", "torch", "--network", "monai.networks.nets:SegResNet", "--network-kwargs",
+           json.dumps(MONAI_KWARGS), "--weights", weights, "--card", card, "--out", model, "--check-shape", "32,32,32")
+    return model, weights

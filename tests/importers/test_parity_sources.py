@@ -11,23 +11,16 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 from typer.testing import CliRunner
 
-from importer_fixtures import brats21_ckpt, card_json  # noqa: F401  (a fixture)
+from importer_fixtures import brats21_ckpt, card_json, import_monai_bundle_like, run_ok  # noqa: F401
 from seg_edge.cli.app import app
 from test_onnx import TinyUNet2D, _export, seed_card
 from test_torch import SEED_NETWORK, SimpleSegmentationModel
 
 runner = CliRunner()
 HERE = Path(__file__).resolve().parent
-
-
-def run_ok(*args) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def predict_and_parity(model: Path, case: Path, tmp: Path, *parity_args) -> dict:
@@ -68,23 +61,7 @@ def test_seed_state_dict(case_dir, tmp_path):
 
 
 def test_monai_segresnet_bundle_order(case_dir, tmp_path):
-    kwargs = {"blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "init_filters": 4, "in_channels": 4,
-              "out_channels": 3, "norm": ["GROUP", {"num_groups": 2}]}
-    from monai.networks.nets import SegResNet
-
-    torch.manual_seed(1)
-    weights = tmp_path / "model.pt"
-    torch.save(SegResNet(**kwargs).eval().state_dict(), weights)
-    card = card_json(tmp_path / "monai.json", name="monai-brats", preset="monai-bundle",
-                     inputs={"tensor": "image", "crop": "none",
-                             "channels": [{"name": m} for m in ("t1ce", "t1", "t2", "flair")]},
-                     outputs={"tensor": "logits", "kind": "sigmoid", "channels": ["TC", "WT", "ET"],
-                              "thresholds": [0.5, 0.5, 0.5], "rule": "sequential",
-                              "order": [["WT", "ED"], ["TC", "NCR"], ["ET", "ET"]]},
-                     inference={"patch_size": [32, 32, 32], "size_divisor": 8, "et_rule": {"enabled": False}})
-    model = tmp_path / "monai.onnx"
-    run_ok("import", "torch", "--network", "monai.networks.nets:SegResNet", "--network-kwargs", json.dumps(kwargs),
-           "--weights", weights, "--card", card, "--out", model, "--check-shape", "32,32,32")
+    model, weights = import_monai_bundle_like(tmp_path)
     predict_and_parity(model, case_dir, tmp_path, "--reference", weights)
 
 

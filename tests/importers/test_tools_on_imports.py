@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from importer_fixtures import brats21_ckpt, card_json  # noqa: F401  (a fixture)
+from importer_fixtures import brats21_ckpt, card_json, import_monai_bundle_like, run_ok  # noqa: F401
 from seg_edge.artifact import load_artifact
 from seg_edge.cli.app import app
 from seg_edge.errors import InputError
@@ -27,16 +27,6 @@ from test_onnx import TinyUNet2D, _export, seed_card
 from test_torch import SEED_NETWORK, SimpleSegmentationModel
 
 runner = CliRunner()
-MONAI_KWARGS = {"blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "init_filters": 4, "in_channels": 4,
-                "out_channels": 3, "norm": ["GROUP", {"num_groups": 2}]}
-
-
-def run_ok(*args) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
 @pytest.fixture(scope="module")
 def seed3d(tmp_path_factory) -> tuple[Path, Path]:
     """(imported ONNX, its torch weights): the seed-style 3D model, 4 modalities, no mask channel."""
@@ -56,23 +46,7 @@ def seed3d(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def monai3d(tmp_path_factory) -> Path:
     """MONAI SegResNet, channels t1ce, t1, t2, flair, regions TC, WT, ET, crop none."""
-    from monai.networks.nets import SegResNet
-
-    root = tmp_path_factory.mktemp("monai")
-    torch.manual_seed(1)
-    weights = root / "model.pt"
-    torch.save(SegResNet(**MONAI_KWARGS).eval().state_dict(), weights)
-    card = card_json(root / "monai.json", name="monai-brats", preset="monai-bundle",
-                     inputs={"tensor": "image", "crop": "none",
-                             "channels": [{"name": m} for m in ("t1ce", "t1", "t2", "flair")]},
-                     outputs={"tensor": "logits", "kind": "sigmoid", "channels": ["TC", "WT", "ET"],
-                              "thresholds": [0.5, 0.5, 0.5], "rule": "sequential",
-                              "order": [["WT", "ED"], ["TC", "NCR"], ["ET", "ET"]]},
-                     inference={"patch_size": [32, 32, 32], "size_divisor": 8, "et_rule": {"enabled": False}})
-    model = root / "monai.onnx"
-    run_ok("import", "torch", "--network", "monai.networks.nets:SegResNet", "--network-kwargs",
-           json.dumps(MONAI_KWARGS), "--weights", weights, "--card", card, "--out", model, "--check-shape", "32,32,32")
-    return model
+    return import_monai_bundle_like(tmp_path_factory.mktemp("monai"))[0]
 
 
 @pytest.fixture(scope="module")
