@@ -11,11 +11,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from seg_edge.cli.app import err, guarded, out
-from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, PrecisionHint, dumps, parse_ints
+from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, PrecisionHint, dumps, parse_sizes
 
 
-def _shape(text: str | None, batch: int) -> tuple[int, ...] | None:
-    return None if text is None else (batch,) + parse_ints(text, 4, "--shape", "5,96,96,96")
+def _shape(text: str | None, batch: int, spatial_dims: int = 3) -> tuple[int, ...] | None:
+    """N,C,<spatial> from ``--shape C,<spatial>``: as many spatial sizes as the model has axes."""
+    return None if text is None else (batch,) + parse_sizes(text, spatial_dims, "--shape", channels=True)
+
+
+def _shapes(text: str | None, batch: int, models: list[Path]) -> dict[Path, tuple[int, ...] | None]:
+    """``--shape`` parsed per model, the count of sizes taken from each model's card."""
+    if text is None:
+        return {m: None for m in models}
+    from seg_edge.artifact import load_artifact
+
+    return {m: _shape(text, batch, load_artifact(m).card.inputs.spatial_dims) for m in dict.fromkeys(models)}
 
 
 @guarded
@@ -23,7 +33,8 @@ def bench(
     models: list[Path] = typer.Argument(..., help="One or more ONNX models (compared side by side)."),
     backend: list[Backend] = typer.Option([Backend.onnxruntime], "--backend", help="Backend(s); all pairs run."),
     case: Path = typer.Option(None, "--case", help="Also time the whole pipeline on this case folder."),
-    shape: str = typer.Option(None, "--shape", help="Network input C,X,Y,Z (default: channels × the card's patch)."),
+    shape: str = typer.Option(None, "--shape", help="Network input C,X,Y,Z (2D models: C,H,W; default: "
+                              "channels × the card's patch)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Windows per network call."),
     warmup: int = typer.Option(2, "--warmup", min=0),
     iters: int = typer.Option(10, "--iters", min=1, help="Timed network calls."),
@@ -41,11 +52,11 @@ def bench(
     hints = [h.value for h in dict.fromkeys(precision_hint or [])] or [None]
     pairs = [(m, b.value, h) for m in models for b in dict.fromkeys(backend)
              for h in (hints if b.value == "openvino" else [None])]
-    dims = _shape(shape, batch)
+    dims = _shapes(shape, batch, models)
     network, pipeline = [], []
     for model, name, hint in pairs:
         err.print(f"network: {escape(str(model))} / {name}{' ' + hint if hint else ''}")
-        network.append(bench_network(model, name, dims, warmup, iters, threads, hint))
+        network.append(bench_network(model, name, dims[model], warmup, iters, threads, hint))
         if case is not None:
             err.print(f"pipeline: {escape(str(model))} / {name} on {escape(case.name)}")
             pipeline.append(bench_pipeline(model, name, case, runs, threads, cold_start, hint))

@@ -73,19 +73,39 @@ def model_path(model: Path | None) -> Path:
     return DEFAULT_MODEL
 
 
-def parse_ints(text: str, count: int, what: str, example: str) -> tuple[int, ...]:
-    """``count`` positive comma-separated integers, or an InputError naming the option."""
+def parse_ints(text: str, count: int, what: str, example: str, *, expected: str | None = None) -> tuple[int, ...]:
+    """``count`` positive comma-separated integers, or an InputError naming the option.
+
+    The error says ``(expected <expected>)``; by default "<count> positive integers like <example>".
+    """
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         values = ()
     if len(values) != count or min(values) < 1:
-        raise InputError(f"{what} '{text}' (expected {count} positive integers like {example})")
+        raise InputError(f"{what} '{text}' (expected {expected or f'{count} positive integers like {example}'})")
     return values
 
 
 def parse_triplet(text: str, what: str) -> tuple[int, int, int]:
     return parse_ints(text, 3, what, "240,240,155")  # type: ignore[return-value]
+
+
+_LAYOUT = {1: "W", 2: "H,W", 3: "X,Y,Z"}
+
+
+def parse_sizes(text: str, spatial_dims: int, what: str, channels: bool = False) -> tuple[int, ...]:
+    """Sizes for a model with ``spatial_dims`` spatial axes: its spatial sizes, led by C if ``channels``.
+
+    3D models keep the 3D wording (``like 5,96,96,96`` / ``like 240,240,155``); other models are
+    told the layout and their dimensionality, e.g. ``(expected 3 positive integers C,H,W for this 2D model)``.
+    """
+    count = spatial_dims + (1 if channels else 0)
+    if spatial_dims == 3:
+        return parse_ints(text, count, what, "5,96,96,96" if channels else "240,240,155")
+    layout = ("C," if channels else "") + _LAYOUT.get(spatial_dims, ",".join(["N"] * spatial_dims))
+    return parse_ints(text, count, what, layout,
+                      expected=f"{count} positive integers {layout} for this {spatial_dims}D model")
 
 
 def parse_modalities(text: str | None) -> tuple[str, ...] | None:
