@@ -11,13 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "importers"))
 
-from importer_fixtures import run_ok  # noqa: E402
-from test_onnx import TinyUNet2D, _export, seed_card  # noqa: E402
+from importer_fixtures import import_2d_seed, run_ok  # noqa: E402
 
 from seg_edge.artifact import load_artifact  # noqa: E402
 from seg_edge.cli.app import app  # noqa: E402
@@ -29,11 +27,7 @@ from seg_edge.runtime.sessions.plans import make_profile  # noqa: E402
 
 @pytest.fixture(scope="module")
 def model_2d(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("shapes2d")
-    torch.manual_seed(0)
-    source = _export(TinyUNet2D().eval(), tmp / "unet2d.onnx", 2)
-    out = tmp / "seed2d.onnx"
-    run_ok("import", "onnx", source, "--card", seed_card(tmp / "c.json"), "--out", out)
+    out = import_2d_seed(tmp_path_factory.mktemp("shapes2d"))
     assert load_artifact(out).card.inputs.spatial_dims == 2
     return out
 

@@ -217,3 +217,17 @@ def import_monai_bundle_like(root: Path, seed: int = 1) -> tuple[Path, Path]:
     run_ok("import", "torch", "--network", "monai.networks.nets:SegResNet", "--network-kwargs",
            json.dumps(MONAI_KWARGS), "--weights", weights, "--card", card, "--out", model, "--check-shape", "32,32,32")
     return model, weights
+
+
+def import_2d_seed(root: Path) -> Path:
+    """The seed's 2D softmax U-Net (FLAIR + T1ce, 128×128 slices) exported to ONNX and attached with
+    ``import onnx``: the imported model's path."""
+    import torch
+
+    from test_onnx import TinyUNet2D, _export, seed_card  # (test_onnx imports this module: import late)
+
+    torch.manual_seed(0)
+    source = _export(TinyUNet2D().eval(), root / "unet2d.onnx", 2)
+    model = root / "seed2d.onnx"
+    run_ok("import", "onnx", source, "--card", seed_card(root / "c.json"), "--out", model)
+    return model

@@ -16,14 +16,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from importer_fixtures import brats21_ckpt, card_json, import_monai_bundle_like, run_ok  # noqa: F401
+from importer_fixtures import brats21_ckpt, card_json, import_2d_seed, import_monai_bundle_like, run_ok  # noqa: F401
 from seg_edge.artifact import load_artifact
 from seg_edge.cli.app import app
 from seg_edge.errors import InputError
 from seg_edge.export.lint import lint
 from seg_edge.export.tensorrt import BuildOptions, build_precision
 from seg_edge.runtime.sessions.plans import BuildSpec, Profile, make_profile
-from test_onnx import TinyUNet2D, _export, seed_card
 from test_torch import SEED_NETWORK, SimpleSegmentationModel
 
 runner = CliRunner()
@@ -59,12 +58,7 @@ def nvidia3d(brats21_ckpt, tmp_path_factory) -> Path:  # noqa: F811  (the fixtur
 @pytest.fixture(scope="module")
 def unet2d(tmp_path_factory) -> Path:
     """The seed's 2D softmax U-Net (FLAIR + T1ce, 128×128 slices) attached with ``import onnx``."""
-    root = tmp_path_factory.mktemp("unet2d")
-    torch.manual_seed(0)
-    source = _export(TinyUNet2D().eval(), root / "unet2d.onnx", 2)
-    model = root / "seed2d.onnx"
-    run_ok("import", "onnx", source, "--card", seed_card(root / "c.json"), "--out", model)
-    return model
+    return import_2d_seed(tmp_path_factory.mktemp("unet2d"))
 
 
 def _split(cases_dir: Path, root: Path) -> tuple[Path, Path]:
