@@ -24,12 +24,13 @@ MODALITIES = ("flair", "t1", "t1ce", "t2")
 REGIONS = ("WT", "TC", "ET")
 LABELS = ("NCR", "ED", "ET")
 CLASSES = ("background",) + LABELS
-NORMALIZATIONS = ("zscore_nonzero", "zscore", "none")
+NORMALIZATIONS = ("zscore_nonzero", "zscore_mask", "zscore", "none")
 DERIVED = ("nvidia_mask",)
 CROPS = ("nonzero", "none")
 KINDS = ("sigmoid", "softmax")
 RULES = ("nested", "sequential")
-BLENDS = ("gaussian", "constant")
+BLENDS = ("gaussian", "constant", "nnunet_gaussian")
+STEPS = ("monai", "nnunet")
 INTERPOLATIONS = ("linear", "nearest")
 LABEL_SCHEMES = ("brats2021", "brats2023")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -78,7 +79,10 @@ class SliceSpec:
 
 @dataclass(frozen=True)
 class Inputs:
-    """The network input: channels in order, crop policy, axis permutation, 2D slicing."""
+    """The network input: channels in order, crop policy, axis permutation, 2D slicing, and the
+    grid the network was trained on (``spacing`` in mm and ``orientation`` axis codes, both in
+    NIfTI array order; ``None``: not checked). The runtime checks an input against them and
+    refuses a mismatch; it never reorients, and resamples only when asked (``--resample``)."""
 
     channels: tuple[Channel, ...]
     tensor: str = "image"
@@ -86,6 +90,8 @@ class Inputs:
     axes: tuple[int, ...] = (0, 1, 2)
     spatial_dims: int = 3
     slice: SliceSpec | None = None
+    spacing: tuple[float, ...] | None = None
+    orientation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,12 +109,14 @@ class Outputs:
 
 @dataclass(frozen=True)
 class Inference:
-    """Sliding window, blending, mirroring TTA, ensemble size and the ET rule."""
+    """Sliding window (``steps``: where windows go, MONAI's or nnU-Net's rule), blending,
+    mirroring TTA, ensemble size (networks averaged inside the graph) and the ET rule."""
 
     patch_size: tuple[int, ...] = (128, 128, 128)
     size_divisor: int = 16
     overlap: float = 0.5
     blend: str = "gaussian"
+    steps: str = "monai"
     tta_axes: tuple[int, ...] = ()
     ensemble: int = 1
     et_rule: ETRule = field(default_factory=ETRule)

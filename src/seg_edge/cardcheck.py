@@ -4,7 +4,7 @@ number in range, the parts consistent with each other. Types are checked by ``ca
 from __future__ import annotations
 
 from seg_edge.card import (BLENDS, CLASSES, CROPS, DERIVED, INTERPOLATIONS, KINDS, LABEL_SCHEMES, LABELS,
-                           MODALITIES, NORMALIZATIONS, PRECISIONS, REGIONS, RULES, Inputs, ModelCard, Outputs, show)
+                           MODALITIES, NORMALIZATIONS, PRECISIONS, REGIONS, RULES, STEPS, Inputs, ModelCard, Outputs, show)
 from seg_edge.errors import ArtifactError
 
 
@@ -43,6 +43,12 @@ def _input_problems(inputs: Inputs) -> list[str]:
         problems.append("inputs.slice is set for a 3D model (expected null)")
     if not inputs.tensor:
         problems.append("inputs.tensor is empty (expected the graph input's name)")
+    if inputs.spacing is not None and (len(inputs.spacing) != 3 or not all(0 < s < 100 for s in inputs.spacing)):
+        problems.append(f"inputs.spacing {list(inputs.spacing)} (expected 3 voxel sizes in mm, each in (0, 100))")
+    codes = inputs.orientation
+    if codes is not None and (len(codes) != 3 or sorted(codes.translate(str.maketrans("LPI", "RAS"))) != ["A", "R", "S"]):
+        problems.append(f"inputs.orientation {show(codes)} (expected 3 axis codes, one of R/L, A/P, S/I each, "
+                        "like \"RAS\")")
     return problems
 
 
@@ -87,6 +93,7 @@ def _inference_problems(card: ModelCard) -> list[str]:
     if not 0 <= inf.overlap < 1:
         problems.append(f"inference.overlap {inf.overlap} (expected 0 <= overlap < 1)")
     problems += _choice("inference.blend", inf.blend, BLENDS)
+    problems += _choice("inference.steps", inf.steps, STEPS)
     if len(set(inf.tta_axes)) != len(inf.tta_axes) or any(a not in range(dims) for a in inf.tta_axes):
         problems.append(f"inference.tta_axes {list(inf.tta_axes)} (expected distinct network axes in 0..{dims - 1})")
     if inf.ensemble < 1:

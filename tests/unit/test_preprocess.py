@@ -181,7 +181,7 @@ def test_preprocess_dispatches_on_each_channels_normalization(rng, monkeypatch):
     unvalidated = base.replace(inputs=dataclasses.replace(base.inputs, channels=chans))  # as if the card check missed it
     with pytest.raises(ArtifactError, match="normalization 'minmax' is not implemented.*zscore_nonzero"):
         preprocess(images, unvalidated)  # never a silent z-score
-    monkeypatch.setitem(module.NORMALIZERS, "minmax", lambda c: (c / c.max()).astype(np.float32))
+    monkeypatch.setitem(module.NORMALIZERS, "minmax", lambda c, mask: (c / c.max()).astype(np.float32))
     tensor, _ = preprocess(images, unvalidated)
     assert tensor[:4].max() == 1.0 and tensor[:4].min() == 0.0
 

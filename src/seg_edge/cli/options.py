@@ -28,6 +28,7 @@ class Anatomy(str, Enum):
 class Blend(str, Enum):
     gaussian = "gaussian"
     constant = "constant"
+    nnunet_gaussian = "nnunet_gaussian"
 
 
 class Backend(str, Enum):

@@ -79,6 +79,8 @@ def predict(
     tta: bool = typer.Option(None, "--tta/--no-tta", help="Mirroring test-time augmentation (default: the "
                              "card's axes; --tta without axes in the card mirrors every axis)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Windows per network call."),
+    resample: bool = typer.Option(False, "--resample", help="Resample inputs whose voxel spacing differs from the "
+                                  "model's (card inputs.spacing) to it and back; without it they are refused."),
     et_rule: bool = typer.Option(True, "--et-rule/--no-et-rule", help="Apply the card's small-ET clean-up."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write WT/TC/ET probabilities."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
@@ -96,7 +98,7 @@ def predict(
     jobs, batch = plan_jobs(input, files or None, out)
     options = SegmenterOptions(overlap=overlap, blend=blend.value if blend else None, batch_size=batch_size, tta=tta,
                                label_scheme=label_scheme.value if label_scheme else None, et_rule=et_rule,
-                               probabilities=probabilities)
+                               probabilities=probabilities, resample=resample)
     file_order = parse_modalities(modalities)
     if file_order is not None and not _is_stack(input):
         raise InputError(f"--modalities {modalities}: applies to a 4D NIfTI or a .npy stack, not to "

@@ -30,6 +30,7 @@ class Plan:
     blend: str
     batch_size: int
     tta_axes: tuple[int, ...]
+    steps: str = "monai"
 
 
 def mirrored(predict: Predictor, axes: tuple[int, ...]) -> Predictor:
@@ -86,4 +87,4 @@ def network_logits(tensor: np.ndarray, predict: Predictor, card: ModelCard, plan
     if card.inputs.spatial_dims == 2:
         return slicewise(tensor, predict, card, plan.batch_size, on_window)
     window = window_size(tensor.shape[1:], card.patch_size)
-    return sliding_window(tensor, predict, window, plan.overlap, plan.blend, plan.batch_size, on_window)
+    return sliding_window(tensor, predict, window, plan.overlap, plan.blend, plan.batch_size, on_window, plan.steps)

@@ -15,6 +15,7 @@ import numpy as np
 
 from seg_edge.card import ModelCard
 from seg_edge.errors import ArtifactError
+from seg_edge.runtime.resample import resize
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,17 @@ class Inverse:
     cropped_shape: tuple[int, int, int]
     axes: tuple[int, ...] = (0, 1, 2)  # network spatial axis i = array axis axes[i]
     pad_before: tuple[int, ...] = (0, 0, 0)  # network layout
+    resampled_shape: tuple[int, ...] | None = None  # network layout, when resampled to the card's spacing
 
     @property
     def network_shape(self) -> tuple[int, ...]:
-        """The cropped shape in network layout (before padding)."""
+        """The cropped shape in network layout (before resampling and padding)."""
         return tuple(self.cropped_shape[a] for a in self.axes)
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """The shape the network saw, without the padding: resampled, or the cropped shape."""
+        return self.resampled_shape or self.network_shape
 
 
 def to_network_axes(volume: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -76,10 +83,28 @@ def zscore_all(channel: np.ndarray) -> np.ndarray:
     return ((values - values.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
-# channel normalization → function; the card refuses names missing here (card.NORMALIZATIONS, a test
-# keeps the two equal).
-NORMALIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "zscore_nonzero": zscore_nonzero, "zscore": zscore_all, "none": lambda c: c.astype(np.float32)}
+def foreground_mask(modalities: np.ndarray) -> np.ndarray:
+    """nnU-Net's ``create_nonzero_mask``: voxels != 0 in any modality, holes filled."""
+    from scipy.ndimage import binary_fill_holes
+
+    return binary_fill_holes((modalities != 0).any(axis=0))
+
+
+def zscore_mask(channel: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """nnU-Net's ``ZScoreNormalization`` with ``use_mask_for_norm``: z-score inside ``mask``, zero outside."""
+    out = np.zeros(channel.shape, dtype=np.float32)
+    if not mask.any():
+        return out
+    values = channel[mask].astype(np.float64)
+    out[mask] = ((values - values.mean()) / max(float(values.std()), 1e-8)).astype(np.float32)
+    return out
+
+
+# channel normalization → function of (channel, the mask of all modalities); the card refuses names
+# missing here (card.NORMALIZATIONS, a test keeps the two equal).
+NORMALIZERS: dict[str, Callable[[np.ndarray, Callable[[], np.ndarray]], np.ndarray]] = {
+    "zscore_nonzero": lambda c, mask: zscore_nonzero(c), "zscore_mask": lambda c, mask: zscore_mask(c, mask()),
+    "zscore": lambda c, mask: zscore_all(c), "none": lambda c, mask: c.astype(np.float32)}
 
 
 def implemented(table: dict[str, Any], name: str, what: str, card: ModelCard) -> Any:
@@ -100,9 +125,15 @@ DERIVED: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {"nvidia_mask": n
 
 def channels(cropped: np.ndarray, card: ModelCard) -> np.ndarray:
     """(M, …) modalities in the card's modality order → (C, …) network channels in the card's order."""
-    normalised = []
+    normalised, masks = [], []
+
+    def mask() -> np.ndarray:  # computed once, only for normalizations that need it
+        if not masks:
+            masks.append(foreground_mask(cropped))
+        return masks[0]
+
     for image, channel in zip(cropped, (c for c in card.inputs.channels if c.derived is None)):
-        normalised.append(implemented(NORMALIZERS, channel.normalization, "normalization", card)(image))
+        normalised.append(implemented(NORMALIZERS, channel.normalization, "normalization", card)(image, mask))
     it = iter(normalised)
     out = [implemented(DERIVED, c.derived, "derived channel", card)(normalised) if c.derived else next(it)
            for c in card.inputs.channels]
@@ -119,11 +150,14 @@ def window_size(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ..
     return tuple(min(s, p) for s, p in zip(shape, patch))
 
 
-def preprocess(images: np.ndarray, card: ModelCard) -> tuple[np.ndarray, Inverse]:
+def preprocess(images: np.ndarray, card: ModelCard,
+               scale: tuple[float, ...] | None = None) -> tuple[np.ndarray, Inverse]:
     """(M, X, Y, Z) images in the card's modality order → network tensor (C, *spatial) + Inverse.
 
     Cropped to the non-zero box (or not, as the card says), normalised, derived channels added,
-    spatial axes permuted to the card's order. 3D models: dimensions smaller than the patch are
+    spatial axes permuted to the card's order; with ``scale`` (input spacing / the card's, per
+    array axis) resampled to round(scale × shape), cubic, after normalisation (as nnU-Net does).
+    3D models: dimensions smaller than the patch are
     padded with zeros up to the patch, half before and half after (as MONAI's sliding window and
     NVIDIA's preprocessor pad), so every window has the size the network was built for.
     """
@@ -133,18 +167,23 @@ def preprocess(images: np.ndarray, card: ModelCard) -> tuple[np.ndarray, Inverse
     box = nonzero_box(images) if card.inputs.crop == "nonzero" else tuple(slice(0, s) for s in images.shape[1:])
     cropped = images[(slice(None),) + box]
     tensor = to_network_axes(channels(cropped, card), card.inputs.axes)
+    resampled = None
+    if scale is not None:
+        resampled = tuple(int(round(scale[a] * cropped.shape[1 + a])) for a in card.inputs.axes)
+        tensor = resize(tensor, resampled, order=3)
     target = pad_shape(tensor.shape[1:], card.patch_size) if card.inputs.spatial_dims == 3 else tensor.shape[1:]
     before = tuple((t - s) // 2 for t, s in zip(target, tensor.shape[1:]))
     if target != tensor.shape[1:]:
         pads = [(0, 0)] + [(b, t - s - b) for b, t, s in zip(before, target, tensor.shape[1:])]
         tensor = np.pad(tensor, pads)
-    inverse = Inverse(tuple(images.shape[1:]), box, tuple(cropped.shape[1:]), tuple(card.inputs.axes), before)
+    inverse = Inverse(tuple(images.shape[1:]), box, tuple(cropped.shape[1:]), tuple(card.inputs.axes), before,
+                      resampled)
     return np.ascontiguousarray(tensor), inverse
 
 
 def crop_padding(volume: np.ndarray, inverse: Inverse) -> np.ndarray:
     """Drop the padding preprocess added (network layout kept)."""
-    shape = inverse.network_shape
+    shape = inverse.grid_shape
     return volume[(Ellipsis,) + tuple(slice(b, b + s) for b, s in zip(inverse.pad_before, shape))]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_edge.card import ModelCard
+from seg_edge.card import BLENDS, ModelCard
 
 from seg_edge.artifact import Artifact, load_artifact
 from seg_edge.errors import InputError
@@ -20,6 +20,7 @@ from seg_edge.runtime.inference import Plan, network_logits
 from seg_edge.runtime.postprocess import ACTIVATIONS, apply_et_rule, et_probability, to_labels
 from seg_edge.runtime.regions import et_label, labels_to_regions
 from seg_edge.runtime.preprocess import Inverse, crop_padding, implemented, preprocess, to_original_grid
+from seg_edge.runtime.resample import check_geometry, resize
 from seg_edge.runtime.sessions.base import Session, open_session
 
 
@@ -34,12 +35,13 @@ class SegmenterOptions:
     et_rule: bool = True
     probabilities: bool = False
     tta: bool | None = None  # None: the card's tta_axes; False: none; True: the card's, or every axis
+    resample: bool = False  # resample inputs whose spacing differs from the card's (else they are refused)
 
     def __post_init__(self) -> None:
         if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
             raise InputError(f"overlap {self.overlap} (expected 0 <= overlap < 1)")
-        if self.blend not in (None, "gaussian", "constant"):
-            raise InputError(f"blend '{self.blend}' (expected gaussian or constant)")
+        if self.blend is not None and self.blend not in BLENDS:
+            raise InputError(f"blend '{self.blend}' (expected one of {', '.join(BLENDS)})")
         if self.batch_size < 1:
             raise InputError(f"batch size {self.batch_size} (expected >= 1)")
 
@@ -53,7 +55,7 @@ class SegmenterOptions:
         else:
             axes = tuple(inf.tta_axes)
         return Plan(inf.overlap if self.overlap is None else self.overlap, self.blend or inf.blend,
-                    self.batch_size, axes)
+                    self.batch_size, axes, inf.steps)
 
 
 @dataclass
@@ -109,10 +111,11 @@ class Segmenter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def logits(self, images: np.ndarray, on_window=None) -> tuple[np.ndarray, Inverse, dict[str, float]]:
-        """Preprocess and run the sliding window: network-layout logits and the Inverse."""
+    def logits(self, images: np.ndarray, on_window=None,
+               scale: tuple[float, ...] | None = None) -> tuple[np.ndarray, Inverse, dict[str, float]]:
+        """Preprocess (resampled by ``scale``) and run the sliding window: network-layout logits and the Inverse."""
         t0 = time.perf_counter()
-        tensor, inverse = preprocess(images, self.card)
+        tensor, inverse = preprocess(images, self.card, scale)
         t1 = time.perf_counter()
         logits = network_logits(tensor, self.session.run, self.card, self.plan, on_window)
         t2 = time.perf_counter()
@@ -123,7 +126,15 @@ class Segmenter:
         if case.images.shape[0] != len(self.card.modalities):
             raise InputError(f"{case.case_id}: {case.images.shape[0]} modalities "
                              f"(expected {len(self.card.modalities)})")
-        logits, inverse, timings = self.logits(case.images, on_window)
+        source = str(next(iter(case.sources.values()), case.case_id))
+        scale = check_geometry(source, case.images.shape[1:], case.spacing,
+                               case.affine if case.header is not None else None, self.card, self.options.resample)
+        if case.header is None and (self.card.inputs.spacing or self.card.inputs.orientation):
+            case.warnings.append(f"{source}: no geometry in the file; assumed the model's spacing and orientation")
+        if scale is not None:
+            target = "×".join(f"{t:g}" for t in self.card.inputs.spacing or ())
+            case.warnings.append(f"{source}: resampled to {target} mm for the network and back (--resample)")
+        logits, inverse, timings = self.logits(case.images, on_window, scale)
         return self.finish(case, logits, inverse, timings)
 
     def finish(self, case: Case, logits: np.ndarray, inverse: Inverse,
@@ -131,7 +142,10 @@ class Segmenter:
         """Network-layout logits → Segmentation on the case's grid (also used for references)."""
         timings = dict(timings or {})
         t0 = time.perf_counter()
-        probs = self.activate(crop_padding(logits, inverse))  # padding is dropped first: the rule must not see it
+        logits = crop_padding(logits, inverse)  # padding is dropped first: the rule must not see it
+        if inverse.resampled_shape is not None:  # logits back to the input's spacing, linear (as nnU-Net)
+            logits = resize(logits, inverse.network_shape, order=1)
+        probs = self.activate(logits)
         labels_net = to_labels(probs, self.card.outputs, self.et)
         et_prob = et_probability(probs, self.card.outputs)
         relabelled = 0

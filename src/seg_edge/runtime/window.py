@@ -3,6 +3,9 @@
 Window positions and the gaussian importance map follow MONAI's ``sliding_window_inference``
 (scan interval ``int(roi * (1 - overlap))``, last window flush with the end, gaussian sigma
 0.125 × window, weights clamped at 1e-3) so that results can be compared with it voxel for voxel.
+Models from nnU-Net use its rules instead (card ``steps: nnunet``, ``blend: nnunet_gaussian``):
+the fewest windows at step ≤ (1 - overlap) × window spread evenly from start to end, and a
+blurred delta (sigma window / 8, float16 as nnU-Net holds it) as the importance map.
 """
 
 from __future__ import annotations
@@ -25,9 +28,22 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
     return [min(i * step, size - window) for i in range(count)]
 
 
-def window_slices(shape: tuple[int, ...], window: tuple[int, ...], overlap: float) -> list[tuple[slice, ...]]:
-    """All windows over ``shape`` in C order (first axis slowest), like MONAI."""
-    starts = [window_starts(s, w, overlap) for s, w in zip(shape, window)]
+def nnunet_starts(size: int, window: int, overlap: float) -> list[int]:
+    """nnU-Net's ``compute_steps_for_sliding_window`` along one axis."""
+    if window >= size:
+        return [0]
+    count = int(np.ceil((size - window) / (window * (1.0 - overlap)))) + 1
+    step = (size - window) / (count - 1)
+    return [int(np.round(step * i)) for i in range(count)]
+
+
+STARTS = {"monai": window_starts, "nnunet": nnunet_starts}
+
+
+def window_slices(shape: tuple[int, ...], window: tuple[int, ...], overlap: float,
+                  steps: str = "monai") -> list[tuple[slice, ...]]:
+    """All windows over ``shape`` in C order (first axis slowest), like MONAI and nnU-Net."""
+    starts = [STARTS[steps](s, w, overlap) for s, w in zip(shape, window)]
     grid = np.meshgrid(*starts, indexing="ij")
     return [tuple(slice(int(s), int(s) + w) for s, w in zip(pos, window))
             for pos in zip(*(g.ravel() for g in grid))]
@@ -38,14 +54,31 @@ def importance_map(window: tuple[int, ...], mode: str = "gaussian", sigma_scale:
     """Blending weights of one window (float32); computed once per window shape."""
     if mode == "constant":
         return np.ones(window, dtype=np.float32)
+    if mode == "nnunet_gaussian":
+        return _nnunet_gaussian(window)
     if mode != "gaussian":
-        raise ValueError(f"blend mode '{mode}' (expected 'gaussian' or 'constant')")
+        raise ValueError(f"blend mode '{mode}' (expected 'gaussian', 'constant' or 'nnunet_gaussian')")
     weights = np.ones((), dtype=np.float32)
     for n in window:
         x = np.arange(n, dtype=np.float32) - np.float32((n - 1) / 2.0)
         g = np.exp(x ** 2 / np.float32(-2.0 * (n * sigma_scale) ** 2)).astype(np.float32)
         weights = weights[..., None] * g
     weights = np.maximum(weights, max(float(weights.min()), 1e-3)).astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+def _nnunet_gaussian(window: tuple[int, ...]) -> np.ndarray:
+    """nnU-Net's ``compute_gaussian``: a delta at ``n // 2`` blurred with sigma n / 8, scaled to a
+    maximum of 10 and held in float16; zeros become the smallest non-zero weight."""
+    from scipy.ndimage import gaussian_filter
+
+    delta = np.zeros(window)
+    delta[tuple(n // 2 for n in window)] = 1
+    weights = gaussian_filter(delta, [n / 8 for n in window], 0, mode="constant", cval=0)
+    weights = (weights / (weights.max() / 10)).astype(np.float16)
+    weights[weights == 0] = weights[weights > 0].min()
+    weights = weights.astype(np.float32)
     weights.setflags(write=False)
     return weights
 
@@ -57,13 +90,13 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 def sliding_window(image: np.ndarray, predict: Predictor, window: tuple[int, ...], overlap: float = 0.5,
                    mode: str = "gaussian", batch_size: int = 1,
-                   on_window: Callable[[int, int], None] | None = None) -> np.ndarray:
+                   on_window: Callable[[int, int], None] | None = None, steps: str = "monai") -> np.ndarray:
     """Blend ``predict`` over windows of ``image`` (C, *spatial) → logits (K, *spatial), float32.
 
     ``predict`` maps (N, C, *window) to (N, K, *window). ``on_window(done, total)`` reports progress.
     """
     spatial = image.shape[1:]
-    slices = window_slices(spatial, window, overlap)
+    slices = window_slices(spatial, window, overlap, steps)
     weights = importance_map(tuple(window), mode)
     total = None
     norm = np.zeros(spatial, dtype=np.float32)
