@@ -148,4 +148,15 @@ def onnx_file(
 
 
 def register(app: typer.Typer) -> None:
+    import importlib
+
+    # framework importers with their own option sets live in their own modules
+    for name in ("import_nnunet", "import_monai_bundle"):
+        try:
+            module = importlib.import_module(f"seg_edge.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"seg_edge.cli.{name}":
+                raise
+            continue
+        module.register(import_app, (_onnx_options, _export_check, _render))
     app.add_typer(import_app, name="import")

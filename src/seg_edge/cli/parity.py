@@ -19,9 +19,10 @@ from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, Blend, Pr
 def parity(
     model: Path = typer.Argument(..., help="ONNX model with a seg-edge card."),
     cases: list[Path] = typer.Argument(..., help="BraTS-format case folders."),
-    reference: Path = typer.Option(None, "--reference", help="The file the model was made from: preset checkpoint "
-                                   "(default: MODEL with suffix .pt), NVIDIA .ckpt, or PyTorch weights; its sha256 "
-                                   "must match the card."),
+    reference: str = typer.Option(None, "--reference", help="The file the model was made from: preset checkpoint "
+                                  "(default: MODEL with suffix .pt), NVIDIA .ckpt, or PyTorch weights (its sha256 "
+                                  "must match the card); or the framework's own predictor: nnunet:MODEL_FOLDER, "
+                                  "monai-bundle:BUNDLE_DIR."),
     network: str = typer.Option(None, "--network", help="ONNX imports: the PyTorch module standing for the "
                                 "graph, PKG.MODULE:FACTORY or file.py:FACTORY."),
     network_kwargs: str = typer.Option(None, "--network-kwargs", help="JSON keyword arguments for --network."),
@@ -35,13 +36,17 @@ def parity(
 ) -> None:
     """Compare backends with PyTorch + MONAI per case: probabilities, labels, Dice, HD95, volumes."""
     from seg_edge.evaluation.parity import Reference, check_parity
+    from seg_edge.evaluation.sources import parse_source
     from seg_edge.importers.torch import parse_kwargs
     from seg_edge.runtime.segmenter import SegmenterOptions
 
     hints = [h.value for h in dict.fromkeys(precision_hint or [])] or [None]
     backends = tuple((b.value, h) for b in dict.fromkeys(backend) for h in (hints if b.value == "openvino" else [None]))
     options = SegmenterOptions(overlap=overlap, blend=blend.value if blend else None, tta=tta)
-    ref = Reference(reference, network, parse_kwargs(network_kwargs) if network else None)
+    ref = parse_source(reference) if reference else None
+    if ref is None:
+        ref = Reference(Path(reference) if reference else None, network,
+                        parse_kwargs(network_kwargs) if network else None)
     results = check_parity(model, cases, backends, ref, options, threads,
                            on_result=lambda r: err.print(f"  {escape(r.case_id)} / {r.backend}: "
                                                          f"{'pass' if r.passed else 'FAIL'}"))
@@ -49,7 +54,7 @@ def parity(
         out.print_json(dumps({"passed": all(r.passed for r in results),
                               "results": [dataclasses.asdict(r) for r in results]}))
     else:
-        out.print(_table(results))
+        out.print(_table(results, reference))
         for r in results:
             for failure in r.failures:
                 out.print(f"[red]FAIL[/] {escape(r.case_id)} / {r.backend}: {escape(failure)}")
@@ -57,15 +62,23 @@ def parity(
         raise typer.Exit(1)
 
 
-def _table(results) -> Table:
-    table = Table(title="parity vs PyTorch + MONAI (Dice vs the reference labels; --json has HD95 and more)",
+def _table(results, reference: str | None) -> Table:
+    kind = str(reference).partition(":")[0] if reference else ""
+    against = {"nnunet": "nnU-Net's nnUNetPredictor", "monai-bundle": "the MONAI bundle's own inference"}.get(
+        kind, "PyTorch + MONAI")
+    table = Table(title=f"parity vs {against} (Dice vs the reference labels; --json has HD95 and more)",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True,
                   show_edge=False)
-    for col in ("case", "backend", "max Δp", "voxels≠", "Dice WT/TC/ET", "result"):
+    timed = any(r.reference_seconds is not None for r in results)
+    columns = ("case", "backend", "max Δp", "voxels≠", "agree %", "Dice WT/TC/ET") + \
+        (("s seg-edge/source",) if timed else ()) + ("result",)
+    for col in columns:
         table.add_column(col, justify="left" if col in ("case", "backend", "result") else "right", no_wrap=True)
     for r in results:
+        times = (f"{r.seconds:.1f}/{r.reference_seconds:.1f}",) if timed and r.reference_seconds is not None else \
+            (("",) if timed else ())
         table.add_row(escape(r.case_id), r.backend, f"{r.max_abs:.1e}", str(r.labels_changed),
-                      "/".join(f"{r.dice[k]:.4f}" for k in REGIONS),
+                      f"{100 * r.label_agreement:.3f}", "/".join(f"{r.dice[k]:.4f}" for k in REGIONS), *times,
                       "[green]pass[/]" if r.passed else "[red]FAIL[/]")
     return table
 
