@@ -17,10 +17,12 @@ $(PY):
 install-runtime: $(PY)
 	$(PIP) install -q .
 
-# The pinned CPU torch goes in first so that the 'export' extra does not pull a CUDA build.
+# The pinned CPU torch goes in first, and every later install is held to it (constraints.txt), so that
+# no extra (nnunetv2 asks for torch>=2.1) pulls a CUDA build. nnunetv2 brings timm and torchvision;
+# PyPI's torchvision does not load beside the CPU torch, and seg-edge never imports either.
 install-dev: $(PY)
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[export,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[export,dev,nnunet]'
 
 demo: install-runtime
 	$(VENV)/bin/seg-edge predict $(EXAMPLE) --out out/demo/ --overwrite

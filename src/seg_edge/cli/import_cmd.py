@@ -40,6 +40,10 @@ def card_rows(card) -> list[tuple[str, str]]:
     inputs, outputs, inf = card.inputs, card.outputs, card.inference
     channels = ", ".join(f"{c.name} ({c.derived or c.normalization})" for c in inputs.channels)
     layout = f"crop {inputs.crop}, axes {list(inputs.axes)}, {inputs.spatial_dims}D"
+    if inputs.spacing is not None:
+        layout += f", spacing {'×'.join(f'{s:g}' for s in inputs.spacing)} mm"
+    if inputs.orientation is not None:
+        layout += f", orientation {inputs.orientation}"
     if inputs.slice is not None:
         layout += (f", slices along axis {inputs.slice.axis} resized to {list(inputs.slice.size)} "
                    f"({inputs.slice.interpolation})")
@@ -54,8 +58,8 @@ def card_rows(card) -> list[tuple[str, str]]:
     if outputs.source_labels:
         rows.append(("source labels", ", ".join(f"{k}→{v}" for k, v in outputs.source_labels.items())))
     rows.append(("window", f"patch {list(inf.patch_size)}, size divisor {inf.size_divisor}, overlap {inf.overlap:g}, "
-                           f"{inf.blend}, TTA axes {list(inf.tta_axes) or 'off'}, ET rule "
-                           f"{'on' if inf.et_rule.enabled else 'off'}"))
+                           f"{inf.steps} steps, {inf.blend}, {inf.ensemble} network(s), "
+                           f"TTA axes {list(inf.tta_axes) or 'off'}, ET rule {'on' if inf.et_rule.enabled else 'off'}"))
     rows.append(("labels", f"{card.label_scheme}, {card.precision}"))
     prov = card.provenance
     rows.append(("source", f"{prov.get('source_framework', '?')}: {prov.get('source_file', '?')} "

@@ -131,8 +131,8 @@ def logit_mean(members: list):
 
         def forward(self, x):
             total = self.members[0](x)
-            for net in self.members[1:]:
-                total = total + net(x)
+            for i in range(1, len(self.members)):  # by index: ONNX node names read members.1.…
+                total = total + self.members[i](x)
             return total / len(self.members)
 
     return LogitMean(members)
