@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
@@ -83,6 +84,8 @@ def predict(
                                   "model's (card inputs.spacing) to it and back; without it they are refused."),
     et_rule: bool = typer.Option(True, "--et-rule/--no-et-rule", help="Apply the card's small-ET clean-up."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write WT/TC/ET probabilities."),
+    preview: bool = typer.Option(False, "--preview", help="Also write <case>_preview.png: FLAIR and T1ce with the "
+                                 "labels, three planes through the tumour, legend and volumes (needs Pillow)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     threads: int = THREADS_OPTION,
     precision_hint: PrecisionHint = HINT_OPTION,
@@ -106,17 +109,21 @@ def predict(
     if not batch:
         from seg_edge.runtime.outputs import check_targets
 
-        check_targets(jobs[0].targets(probabilities), overwrite)  # before the model loads
+        check_targets(jobs[0].targets(probabilities, preview), overwrite)  # before the model loads
+    if preview:
+        from seg_edge.runtime.pictures import require_pillow
+
+        require_pillow()
     hint = precision_hint.value if precision_hint else None
     with Segmenter.open(model_path(model), backend.value, threads, options, hint) as segmenter:
         report_auto(segmenter.session, err)
         if batch:
-            results = _run_batch(segmenter, jobs, file_order, overwrite, run_batch)
+            results = _run_batch(segmenter, jobs, file_order, overwrite, functools.partial(run_batch, preview=preview))
         else:
             with _progress() as bar:
                 task = bar.add_task(f"segmenting {jobs[0].case_id}", total=None)
                 results = [run_job(segmenter, jobs[0], file_order, overwrite,
-                                   lambda done, total: bar.update(task, completed=done, total=total))]
+                                   lambda done, total: bar.update(task, completed=done, total=total), preview)]
         _render(results, batch, json_out, segmenter)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)

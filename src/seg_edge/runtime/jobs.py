@@ -33,9 +33,14 @@ class Job:
     def probabilities(self) -> Path:
         return self.out.with_name(strip_nifti(self.out.name) + "_probabilities.nii.gz")
 
-    def targets(self, probabilities: bool) -> list[Path]:
+    @property
+    def preview(self) -> Path:
+        return self.out.with_name(strip_nifti(self.out.name) + "_preview.png")
+
+    def targets(self, probabilities: bool, preview: bool = False) -> list[Path]:
         """Every file this job writes, the label map last (its presence marks a finished case)."""
-        return [*([self.probabilities] if probabilities else []), self.report, self.out]
+        return [*([self.probabilities] if probabilities else []), *([self.preview] if preview else []),
+                self.report, self.out]
 
 
 @dataclass
@@ -128,21 +133,34 @@ def report_dict(seg: Segmentation, job: Job, segmenter: Segmenter) -> dict:
     }
 
 
-def write_outputs(seg: Segmentation, case: Case, job: Job, segmenter: Segmenter, overwrite: bool) -> None:
-    """Stage probabilities, report and label map, then rename them into place, the label map last."""
-    with StagedOutputs(job.targets(seg.probabilities is not None), overwrite) as staged:
+def preview_png(seg: Segmentation, case: Case, segmenter: Segmenter) -> bytes:
+    """The case's preview picture (FLAIR and T1ce with the labels; needs Pillow) as PNG bytes."""
+    from seg_edge.runtime.pictures import encode_png, preview_image
+
+    images = dict(zip(segmenter.card.modalities, case.images))
+    title = f"{seg.case_id}: {segmenter.card.name}, {segmenter.session.name}"
+    return encode_png(preview_image(images, seg.labels, case.affine, case.spacing, seg.volumes_ml,
+                                    segmenter.et, title))
+
+
+def write_outputs(seg: Segmentation, case: Case, job: Job, segmenter: Segmenter, overwrite: bool,
+                  preview: bool = False) -> None:
+    """Stage probabilities, preview, report and label map, then rename them into place, the label map last."""
+    with StagedOutputs(job.targets(seg.probabilities is not None, preview), overwrite) as staged:
         if seg.probabilities is not None:
             write_volume(np.moveaxis(seg.probabilities, 0, -1).astype(np.float32), case,
                          staged.temp(job.probabilities))
+        if preview:
+            staged.temp(job.preview).write_bytes(preview_png(seg, case, segmenter))
         staged.temp(job.report).write_text(json.dumps(report_dict(seg, job, segmenter), indent=2))
         write_volume(seg.labels.astype(np.uint8), case, staged.temp(job.out))
         staged.commit()
 
 
 def run_job(segmenter: Segmenter, job: Job, file_order: tuple[str, ...] | None = None,
-            overwrite: bool = False, on_window=None) -> JobResult:
-    """Load, segment and write one case; SegEdgeError propagates to the caller."""
-    check_targets(job.targets(segmenter.options.probabilities), overwrite)
+            overwrite: bool = False, on_window=None, preview: bool = False) -> JobResult:
+    """Load, segment and write one case (``preview``: also ``<case>_preview.png``); SegEdgeError propagates."""
+    check_targets(job.targets(segmenter.options.probabilities, preview), overwrite)
     t0 = time.perf_counter()
     case = load_case(job.source, segmenter.card.modalities, file_order)
     case.case_id = job.case_id
@@ -150,7 +168,7 @@ def run_job(segmenter: Segmenter, job: Job, file_order: tuple[str, ...] | None =
     seg = segmenter.predict(case, on_window)
     seg.timings = {"load": t1 - t0, **seg.timings}
     t2 = time.perf_counter()
-    write_outputs(seg, case, job, segmenter, overwrite)
+    write_outputs(seg, case, job, segmenter, overwrite, preview)
     seg.timings["write"] = time.perf_counter() - t2
     seg.timings["total"] = time.perf_counter() - t0
     return JobResult(job, "done", seg, timings=seg.timings)
@@ -163,7 +181,7 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def run_batch(segmenter: Segmenter, jobs: list[Job], file_order=None, overwrite: bool = False,
-              on_case=None) -> list[JobResult]:
+              on_case=None, preview: bool = False) -> list[JobResult]:
     """Run every job; any failure of one case (ours or not) is recorded and the batch goes on."""
     results = []
     for job in jobs:
@@ -171,7 +189,7 @@ def run_batch(segmenter: Segmenter, jobs: list[Job], file_order=None, overwrite:
             result = JobResult(job, "skipped")
         else:
             try:
-                result = run_job(segmenter, job, file_order, overwrite)
+                result = run_job(segmenter, job, file_order, overwrite, preview=preview)
             except Exception as exc:  # isolation: one case's defect or crash never ends the batch
                 log.debug("case %s failed", job.case_id, exc_info=True)
                 result = JobResult(job, "failed", error=failure_reason(exc))
