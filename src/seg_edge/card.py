@@ -34,6 +34,9 @@ STEPS = ("monai", "nnunet")
 INTERPOLATIONS = ("linear", "nearest")
 LABEL_SCHEMES = ("brats2021", "brats2023")
 PRECISIONS = ("fp32", "fp16", "int8")
+# backends a tuned profile may name (runtime.sessions.base.BACKENDS; a test keeps the two equal)
+PROFILE_BACKENDS = ("onnxruntime", "ort-cuda", "ort-trt", "tensorrt", "openvino")
+PRECISION_HINTS = ("f32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,41 @@ class Inference:
 _INFERENCE_FIELDS = frozenset(f.name for f in dataclasses.fields(Inference))
 
 
+@dataclass(frozen=True)
+class Machine:
+    """The machine a profile was measured on: CPU model, its compute ISA flags, usable cores, and
+    the versions of the backends that ran (``{"onnxruntime": "1.32.0"}``)."""
+
+    cpu: str
+    flags: tuple[str, ...] = ()
+    cores: int = 1
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InferenceProfile:
+    """The fastest configuration ``seg-edge tune`` measured within ``budget`` (worst-region Dice loss
+    against the reference configuration) on ``machine``; ``predict`` uses it there by default.
+
+    ``window`` empty: the card's patch; else sizes (multiples of the size divisor, >= the patch)
+    capped at the crop. ``tta`` false: mirroring off. ``measured``: what tune measured (seconds per
+    case, the reference's, worst Dice, cases), informational.
+    """
+
+    machine: Machine
+    backend: str = "onnxruntime"
+    precision_hint: str | None = None
+    threads: int | None = None
+    window: tuple[int, ...] = ()
+    overlap: float = 0.5
+    blend: str = "gaussian"
+    steps: str = "monai"
+    batch_size: int = 1
+    tta: bool = True
+    budget: float = 0.01
+    measured: dict[str, Any] = field(default_factory=dict)
+
+
 def nvidia_inputs(tensor: str = "image", axes: tuple[int, ...] = (0, 1, 2)) -> Inputs:
     """FLAIR, T1, T1ce, T2 z-scored over non-zero voxels plus NVIDIA's mask channel."""
     return Inputs(tuple(Channel(m) for m in MODALITIES) + (Channel("mask", "none", "nvidia_mask"),), tensor,
@@ -144,6 +182,7 @@ class ModelCard:
     precision: str = "fp32"
     tolerances: Tolerances = field(default_factory=Tolerances)
     provenance: dict[str, Any] = field(default_factory=dict)
+    profile: InferenceProfile | None = None
     schema: int = CARD_SCHEMA
 
     @property
@@ -190,8 +229,11 @@ class ModelCard:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        """The card as compact JSON with sorted keys (what files store)."""
-        return json.dumps(dataclasses.asdict(self), indent=None, sort_keys=True)
+        """The card as compact JSON with sorted keys (what files store); no ``profile`` key when there is none."""
+        raw = dataclasses.asdict(self)
+        if raw["profile"] is None:
+            del raw["profile"]
+        return json.dumps(raw, indent=None, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, source: str = "card") -> ModelCard:

@@ -4,7 +4,8 @@ number in range, the parts consistent with each other. Types are checked by ``ca
 from __future__ import annotations
 
 from seg_edge.card import (BLENDS, CLASSES, CROPS, DERIVED, INTERPOLATIONS, KINDS, LABEL_SCHEMES, LABELS,
-                           MODALITIES, NORMALIZATIONS, PRECISIONS, REGIONS, RULES, STEPS, Inputs, ModelCard, Outputs, show)
+                           MODALITIES, NORMALIZATIONS, PRECISION_HINTS, PRECISIONS, PROFILE_BACKENDS, REGIONS, RULES,
+                           STEPS, Inputs, ModelCard, Outputs, show)
 from seg_edge.errors import ArtifactError
 
 
@@ -109,10 +110,38 @@ def _inference_problems(card: ModelCard) -> list[str]:
     return problems
 
 
+def _profile_problems(card: ModelCard) -> list[str]:
+    prof = card.profile
+    if prof is None:
+        return []
+    problems = _choice("profile.backend", prof.backend, PROFILE_BACKENDS)
+    if prof.precision_hint is not None:
+        problems += _choice("profile.precision_hint", prof.precision_hint, PRECISION_HINTS)
+    if prof.threads is not None and prof.threads < 1:
+        problems.append(f"profile.threads {prof.threads} (expected an integer >= 1, or null)")
+    patch, div, window = card.inference.patch_size, card.inference.size_divisor, list(prof.window)
+    if window and (len(window) != len(patch) or card.inputs.spatial_dims != 3
+                   or any(w < p or (div >= 1 and w % div) for w, p in zip(window, patch))):
+        problems.append(f"profile.window {window} (expected [] or, for a 3D model, {len(patch)} sizes >= the patch "
+                        f"{list(patch)}, each a multiple of size_divisor {div})")
+    if not 0 <= prof.overlap < 1:
+        problems.append(f"profile.overlap {prof.overlap} (expected 0 <= overlap < 1)")
+    problems += _choice("profile.blend", prof.blend, BLENDS) + _choice("profile.steps", prof.steps, STEPS)
+    if prof.batch_size < 1:
+        problems.append(f"profile.batch_size {prof.batch_size} (expected an integer >= 1)")
+    if not 0 <= prof.budget <= 1:
+        problems.append(f"profile.budget {prof.budget} (expected a number in [0, 1])")
+    if not prof.machine.cpu or prof.machine.cores < 1:
+        problems.append(f"profile.machine cpu {show(prof.machine.cpu)}, cores {prof.machine.cores} "
+                        "(expected a CPU name and cores >= 1)")
+    return problems
+
+
 def validate_card(card: ModelCard, source: str = "card") -> None:
     """ArtifactError naming ``source`` unless every value of a well-typed card is in range."""
     problems = [] if card.name else ["name is empty (expected a non-empty string)"]
     problems += _input_problems(card.inputs) + _output_problems(card.outputs) + _inference_problems(card)
+    problems += _profile_problems(card)
     problems += _choice("label_scheme", card.label_scheme, LABEL_SCHEMES)
     problems += _choice("precision", card.precision, PRECISIONS)
     for key in ("max_prob_diff", "min_region_dice"):

@@ -156,3 +156,58 @@ def read_onnx_header(path: Path) -> OnnxHeader:
 def read_onnx_metadata(path: Path) -> dict[str, str]:
     """Return an ONNX file's ``metadata_props`` as a dict; ArtifactError if it is not ONNX."""
     return read_onnx_header(path).metadata
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _string_field(number: int, data: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(data)) + data
+
+
+def _top_fields(buf: Any):
+    """Yield (field_number, wire_type, value_span, (start, stop)) over a message's top level: the raw
+    byte range of each field, key included, so it can be copied as it is."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        start = pos
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        span = None
+        if wire == 0:
+            _, pos = _varint(buf, pos, end)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            length, pos = _varint(buf, pos, end)
+            span = (pos, pos + length)
+            pos += length
+        else:
+            raise ValueError(f"wire type {wire}")
+        if number == 0 or pos > end:
+            raise ValueError("malformed field")
+        yield number, wire, span, (start, pos)
+
+
+def with_metadata(path: Path, key: str, value: str) -> bytes:
+    """The bytes of the ONNX file at ``path`` with metadata entry ``key`` set to ``value`` (replaced if
+    present); everything else byte for byte as it was. ArtifactError if the file is not ONNX."""
+    try:
+        buf = Path(path).read_bytes()
+        kept = []
+        for number, wire, span, (start, stop) in _top_fields(buf):
+            if number == _MODEL_METADATA_PROPS and wire == 2:
+                entry = {n: _text(buf, s) for n, w, s in _fields(buf, *span) if w == 2}
+                if entry.get(1) == key:
+                    continue
+            kept.append(buf[start:stop])
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise ArtifactError(f"{path}: not a readable ONNX model ({exc})") from exc
+    entry = _string_field(1, key.encode("utf-8")) + _string_field(2, value.encode("utf-8"))
+    return b"".join(kept) + _string_field(_MODEL_METADATA_PROPS, entry)

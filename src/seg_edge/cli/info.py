@@ -125,6 +125,20 @@ def et_rule_words(card: ModelCard) -> str:
             f"voxels with mean probability < {rule.max_mean_prob:g}")
 
 
+def profile_words(card: ModelCard) -> str:
+    """The tuned profile in words: what it runs, where it was measured, what tune measured."""
+    from seg_edge.runtime.segmenter import describe_profile
+
+    p = card.profile
+    if p is None:
+        return "none (seg-edge tune writes one)"
+    m = p.machine
+    measured = ", ".join(f"{k} {v}" for k, v in p.measured.items() if k != "stages")
+    return (f"{describe_profile(p)}; budget {p.budget:g} worst-region Dice; measured on {m.cpu} "
+            f"({' '.join(m.flags) or 'no flags recorded'}), {m.cores} cores, "
+            f"{', '.join(f'{k} {v}' for k, v in m.versions.items())}" + (f"; {measured}" if measured else ""))
+
+
 def describe_card(card: ModelCard, stored_schema: int | None = None) -> list[tuple[str, str]]:
     """The card as (field, words) rows, provenance last; ``stored_schema``: the number the file holds."""
     inputs, inf, values = card.inputs, card.inference, _label_values(card)
@@ -148,6 +162,7 @@ def describe_card(card: ModelCard, stored_schema: int | None = None) -> list[tup
         ("precision", card.precision),
         ("tolerances", f"max probability difference {card.tolerances.max_prob_diff:g}, min region Dice "
                        f"{card.tolerances.min_region_dice:g} (against the framework reference)"),
+        ("tuned profile", profile_words(card)),
     ]
     provenance = dict(card.provenance)
     for label, keys in SOURCE_KEYS:
@@ -189,7 +204,7 @@ def info(model: Path = typer.Argument(None, help="ONNX model or TensorRT plan (d
     if json_out:
         out.print_json(dumps({"path": str(artifact.path), "kind": artifact.kind,
                               "size_bytes": artifact.path.stat().st_size, "stored_schema": stored,
-                              "card": dataclasses.asdict(artifact.card),
+                              "card": json.loads(artifact.card.to_json()),  # as files store it
                               **({"graph": graph} if artifact.kind == "onnx" else {})}))
         return
     table = Table(title=f"{artifact.path} ({artifact.kind}, {artifact.path.stat().st_size / 1e6:.1f} MB)",

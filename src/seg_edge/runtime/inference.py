@@ -15,8 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 from seg_edge.card import ModelCard
-from seg_edge.runtime.preprocess import window_size
-from seg_edge.runtime.window import sliding_window
+from seg_edge.runtime.preprocess import tiling_window, window_size
+from seg_edge.runtime.window import WindowPlan, blend_windows
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 INTERPOLATION_ORDER = {"linear": 1, "nearest": 0}  # card slice.interpolation â†’ spline order
@@ -24,13 +24,17 @@ INTERPOLATION_ORDER = {"linear": 1, "nearest": 0}  # card slice.interpolation â†
 
 @dataclass(frozen=True)
 class Plan:
-    """The inference options in force: the card's, where the user did not override them."""
+    """The inference options in force: the card's, where the user (or a tuned profile) did not
+    override them. ``window``: None is the card's patch; a larger one is capped at the crop
+    (``preprocess.tiling_window``). ``skip_empty``: all-zero windows are not run (``WindowPlan``)."""
 
     overlap: float
     blend: str
     batch_size: int
     tta_axes: tuple[int, ...]
     steps: str = "monai"
+    window: tuple[int, ...] | None = None
+    skip_empty: bool = True
 
 
 def mirrored(predict: Predictor, axes: tuple[int, ...]) -> Predictor:
@@ -81,10 +85,15 @@ def slicewise(tensor: np.ndarray, predict: Predictor, card: ModelCard, batch_siz
 
 
 def network_logits(tensor: np.ndarray, predict: Predictor, card: ModelCard, plan: Plan,
-                   on_window: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Logits in network layout for a preprocessed tensor, with the card's window or slices."""
+                   on_window: Callable[[int, int], None] | None = None,
+                   background: dict | None = None) -> np.ndarray:
+    """Logits in network layout for a preprocessed tensor, with the plan's window or the card's slices.
+
+    ``background`` caches the logits of an all-zero window across calls (``window.blend_windows``).
+    """
     predict = mirrored(predict, plan.tta_axes)
     if card.inputs.spatial_dims == 2:
         return slicewise(tensor, predict, card, plan.batch_size, on_window)
-    window = window_size(tensor.shape[1:], card.patch_size)
-    return sliding_window(tensor, predict, window, plan.overlap, plan.blend, plan.batch_size, on_window, plan.steps)
+    window = window_size(tensor.shape[1:], tiling_window(tensor.shape[1:], card, plan.window))
+    spec = WindowPlan(window, plan.overlap, plan.blend, plan.steps, plan.batch_size, plan.skip_empty)
+    return blend_windows(tensor, predict, spec, on_window, background)

@@ -150,15 +150,26 @@ def window_size(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ..
     return tuple(min(s, p) for s, p in zip(shape, patch))
 
 
-def preprocess(images: np.ndarray, card: ModelCard,
-               scale: tuple[float, ...] | None = None) -> tuple[np.ndarray, Inverse]:
+def tiling_window(shape: tuple[int, ...], card: ModelCard, window: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The window to tile a tensor of spatial ``shape`` with: the card's patch, or a larger ``window``
+    (a tuned profile's, multiples of the size divisor) capped per axis at ``shape`` rounded up to the
+    size divisor, never below the patch: a window larger than the crop is the whole crop in one pass."""
+    patch = tuple(card.patch_size)
+    if not window:
+        return patch
+    div = card.size_divisor
+    return tuple(max(p, min(w, -(-s // div) * div)) for p, w, s in zip(patch, window, shape))
+
+
+def preprocess(images: np.ndarray, card: ModelCard, scale: tuple[float, ...] | None = None,
+               window: tuple[int, ...] | None = None) -> tuple[np.ndarray, Inverse]:
     """(M, X, Y, Z) images in the card's modality order → network tensor (C, *spatial) + Inverse.
 
     Cropped to the non-zero box (or not, as the card says), normalised, derived channels added,
     spatial axes permuted to the card's order; with ``scale`` (input spacing / the card's, per
     array axis) resampled to round(scale × shape), cubic, after normalisation (as nnU-Net does).
-    3D models: dimensions smaller than the patch are
-    padded with zeros up to the patch, half before and half after (as MONAI's sliding window and
+    3D models: dimensions smaller than the patch (or ``tiling_window`` of a larger ``window``) are
+    padded with zeros up to it, half before and half after (as MONAI's sliding window and
     NVIDIA's preprocessor pad), so every window has the size the network was built for.
     """
     if images.shape[0] != len(card.modalities):
@@ -171,7 +182,8 @@ def preprocess(images: np.ndarray, card: ModelCard,
     if scale is not None:
         resampled = tuple(int(round(scale[a] * cropped.shape[1 + a])) for a in card.inputs.axes)
         tensor = resize(tensor, resampled, order=3)
-    target = pad_shape(tensor.shape[1:], card.patch_size) if card.inputs.spatial_dims == 3 else tensor.shape[1:]
+    spatial = tensor.shape[1:]
+    target = pad_shape(spatial, tiling_window(spatial, card, window)) if card.inputs.spatial_dims == 3 else spatial
     before = tuple((t - s) // 2 for t, s in zip(target, tensor.shape[1:]))
     if target != tensor.shape[1:]:
         pads = [(0, 0)] + [(b, t - s - b) for b, t, s in zip(before, target, tensor.shape[1:])]

@@ -5,17 +5,19 @@ The CLI, the benchmark and the parity checker all drive this one object.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from seg_edge.card import BLENDS, ModelCard
+from seg_edge.card import BLENDS, STEPS, InferenceProfile, ModelCard
 
 from seg_edge.artifact import Artifact, load_artifact
 from seg_edge.errors import InputError
 from seg_edge.runtime.io import Case
+from seg_edge.runtime.machine import mismatch
 from seg_edge.runtime.inference import Plan, network_logits
 from seg_edge.runtime.postprocess import ACTIVATIONS, apply_et_rule, et_probability, to_labels
 from seg_edge.runtime.regions import et_label, labels_to_regions
@@ -26,24 +28,38 @@ from seg_edge.runtime.sessions.base import Session, open_session
 
 @dataclass(frozen=True)
 class SegmenterOptions:
-    """User-chosen inference options; ``None`` means the model card's, everything else is the card's."""
+    """User-chosen inference options; ``None`` means the model card's (or its tuned profile's, where one
+    is in force: ``with_profile``), everything else is the card's."""
 
     overlap: float | None = None
     blend: str | None = None
-    batch_size: int = 1
+    batch_size: int | None = None  # None: 1, or the profile's
     label_scheme: str | None = None  # None: the card's
     et_rule: bool = True
     probabilities: bool = False
     tta: bool | None = None  # None: the card's tta_axes; False: none; True: the card's, or every axis
     resample: bool = False  # resample inputs whose spacing differs from the card's (else they are refused)
+    window: tuple[int, ...] | None = None  # None: the card's patch (3D); larger sizes are capped at the crop
+    steps: str | None = None  # None: the card's window positions rule
+    skip_empty: bool = True  # all-zero windows get the network's all-zero logits without a run
 
     def __post_init__(self) -> None:
         if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
             raise InputError(f"overlap {self.overlap} (expected 0 <= overlap < 1)")
         if self.blend is not None and self.blend not in BLENDS:
             raise InputError(f"blend '{self.blend}' (expected one of {', '.join(BLENDS)})")
-        if self.batch_size < 1:
+        if self.steps is not None and self.steps not in STEPS:
+            raise InputError(f"steps '{self.steps}' (expected one of {', '.join(STEPS)})")
+        if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch size {self.batch_size} (expected >= 1)")
+
+    def with_profile(self, profile: InferenceProfile) -> SegmenterOptions:
+        """These options with every field left ``None`` taken from a tuned ``profile``."""
+        return dataclasses.replace(
+            self, overlap=_first(self.overlap, profile.overlap), blend=_first(self.blend, profile.blend),
+            steps=_first(self.steps, profile.steps), batch_size=_first(self.batch_size, profile.batch_size),
+            window=_first(self.window, tuple(profile.window) or None),
+            tta=_first(self.tta, None if profile.tta else False))
 
     def plan(self, card: ModelCard) -> Plan:
         """The options in force for ``card``."""
@@ -54,8 +70,28 @@ class SegmenterOptions:
             axes = tuple(range(card.inputs.spatial_dims))
         else:
             axes = tuple(inf.tta_axes)
+        window = self.window if self.window and tuple(self.window) != tuple(inf.patch_size) else None
+        if window is not None and card.inputs.spatial_dims != 3:
+            raise InputError(f"window {list(window)}: a 2D model's slices have the card's size {list(inf.patch_size)}")
+        if window is not None and (len(window) != len(inf.patch_size) or any(
+                w < p or w % inf.size_divisor for w, p in zip(window, inf.patch_size))):
+            raise InputError(f"window {list(window)} (expected {len(inf.patch_size)} sizes >= the patch "
+                             f"{list(inf.patch_size)}, each a multiple of {inf.size_divisor})")
         return Plan(inf.overlap if self.overlap is None else self.overlap, self.blend or inf.blend,
-                    self.batch_size, axes, inf.steps)
+                    self.batch_size or 1, axes, self.steps or inf.steps, window, self.skip_empty)
+
+
+def _first(value, fallback):
+    return fallback if value is None else value
+
+
+@dataclass
+class Prepared:
+    """A case's network tensor (None once the network has run), its Inverse and stage timings so far."""
+
+    tensor: np.ndarray | None
+    inverse: Inverse
+    timings: dict[str, float]
 
 
 @dataclass
@@ -70,6 +106,29 @@ class Segmentation:
     probabilities: np.ndarray | None = None
     et_relabelled_voxels: int = 0
     warnings: list[str] = field(default_factory=list)
+
+
+def profile_in_force(card: ModelCard, backend: str | None, use: bool) -> tuple[InferenceProfile | None, str | None]:
+    """The card's tuned profile if it applies here, and a line saying what was decided (None: no profile)."""
+    profile = card.profile
+    if profile is None:
+        return None, None
+    if not use:
+        return None, "tuned profile not used (--reference): the card's configuration"
+    if backend is not None and backend != profile.backend:
+        return None, f"tuned profile not used: it was measured on {profile.backend}, --backend {backend} was asked"
+    why = mismatch(profile.machine, profile.backend)
+    if why:
+        return None, f"tuned profile not used: {why}; the card's configuration"
+    return profile, f"tuned profile: {describe_profile(profile)} (measured on this machine; --reference for the card's)"
+
+
+def describe_profile(p: InferenceProfile) -> str:
+    """One line: backend, window, overlap, blend, steps, batch, threads, TTA."""
+    window = "×".join(map(str, p.window)) if p.window else "card patch"
+    hint = f" {p.precision_hint}" if p.precision_hint else ""
+    return (f"{p.backend}{hint}, window {window}, overlap {p.overlap:g}, {p.blend}, {p.steps} steps, "
+            f"batch {p.batch_size}, {p.threads or 'default'} threads{'' if p.tta else ', no TTA'}")
 
 
 def region_volumes(labels: np.ndarray, et: int, spacing: tuple[float, ...]) -> dict[str, float]:
@@ -94,6 +153,8 @@ class Segmenter:
         self.et = et_label(self.scheme)
         self.activate = implemented(ACTIVATIONS, self.card.outputs.kind, "outputs.kind", self.card)
         self.plan = self.options.plan(self.card)
+        self.profile_note: str | None = None  # what open_profiled decided about the card's tuned profile
+        self._background: dict = {}  # the network's logits for an all-zero window, per window shape
 
     @classmethod
     def open(cls, model: str | Path, backend: str = "onnxruntime", threads: int | None = None,
@@ -101,6 +162,25 @@ class Segmenter:
         artifact = load_artifact(model)
         return cls(artifact, open_session(artifact, backend, threads=threads, precision_hint=precision_hint),
                    options)
+
+    @classmethod
+    def open_profiled(cls, model: str | Path, backend: str | None = None, threads: int | None = None,
+                      options: SegmenterOptions | None = None, precision_hint: str | None = None,
+                      use_profile: bool = True) -> Segmenter:
+        """Like ``open``, with the card's tuned profile in force where it applies (this machine, the
+        profile's backend): its backend, threads and window settings fill what was not given.
+        ``profile_note`` says whether it was used and why not."""
+        artifact = load_artifact(model)
+        options = options or SegmenterOptions()
+        profile, note = profile_in_force(artifact.card, backend, use_profile)
+        if profile is not None:
+            backend, threads = profile.backend, threads or profile.threads
+            precision_hint = precision_hint or profile.precision_hint
+            options = options.with_profile(profile)
+        session = open_session(artifact, backend or "onnxruntime", threads=threads, precision_hint=precision_hint)
+        segmenter = cls(artifact, session, options)
+        segmenter.profile_note = note
+        return segmenter
 
     def close(self) -> None:
         self.session.close()
@@ -114,15 +194,26 @@ class Segmenter:
     def logits(self, images: np.ndarray, on_window=None,
                scale: tuple[float, ...] | None = None) -> tuple[np.ndarray, Inverse, dict[str, float]]:
         """Preprocess (resampled by ``scale``) and run the sliding window: network-layout logits and the Inverse."""
-        t0 = time.perf_counter()
-        tensor, inverse = preprocess(images, self.card, scale)
-        t1 = time.perf_counter()
-        logits = network_logits(tensor, self.session.run, self.card, self.plan, on_window)
-        t2 = time.perf_counter()
-        return logits, inverse, {"preprocess": t1 - t0, "inference": t2 - t1}
+        prepared = self.preprocess(images, scale)
+        return self.network(prepared, on_window), prepared.inverse, prepared.timings
 
-    def predict(self, case: Case, on_window=None) -> Segmentation:
-        """Segment one loaded case."""
+    def preprocess(self, images: np.ndarray, scale: tuple[float, ...] | None = None) -> Prepared:
+        """The network tensor of ``images`` (resampled by ``scale``) with its Inverse, timed."""
+        t0 = time.perf_counter()
+        tensor, inverse = preprocess(images, self.card, scale, self.plan.window)
+        return Prepared(tensor, inverse, {"preprocess": time.perf_counter() - t0})
+
+    def network(self, prepared: Prepared, on_window=None) -> np.ndarray:
+        """Network-layout logits of a prepared tensor (the sliding window or the slices), timed into
+        ``prepared.timings``; the tensor is released."""
+        t0 = time.perf_counter()
+        logits = network_logits(prepared.tensor, self.session.run, self.card, self.plan, on_window, self._background)
+        prepared.tensor = None
+        prepared.timings["inference"] = time.perf_counter() - t0
+        return logits
+
+    def prepare(self, case: Case) -> Prepared:
+        """Check a loaded case against the card (geometry, modalities) and preprocess it."""
         if case.images.shape[0] != len(self.card.modalities):
             raise InputError(f"{case.case_id}: {case.images.shape[0]} modalities "
                              f"(expected {len(self.card.modalities)})")
@@ -134,8 +225,13 @@ class Segmenter:
         if scale is not None:
             target = "×".join(f"{t:g}" for t in self.card.inputs.spacing or ())
             case.warnings.append(f"{source}: resampled to {target} mm for the network and back (--resample)")
-        logits, inverse, timings = self.logits(case.images, on_window, scale)
-        return self.finish(case, logits, inverse, timings)
+        return self.preprocess(case.images, scale)
+
+    def predict(self, case: Case, on_window=None) -> Segmentation:
+        """Segment one loaded case."""
+        prepared = self.prepare(case)
+        logits = self.network(prepared, on_window)
+        return self.finish(case, logits, prepared.inverse, prepared.timings)
 
     def finish(self, case: Case, logits: np.ndarray, inverse: Inverse,
                timings: dict[str, float] | None = None) -> Segmentation:

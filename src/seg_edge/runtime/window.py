@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -88,30 +89,87 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-def sliding_window(image: np.ndarray, predict: Predictor, window: tuple[int, ...], overlap: float = 0.5,
-                   mode: str = "gaussian", batch_size: int = 1,
-                   on_window: Callable[[int, int], None] | None = None, steps: str = "monai") -> np.ndarray:
-    """Blend ``predict`` over windows of ``image`` (C, *spatial) → logits (K, *spatial), float32.
+@dataclass(frozen=True)
+class WindowPlan:
+    """Where windows go and how they are blended and batched.
+
+    ``skip_empty``: a window whose input is all zero (it never touches the non-zero region) is not
+    sent to the network; it receives the logits the network gives for an all-zero window, computed
+    once per window shape and kept in ``background`` (a dict the caller may hold across cases).
+    The result is the same as running it, up to the backend's batch-to-batch rounding.
+    """
+
+    window: tuple[int, ...]
+    overlap: float = 0.5
+    mode: str = "gaussian"
+    steps: str = "monai"
+    batch_size: int = 1
+    skip_empty: bool = False
+
+
+def _empty(occupied: np.ndarray, s: tuple[slice, ...]) -> bool:
+    return not occupied[s].any()
+
+
+def _background(predict: Predictor, image: np.ndarray, window: tuple[int, ...],
+                cache: dict[tuple[int, ...], np.ndarray]) -> np.ndarray:
+    """The network's logits for an all-zero window (cached per window shape)."""
+    key = (image.shape[0],) + tuple(window)
+    if key not in cache:
+        cache[key] = predict(np.zeros((1,) + key, dtype=np.float32))[0]
+    return cache[key]
+
+
+def blend_windows(image: np.ndarray, predict: Predictor, plan: WindowPlan,
+                  on_window: Callable[[int, int], None] | None = None,
+                  background: dict[tuple[int, ...], np.ndarray] | None = None) -> np.ndarray:
+    """Blend ``predict`` over the windows ``plan`` places on ``image`` (C, *spatial) → logits (K, *spatial).
 
     ``predict`` maps (N, C, *window) to (N, K, *window). ``on_window(done, total)`` reports progress.
     """
     spatial = image.shape[1:]
-    slices = window_slices(spatial, window, overlap, steps)
-    weights = importance_map(tuple(window), mode)
-    total = None
+    slices = window_slices(spatial, plan.window, plan.overlap, plan.steps)
+    weights = importance_map(tuple(plan.window), plan.mode)
+    run, skipped = slices, []
+    if plan.skip_empty and len(slices) > 1:
+        occupied = (image != 0).any(axis=0)
+        run = [s for s in slices if not _empty(occupied, s)]
+        skipped = [s for s in slices if _empty(occupied, s)]
+    total: np.ndarray | None = None
     norm = np.zeros(spatial, dtype=np.float32)
-    done = 0
-    for group in _batches(slices, batch_size):
-        batch = np.stack([image[(slice(None),) + s] for s in group])
-        out = predict(np.ascontiguousarray(batch, dtype=np.float32))
+    scratch = np.empty((0,), dtype=np.float32)
+
+    def add(s: tuple[slice, ...], logits: np.ndarray) -> None:
+        nonlocal total, scratch
         if total is None:
-            total = np.zeros((out.shape[1],) + spatial, dtype=np.float32)
-        for s, logits in zip(group, out):
-            total[(slice(None),) + s] += logits * weights
-            norm[s] += weights
+            total = np.zeros((logits.shape[0],) + spatial, dtype=np.float32)
+        if scratch.shape != logits.shape:
+            scratch = np.empty(logits.shape, dtype=np.float32)
+        np.multiply(logits, weights, out=scratch)
+        total[(slice(None),) + s] += scratch
+        norm[s] += weights
+
+    done = 0
+    for group in _batches(run, plan.batch_size):
+        batch = np.stack([image[(slice(None),) + s] for s in group])
+        for s, logits in zip(group, predict(np.ascontiguousarray(batch, dtype=np.float32))):
+            add(s, logits)
         done += len(group)
         if on_window:
             on_window(done, len(slices))
+    if skipped:
+        zero = _background(predict, image, plan.window, {} if background is None else background)
+        for s in skipped:
+            add(s, zero)
+        if on_window:
+            on_window(len(slices), len(slices))
     assert total is not None  # at least one window always exists
     total /= norm
     return total
+
+
+def sliding_window(image: np.ndarray, predict: Predictor, window: tuple[int, ...], overlap: float = 0.5,
+                   mode: str = "gaussian", batch_size: int = 1,
+                   on_window: Callable[[int, int], None] | None = None, steps: str = "monai") -> np.ndarray:
+    """Every window through ``predict`` (no skipping), blended: MONAI's ``sliding_window_inference``."""
+    return blend_windows(image, predict, WindowPlan(tuple(window), overlap, mode, steps, batch_size), on_window)

@@ -1,0 +1,78 @@
+"""The machine a tuned profile is measured on, and whether it is the one running now.
+
+A profile's speed figures hold for one CPU model, its ISA (AVX2 vs AVX-512, VNNI, BF16, AMX change
+which kernels run), the cores the process may use and the backend versions; its accuracy holds for
+the backend's kernels. ``predict`` applies a profile only where all of these match.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+from seg_edge.card import Machine
+
+# ISA flags (as /proc/cpuinfo names them) that change which compute kernels the backends pick
+COMPUTE_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
+                 "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+# backend → the distribution whose version is recorded
+DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "ort-cuda": ("onnxruntime-gpu",),
+                 "ort-trt": ("onnxruntime-gpu",), "openvino": ("openvino",), "tensorrt": ("tensorrt",)}
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux: the model name from platform, no flags
+        pass
+    return name or platform.processor() or platform.machine(), flags
+
+
+def cores() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def backend_version(backend: str) -> str | None:
+    """The installed version of ``backend``'s package, or None (nothing is imported)."""
+    for dist in DISTRIBUTIONS.get(backend, ()):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def this_machine(backends: tuple[str, ...] = ("onnxruntime",)) -> Machine:
+    """This machine: CPU model, compute flags, usable cores, versions of ``backends``."""
+    name, flags = _cpuinfo()
+    versions = {b: v for b in backends if (v := backend_version(b)) is not None}
+    return Machine(name, tuple(f for f in COMPUTE_FLAGS if f in flags), cores(), versions)
+
+
+def mismatch(measured: Machine, backend: str) -> str | None:
+    """Why a profile measured on ``measured`` for ``backend`` does not apply here, or None if it does."""
+    here = this_machine((backend,))
+    if measured.cpu != here.cpu:
+        return f"measured on {measured.cpu!r}, this CPU is {here.cpu!r}"
+    if tuple(measured.flags) != here.flags:
+        return f"measured with CPU flags {' '.join(measured.flags)}, this CPU has {' '.join(here.flags)}"
+    if measured.cores != here.cores:
+        return f"measured on {measured.cores} cores, this process may use {here.cores}"
+    want, have = measured.versions.get(backend), here.versions.get(backend)
+    if have is None:
+        return f"{backend} is not installed here"
+    if want is not None and want != have:
+        return f"measured with {backend} {want}, this is {have}"
+    return None
