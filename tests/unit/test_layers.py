@@ -36,6 +36,9 @@ def test_import_contracts_hold():
      "seg_edge.runtime.sessions.base -> seg_edge.export.tensorrt"),
     ("runtime/preprocess.py", "import torch", "seg_edge.runtime is not allowed to import torch"),
     ("model/networks.py", "from seg_edge.cli import app", "seg_edge.model is not allowed to import seg_edge.cli"),
+    ("serve/jobs.py", "import torch", "seg_edge.serve is not allowed to import torch"),
+    ("serve/app.py", "from seg_edge.evaluation import parity", "seg_edge.serve is not allowed to import torch"),
+    ("runtime/jobs.py", "from seg_edge.serve import app", "seg_edge.runtime.jobs -> seg_edge.serve.app"),
 ])
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, expected):
     copy = tmp_path / "src" / "seg_edge"

@@ -107,10 +107,10 @@ def main_options(
 
 def _register() -> None:
     from seg_edge.cli import (bench, build_engine, evaluate, export, import_cmd, info, lint, parity, predict, quantize,
-                              synth, train)
+                              serve, synth, train)
 
     for module in (predict, export, import_cmd, info, quantize, build_engine, lint, parity, bench, synth, train,
-                   evaluate):
+                   evaluate, serve):
         module.register(app)
 
 
