@@ -73,7 +73,8 @@ def test_background_cache_is_reused_across_calls(rng):
 def test_an_all_zero_image_is_one_network_call(rng):
     image = np.zeros((2, 30, 30, 30), dtype=np.float32)
     calls = []
-    out = blend_windows(image, lambda x: calls.append(1) or conv_like(x), WindowPlan((12, 12, 12), 0.5, skip_empty=True))
+    plan = WindowPlan((12, 12, 12), 0.5, skip_empty=True)
+    out = blend_windows(image, lambda x: calls.append(1) or conv_like(x), plan)
     assert len(calls) == 1 and out.shape == (2, 30, 30, 30)
     np.testing.assert_allclose(out, blend_windows(image, conv_like, WindowPlan((12, 12, 12), 0.5)), atol=1e-6)
 

@@ -65,7 +65,8 @@ def predict(
     input: Path = typer.Argument(None, help="Case folder, folder of case folders, 4D NIfTI, or (4,X,Y,Z) .npy."),
     out: Path = typer.Option(None, "--out", "-o", help="Output .nii.gz, or a folder (default: predictions/)."),
     model: Path = typer.Option(None, "--model", "-m", help="ONNX model with a seg-edge card (default: shipped)."),
-    backend: Backend = typer.Option(Backend.onnxruntime, "--backend", help="Inference backend."),
+    backend: Backend = typer.Option(None, "--backend", help="Inference backend (default: the tuned profile's on "
+                                    "the machine it was measured on, else onnxruntime)."),
     flair: Path = typer.Option(None, "--flair", help="FLAIR NIfTI (with --t1 --t1ce --t2)."),
     t1: Path = typer.Option(None, "--t1", help="T1 NIfTI."),
     t1ce: Path = typer.Option(None, "--t1ce", help="T1ce NIfTI."),
@@ -79,7 +80,10 @@ def predict(
     blend: Blend = typer.Option(None, "--blend", help="Window blending (default: the card's)."),
     tta: bool = typer.Option(None, "--tta/--no-tta", help="Mirroring test-time augmentation (default: the "
                              "card's axes; --tta without axes in the card mirrors every axis)."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Windows per network call."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per network call (default: 1, or "
+                                   "the tuned profile's)."),
+    reference: bool = typer.Option(False, "--reference", help="Run the card's own configuration, not its tuned "
+                                   "profile (seg-edge tune)."),
     resample: bool = typer.Option(False, "--resample", help="Resample inputs whose voxel spacing differs from the "
                                   "model's (card inputs.spacing) to it and back; without it they are refused."),
     et_rule: bool = typer.Option(True, "--et-rule/--no-et-rule", help="Apply the card's small-ET clean-up."),
@@ -115,8 +119,11 @@ def predict(
 
         require_pillow()
     hint = precision_hint.value if precision_hint else None
-    with Segmenter.open(model_path(model), backend.value, threads, options, hint) as segmenter:
+    with Segmenter.open_profiled(model_path(model), backend.value if backend else None, threads, options, hint,
+                                 not reference) as segmenter:
         report_auto(segmenter.session, err)
+        if segmenter.profile_note:
+            err.print(segmenter.profile_note, markup=False, highlight=False)
         if batch:
             results = _run_batch(segmenter, jobs, file_order, overwrite, functools.partial(run_batch, preview=preview))
         else:
