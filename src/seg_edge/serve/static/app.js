@@ -154,7 +154,7 @@ async function viewer() {
   if (state.nv) return state.nv;
   const nv = new niivue.Niivue({
     backColor: [0, 0, 0, 1], show3Dcrosshair: true, dragAndDropEnabled: false, isColorbar: false,
-    crosshairColor: [0.2, 0.8, 1, 1], crosshairWidth: 1, loadingText: "", isOrientCube: false,
+    crosshairColor: [0.25, 0.8, 1, 0.8], crosshairWidth: 0.5, loadingText: "", isOrientCube: false,
     multiplanarShowRender: niivue.SHOW_RENDER.ALWAYS, multiplanarLayout: niivue.MULTIPLANAR_TYPE.GRID,
   });
   await nv.attachTo("gl");
@@ -274,6 +274,24 @@ function labelVolumes(volume) {
   return Object.fromEntries(state.legend.map((row) => [row.name, (counts.get(row.value) || 0) * voxelMl]));
 }
 
+// Put the crosshair on the labelled voxels' centre of mass (raw voxel order, x fastest; the header's affine to mm).
+function centreOnLabels(volume) {
+  const [, X, Y] = volume.hdr.dims;
+  let n = 0, si = 0, sj = 0, sk = 0;
+  volume.img.forEach((value, index) => {
+    if (!value) return;
+    n += 1;
+    si += index % X;
+    sj += Math.floor(index / X) % Y;
+    sk += Math.floor(index / (X * Y));
+  });
+  if (!n) return;
+  const vox = [si / n, sj / n, sk / n, 1];
+  const mm = volume.hdr.affine.slice(0, 3).map((row) => row.reduce((sum, a, c) => sum + a * vox[c], 0));
+  state.nv.scene.crosshairPos = state.nv.mm2frac(mm);
+  state.nv.drawScene();
+}
+
 function drawLegend(volumes) {
   const body = $("legend").querySelector("tbody");
   body.replaceChildren();
@@ -340,7 +358,8 @@ async function showResult(job) {
   $("modality").value = state.images.t1ce ? "t1ce" : first;
   showModality($("modality").value);
   setLayout($("layout").value);
-  nv.setCrosshairWidth($("crosshair").checked ? 1 : 0);
+  nv.setCrosshairWidth($("crosshair").checked ? 0.5 : 0);
+  centreOnLabels(state.labels);
   drawLegend(labelVolumes(state.labels));
   fillDetails(job);
   $("legend").dataset.ready = "true";
@@ -370,7 +389,7 @@ async function start() {
   $("modality").addEventListener("change", (e) => showModality(e.target.value));
   $("layout").addEventListener("change", (e) => setLayout(e.target.value));
   $("opacity").addEventListener("input", (e) => { state.nv.setOpacity(1, Number(e.target.value)); });
-  $("crosshair").addEventListener("change", (e) => { state.nv.setCrosshairWidth(e.target.checked ? 1 : 0); });
+  $("crosshair").addEventListener("change", (e) => { state.nv.setCrosshairWidth(e.target.checked ? 0.5 : 0); });
   try {
     const response = await fetch("/v1/model");
     state.model = await response.json();
