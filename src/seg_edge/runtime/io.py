@@ -7,6 +7,7 @@ expected. Nothing is re-oriented or resampled; unusual geometry is reported in `
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from seg_edge.errors import InputError
-from seg_edge.runtime.nifti import image_data, read_image, read_npy
+from seg_edge.runtime.nifti import image_data, read_bytes, read_image, read_npy
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Modality name → the file-name tags of BraTS 2020/2021 and BraTS 2023 releases.
@@ -86,17 +87,24 @@ def is_case_folder(folder: Path) -> bool:
     return True
 
 
-def read_nifti(path: Path, ndim: tuple[int, ...] = (3,), notes: list[str] | None = None) -> nib.Nifti1Image:
-    """Load a NIfTI image and its float32 data, checked (see ``runtime.nifti``); notes collect warnings."""
-    notes = [] if notes is None else notes
-    img = read_image(path, notes)
+def _shape(path: Path, img: nib.Nifti1Image, ndim: tuple[int, ...]) -> tuple[int, ...]:
+    """The image's shape (a trailing 1 dropped for 3D reads); InputError if its rank is not in ``ndim``."""
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1 and 3 in ndim:
         shape = shape[:3]
     if len(shape) not in ndim:
         want = " or ".join(f"{n}D" for n in ndim)
         raise InputError(f"{path}: image is {len(img.shape)}D with shape {img.shape} (expected {want})")
-    data = image_data(path, img, notes).reshape(shape)
+    return shape
+
+
+def read_nifti(path: Path, ndim: tuple[int, ...] = (3,), notes: list[str] | None = None,
+               raw: bytes | None = None) -> nib.Nifti1Image:
+    """Load a NIfTI image and its float32 data, checked (see ``runtime.nifti``); notes collect warnings.
+    ``raw``: the file's bytes, already read (``nifti.read_bytes``)."""
+    notes = [] if notes is None else notes
+    img = read_image(path, notes, raw)
+    data = image_data(path, img, notes).reshape(_shape(path, img, ndim))
     return type(img)(data, img.affine, header=img.header)
 
 
@@ -115,22 +123,28 @@ def _geometry_warnings(img: nib.Nifti1Image, path: Path) -> list[str]:
 
 
 def stack_files(files: dict[str, Path], order: tuple[str, ...], case_id: str) -> Case:
-    """Read one 3D NIfTI per modality and stack them in ``order``; checks shapes and affines."""
+    """Read one 3D NIfTI per modality and stack them in ``order``; checks shapes and affines.
+
+    The files are read and decompressed in parallel threads; each volume is then converted once,
+    straight into its slot of the stacked float32 array."""
     notes: list[str] = []
-    imgs = {}
-    for m in order:
-        imgs[m] = read_nifti(files[m], notes=notes)
-        _require_signal(files[m], imgs[m].dataobj)
+    with ThreadPoolExecutor(max_workers=len(order)) as pool:
+        raws = dict(zip(order, pool.map(read_bytes, [files[m] for m in order])))
+    imgs = {m: read_image(files[m], notes, raws.pop(m)) for m in order}
     first = order[0]
     ref = imgs[first]
+    shape = _shape(files[first], ref, (3,))
     for m in order[1:]:
-        if imgs[m].shape != ref.shape:
+        if _shape(files[m], imgs[m], (3,)) != shape:
             raise InputError(f"{files[m]}: shape {imgs[m].shape} differs from {files[first].name} "
                              f"{ref.shape} (expected co-registered modalities)")
         if not np.allclose(imgs[m].affine, ref.affine, atol=AFFINE_ATOL_MM):
             raise InputError(f"{files[m]}: affine differs from {files[first].name} "
                              "(expected co-registered modalities on one grid)")
-    images = np.stack([np.asarray(imgs[m].dataobj, dtype=np.float32) for m in order])
+    images = np.empty((len(order),) + tuple(shape), dtype=np.float32)
+    for i, m in enumerate(order):
+        image_data(files[m], imgs[m], notes, images[i])
+        _require_signal(files[m], images[i])
     return Case(case_id, images, ref.affine, ref.header, {m: files[m] for m in order},
                 _geometry_warnings(ref, files[first]) + notes)
 

@@ -185,19 +185,25 @@ def check_affine(path: Path, affine: np.ndarray) -> None:
                          "voxel-to-world matrix)")
 
 
-def read_image(path: Path, notes: list[str]) -> nib.Nifti1Image:
-    """A checked NIfTI image held in memory; nibabel's messages go to ``notes``."""
+def read_bytes(path: Path) -> bytes:
+    """The file's NIfTI bytes (decompressed), size and gzip integrity checked. Touches no global state,
+    so several files may be read in threads (zlib releases the GIL while it inflates)."""
     require_regular_file(path, "NIfTI file (.nii or .nii.gz)")
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
-        raw = _gzip_bytes(path, size)
-    else:
-        with open(path, "rb") as fh:
-            head = fh.read(540)
-            need = _expected_bytes(path, head, size, gz=False)
-            raw = head + fh.read(max(need - len(head), 0))
+        return _gzip_bytes(path, size)
+    with open(path, "rb") as fh:
+        head = fh.read(540)
+        need = _expected_bytes(path, head, size, gz=False)
+        return head + fh.read(max(need - len(head), 0))
+
+
+def read_image(path: Path, notes: list[str], raw: bytes | None = None) -> nib.Nifti1Image:
+    """A checked NIfTI image held in memory (from ``raw``, ``read_bytes(path)``, if given); nibabel's
+    messages go to ``notes``."""
+    raw = read_bytes(path) if raw is None else raw
     header = parse_header(path, raw[:540])
     klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     try:
@@ -211,14 +217,32 @@ def read_image(path: Path, notes: list[str]) -> nib.Nifti1Image:
     return img
 
 
-def image_data(path: Path, img: nib.Nifti1Image, notes: list[str]) -> np.ndarray:
-    """The scaled intensities as float32; InputError on non-finite values."""
+def _unscaled_integers(img: nib.Nifti1Image) -> bool:
+    """Integers on disk without intensity scaling: float32 copies are exact and finite by construction."""
+    proxy = img.dataobj
+    if not hasattr(proxy, "get_unscaled"):  # data already in memory, not a file proxy
+        return False
+    return img.get_data_dtype().kind in "iu" and float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0
+
+
+def image_data(path: Path, img: nib.Nifti1Image, notes: list[str], out: np.ndarray | None = None) -> np.ndarray:
+    """The scaled intensities as float32, written into ``out`` (of the image's shape, possibly without
+    a trailing 1) when given; InputError on non-finite values."""
     with captured(path, notes):
+        if _unscaled_integers(img):  # one pass: the stored integers cast into the float32 result
+            raw = np.asarray(img.dataobj.get_unscaled())
+            if out is None:
+                return raw.astype(np.float32)
+            np.copyto(out, raw.reshape(out.shape), casting="unsafe")
+            return out
         data = np.asarray(img.get_fdata(dtype=np.float32))
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise InputError(f"{path}: {bad} voxels are NaN or Inf (expected finite intensities)")
-    return data
+    if out is None:
+        return data
+    np.copyto(out, data.reshape(out.shape))
+    return out
 
 
 def read_npy(path: Path) -> np.ndarray:

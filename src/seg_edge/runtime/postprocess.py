@@ -20,16 +20,17 @@ def apply_et_rule(labels: np.ndarray, et_prob: np.ndarray, rule: ETRule, et: int
     mask = labels == et
     if not mask.any():
         return 0
-    changed = 0
     components, n = ndimage.label(mask)
     sizes = np.bincount(components.ravel(), minlength=n + 1)
     sums = np.bincount(components.ravel(), weights=et_prob.ravel(), minlength=n + 1)
-    for idx in range(1, n + 1):
-        size = int(sizes[idx])
-        if 1 < size < rule.component_max_voxels and sums[idx] / size < rule.max_mean_prob:
-            labels[components == idx] = 1
-            changed += size
-    mask = labels == et
+    # every doubtful small component at once: a lookup from component index to "relabel"
+    doubtful = (sizes > 1) & (sizes < rule.component_max_voxels) & (sums / np.maximum(sizes, 1) < rule.max_mean_prob)
+    doubtful[0] = False
+    changed = int(sizes[doubtful].sum())
+    if changed:
+        hit = doubtful[components]
+        labels[hit] = 1
+        mask &= ~hit
     total = int(mask.sum())
     if 0 < total < rule.total_max_voxels and float(et_prob[mask].mean()) < rule.max_mean_prob:
         labels[mask] = 1
