@@ -96,7 +96,8 @@ def predict(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Segment a BraTS-style case: writes a uint8 label map (NCR=1, ED=2, ET=4 or 3) and a JSON report."""
-    from seg_edge.runtime.jobs import plan_jobs, run_batch, run_job
+    from seg_edge.runtime.jobs import plan_jobs, run_job
+    from seg_edge.runtime.pipeline import run_pipelined
     from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 
     if overlap is not None and not 0.0 <= overlap < 1.0:  # also NaN
@@ -125,7 +126,8 @@ def predict(
         if segmenter.profile_note:
             err.print(segmenter.profile_note, markup=False, highlight=False)
         if batch:
-            results = _run_batch(segmenter, jobs, file_order, overwrite, functools.partial(run_batch, preview=preview))
+            results = _run_batch(segmenter, jobs, file_order, overwrite,
+                                 functools.partial(run_pipelined, preview=preview))
         else:
             with _progress() as bar:
                 task = bar.add_task(f"segmenting {jobs[0].case_id}", total=None)

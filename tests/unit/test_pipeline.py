@@ -1,0 +1,80 @@
+"""The pipelined batch: the same outputs as one case after another, failures isolated, order kept,
+at most two cases' inputs in memory at once."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from seg_edge.runtime import pipeline
+from seg_edge.runtime.jobs import Job, run_batch
+from seg_edge.runtime.segmenter import Segmenter
+
+
+@pytest.fixture(scope="module")
+def batch_dir(tmp_path_factory, cases_dir):
+    """Five cases (the three fixtures twice, renamed) and one broken case in the middle."""
+    root = tmp_path_factory.mktemp("batch")
+    cases = sorted(p for p in cases_dir.iterdir() if p.is_dir())
+    for i, src in enumerate(cases + cases[:2]):
+        dst = root / f"case{i}"
+        shutil.copytree(src, dst)
+    (root / "case2" / next(p.name for p in (root / "case2").iterdir() if "_t1ce" in p.name)).write_bytes(b"broken")
+    return root
+
+
+def jobs_for(root, out):
+    return [Job(p.name, p, out / f"{p.name}.nii.gz") for p in sorted(root.iterdir())]
+
+
+def test_pipelined_batch_equals_one_case_after_another(edge_onnx, batch_dir, tmp_path):
+    seen = []
+    with Segmenter.open(edge_onnx, threads=1) as seg:
+        seq = run_batch(seg, jobs_for(batch_dir, tmp_path / "seq"))
+        piped = pipeline.run_pipelined(seg, jobs_for(batch_dir, tmp_path / "pipe"), on_case=seen.append)
+    assert [r.job.case_id for r in piped] == [r.job.case_id for r in seq] == [r.job.case_id for r in seen]
+    assert [r.status for r in piped] == [r.status for r in seq] == ["done", "done", "failed", "done", "done"]
+    assert "case2" in piped[2].error or "t1ce" in piped[2].error
+    for a, b in zip(seq, piped):
+        if a.status == "done":
+            assert np.array_equal(np.asarray(nib.load(a.job.out).dataobj), np.asarray(nib.load(b.job.out).dataobj))
+            assert set(b.timings) >= {"load", "preprocess", "inference", "postprocess", "write", "total"}
+            assert b.job.report.is_file()
+    with Segmenter.open(edge_onnx, threads=1) as seg:  # outputs exist: skipped, nothing rewritten
+        again = pipeline.run_pipelined(seg, jobs_for(batch_dir, tmp_path / "pipe"))
+    assert [r.status for r in again] == ["skipped", "skipped", "failed", "skipped", "skipped"]
+
+
+def test_at_most_two_cases_in_flight(edge_onnx, batch_dir, tmp_path, monkeypatch):
+    lock, alive, peak = threading.Lock(), [0], [0]
+    real_load = pipeline.load_case
+
+    def counting_load(*args, **kwargs):
+        with lock:
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+        try:
+            return real_load(*args, **kwargs)
+        except Exception:  # the broken case never reaches the network
+            with lock:
+                alive[0] -= 1
+            raise
+
+    monkeypatch.setattr(pipeline, "load_case", counting_load)
+    with Segmenter.open(edge_onnx, threads=1) as seg:
+        real_network = seg.network
+
+        def network(prepared, on_window=None):
+            out = real_network(prepared, on_window)
+            with lock:
+                alive[0] -= 1
+            return out
+
+        seg.network = network
+        results = pipeline.run_pipelined(seg, jobs_for(batch_dir, tmp_path / "out"))
+    assert [r.status for r in results].count("done") == 4
+    assert peak[0] == pipeline.IN_FLIGHT  # the loader ran ahead, but never further than allowed
