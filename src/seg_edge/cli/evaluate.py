@@ -19,6 +19,8 @@ def evaluate(
     truth: Path = typer.Argument(..., help="Ground truth label map, or a folder (flat or BraTS case folders)."),
     label_scheme: LabelScheme = typer.Option(LabelScheme.brats2021, "--label-scheme", help="ET=4 or ET=3."),
     csv_path: Path = typer.Option(None, "--csv", help="Also write per-case rows to this CSV."),
+    report: Path = typer.Option(None, "--report", help="Also write a self-contained HTML report: per-case table, "
+                                "Dice box plots, the worst cases' pictures beside the ground truth (needs Pillow)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Score predictions per region (WT, TC, ET) with BraTS conventions for empty regions."""
@@ -32,9 +34,22 @@ def evaluate(
         if not csv_path.parent.is_dir():
             raise InputError(f"{csv_path}: folder {csv_path.parent} does not exist (expected an existing folder)")
         check_targets([csv_path], overwrite=True)
+    if report is not None:
+        from seg_edge.runtime.outputs import check_targets
+        from seg_edge.runtime.pictures import require_pillow
+
+        if not report.parent.is_dir():
+            raise InputError(f"{report}: folder {report.parent} does not exist (expected an existing folder)")
+        check_targets([report], overwrite=True)
+        require_pillow()
     result = run(pred, truth, et_label(label_scheme.value))
     if csv_path:
         write_csv(result, csv_path)
+    if report is not None:
+        from seg_edge.evaluation.html_report import evaluation_html, write_html
+
+        write_html(report, evaluation_html(result, et_label(label_scheme.value)))
+        err.print(f"wrote {escape(str(report))}")
     if result["unmatched"]:
         err.print(f"[yellow]warning:[/] {len(result['unmatched'])} case ids without a partner: "
                   f"{escape(', '.join(result['unmatched'][:5]))}")

@@ -32,6 +32,8 @@ def parity(
     tta: bool = typer.Option(None, "--tta/--no-tta", help="Mirroring TTA (default: the card's)."),
     threads: int = THREADS_OPTION,
     precision_hint: list[PrecisionHint] = typer.Option(None, "--precision-hint", help="OpenVINO precision(s)."),
+    report: Path = typer.Option(None, "--report", help="Also write a self-contained HTML report: the table and, per "
+                                "case and backend, slices where labels differ with those voxels highlighted."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Compare backends with PyTorch + MONAI per case: probabilities, labels, Dice, HD95, volumes."""
@@ -43,13 +45,19 @@ def parity(
     hints = [h.value for h in dict.fromkeys(precision_hint or [])] or [None]
     backends = tuple((b.value, h) for b in dict.fromkeys(backend) for h in (hints if b.value == "openvino" else [None]))
     options = SegmenterOptions(overlap=overlap, blend=blend.value if blend else None, tta=tta)
+    pictures = _report_start(report)
     ref = parse_source(reference) if reference else None
     if ref is None:
         ref = Reference(Path(reference) if reference else None, network,
                         parse_kwargs(network_kwargs) if network else None)
     results = check_parity(model, cases, backends, ref, options, threads,
                            on_result=lambda r: err.print(f"  {escape(r.case_id)} / {r.backend}: "
-                                                         f"{'pass' if r.passed else 'FAIL'}"))
+                                                         f"{'pass' if r.passed else 'FAIL'}"), on_case=pictures)
+    if report is not None:
+        from seg_edge.evaluation.html_report import parity_html, write_html
+
+        write_html(report, parity_html(results, pictures, _against(reference)))
+        err.print(f"wrote {escape(str(report))}")
     if json_out:
         out.print_json(dumps({"passed": all(r.passed for r in results),
                               "results": [dataclasses.asdict(r) for r in results]}))
@@ -62,10 +70,30 @@ def parity(
         raise typer.Exit(1)
 
 
-def _table(results, reference: str | None) -> Table:
+def _report_start(report: Path | None):
+    """The picture collector for --report (None without it), its target checked before any work."""
+    if report is None:
+        return None
+    from seg_edge.errors import InputError
+    from seg_edge.evaluation.html_report import ParityPictures
+    from seg_edge.runtime.outputs import check_targets
+    from seg_edge.runtime.pictures import require_pillow
+
+    if not report.parent.is_dir():
+        raise InputError(f"{report}: folder {report.parent} does not exist (expected an existing folder)")
+    check_targets([report], overwrite=True)
+    require_pillow()
+    return ParityPictures()
+
+
+def _against(reference: str | None) -> str:
     kind = str(reference).partition(":")[0] if reference else ""
-    against = {"nnunet": "nnU-Net's nnUNetPredictor", "monai-bundle": "the MONAI bundle's own inference"}.get(
+    return {"nnunet": "nnU-Net's nnUNetPredictor", "monai-bundle": "the MONAI bundle's own inference"}.get(
         kind, "PyTorch + MONAI")
+
+
+def _table(results, reference: str | None) -> Table:
+    against = _against(reference)
     table = Table(title=f"parity vs {against} (Dice vs the reference labels; --json has HD95 and more)",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True,
                   show_edge=False)

@@ -64,7 +64,8 @@ def evaluate_case(pred: Path, truth: Path, et: int) -> dict:
 
 
 def evaluate(pred: Path, truth: Path, et: int) -> dict:
-    """``{"cases": [...], "summary": {region: {metric: {mean, std}}}}`` over cases found in both."""
+    """``{"cases": [...], "summary": {region: {metric: {mean, std}}}, "unmatched": [...],
+    "files": {case_id: (prediction, ground truth)}}`` over cases found in both."""
     preds, truths = label_files(pred), label_files(truth)
     if pred.is_file() and truth.is_file():
         preds, truths = {"case": pred}, {"case": truth}
@@ -72,13 +73,14 @@ def evaluate(pred: Path, truth: Path, et: int) -> dict:
     if not common:
         raise InputError(f"{pred}: no case ids in common with {truth} "
                          f"(found e.g. {sorted(preds)[:2]} vs {sorted(truths)[:2]})")
-    cases = []
+    cases, files = [], {}
     for cid in common:
         row = evaluate_case(preds[cid], truths[cid], et)
         row["case_id"] = cid if cid != "case" else _case_id(truth)
         cases.append(row)
+        files[row["case_id"]] = (preds[cid], truths[cid])
     unmatched = sorted(set(preds) ^ set(truths))
-    return {"cases": cases, "summary": summarize(cases, REGIONS), "unmatched": unmatched}
+    return {"cases": cases, "summary": summarize(cases, REGIONS), "unmatched": unmatched, "files": files}
 
 
 def write_csv(result: dict, path: Path) -> None:

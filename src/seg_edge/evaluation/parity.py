@@ -215,12 +215,13 @@ def _framework_reference(artifact: Artifact, reference, plan, threads: int | Non
 
 def check_parity(model: Path, cases: list[Path], backends: tuple = ("onnxruntime",),
                  reference=None, options: SegmenterOptions | None = None,
-                 threads: int | None = None, on_result=None) -> list[ParityResult]:
+                 threads: int | None = None, on_result=None, on_case=None) -> list[ParityResult]:
     """Run every backend and the reference on every case; results judged by tolerances.
 
     ``backends`` holds names or (name, precision hint) pairs. FP32 backends are judged by the
     card's tolerances; a reduced-precision hint by ``HINT_TOLERANCES``. ``reference``: a
     ``Reference`` / path (the torch source) or a ``SourceSpec`` (the framework's own predictor).
+    ``on_case(case, reference, backend, segmentation)`` sees each backend's labels (parity --report).
     """
     artifact = load_artifact(model)
     opts = options or SegmenterOptions()
@@ -235,7 +236,7 @@ def check_parity(model: Path, cases: list[Path], backends: tuple = ("onnxruntime
             session = stack.enter_context(open_session(artifact, name, threads=threads, precision_hint=hint))
             sessions[session.name] = session
         for folder in cases:
-            for result in _check_case(artifact, net, sessions, opts, Path(folder), allowance):
+            for result in _check_case(artifact, net, sessions, opts, Path(folder), allowance, on_case):
                 results.append(result)
                 if on_result:
                     on_result(result)
@@ -243,7 +244,7 @@ def check_parity(model: Path, cases: list[Path], backends: tuple = ("onnxruntime
 
 
 def _check_case(artifact: Artifact, reference, sessions: dict, opts: SegmenterOptions, folder: Path,
-                allowance: float = 0.0):
+                allowance: float = 0.0, on_case=None):
     """Yield one judged ParityResult per backend for the case in ``folder``."""
     tol = artifact.card.tolerances
     case = load_case(folder, artifact.card.modalities)
@@ -254,4 +255,7 @@ def _check_case(artifact: Artifact, reference, sessions: dict, opts: SegmenterOp
         max_diff, min_dice = HINT_TOLERANCES.get((backend, artifact.card.precision),
                                                  (tol.max_prob_diff, tol.min_region_dice))
         max_diff = max(max_diff, allowance)  # a framework predictor's own rounding
-        yield judge(compare(case, seg.predict(case), ref, backend, box, seg.et), max_diff, min_dice)
+        got = seg.predict(case)
+        if on_case:
+            on_case(case, ref, backend, got)
+        yield judge(compare(case, got, ref, backend, box, seg.et), max_diff, min_dice)

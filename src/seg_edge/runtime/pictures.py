@@ -24,7 +24,7 @@ LABEL_INFO = {1: ("NCR", "necrotic tumour core", (230, 25, 25)),
               4: ("ET", "enhancing tumour", (255, 224, 25))}
 HIGHLIGHT = (255, 0, 255)  # voxels that differ (parity pictures)
 PANEL_PX = 240  # the longest side of one slice panel, in pixels
-NOT_CLINICAL = "synthetic-data demonstration model: not for clinical use"
+FOOTER = "seg-edge is not a medical device: not for clinical use. Neurological view (left is left)."
 
 
 def require_pillow() -> None:
@@ -216,7 +216,7 @@ def figure(vol: Volume3D, rows: list[Row], centre: tuple[int, int, int], et: int
     scale = PANEL_PX / extent
     sizes = [panel_size(plane(next(iter(vol.labels.values())), p, centre).shape, plane_spacing(vol.spacing, p), scale)
              for p in PLANES]
-    head, label_w, gap = 30, 90, 6
+    head, label_w, gap = 30, 110, 6
     row_h = max(h for _, h in sizes) + 20
     width = label_w + sum(w for w, _ in sizes) + gap * 3 + legend_width
     height = head + row_h * len(rows) + 24
@@ -239,8 +239,7 @@ def figure(vol: Volume3D, rows: list[Row], centre: tuple[int, int, int], et: int
                 draw.text((x, y), p, fill=(80, 80, 80), font=font(12))
             x += w + gap
     canvas.paste(_legend_panel(legend_lines, legend_width, canvas.height - head - 24), (x, head))
-    draw.text((8, canvas.height - 20), NOT_CLINICAL + "; neurological view (left is left)",
-              fill=(120, 0, 0), font=font(12))
+    draw.text((8, canvas.height - 20), FOOTER, fill=(120, 0, 0), font=font(12))
     return canvas
 
 
@@ -266,3 +265,28 @@ def preview_image(images: dict[str, np.ndarray], labels: np.ndarray, affine: np.
     centre = tumour_centre(vol.labels["pred"], next(iter(vol.images.values()), None))
     rows = [Row(f"{m.upper() if m != 't1ce' else 'T1ce'}", m, "pred") for m in vol.images]
     return figure(vol, rows, centre, et, title, volume_lines(volumes, et))
+
+
+def comparison_image(image: tuple[str, np.ndarray] | None, first: tuple[str, np.ndarray],
+                     second: tuple[str, np.ndarray], affine: np.ndarray, spacing: tuple[float, ...], et: int,
+                     title: str, lines: list[Line], highlight_changes: bool = False):
+    """Two label maps over one image (``(name, volume)``, or none: black), three planes each.
+
+    The planes go through the largest tumour component of ``second`` (else of ``first``); with
+    ``highlight_changes`` they go through the slices with most differing voxels instead, and those
+    voxels are drawn in magenta on the second row.
+    """
+    require_pillow()
+    (name_a, a), (name_b, b) = first, second
+    labels = {"a": a, "b": b}
+    if highlight_changes:
+        labels["diff"] = (a != b).astype(np.uint8)
+    images = {} if image is None else {image[0]: image[1]}
+    vol = Volume3D.canonical(images, labels, affine, spacing)
+    if highlight_changes and vol.labels["diff"].any():
+        centre = busiest_slices(vol.labels["diff"].astype(bool))
+    else:
+        centre = tumour_centre(vol.labels["b"] if vol.labels["b"].any() else vol.labels["a"])
+    shown = image[0] if image is not None else None
+    rows = [Row(name_a, shown, "a"), Row(name_b, shown, "b", "diff" if highlight_changes else None)]
+    return figure(vol, rows, centre, et, title, lines)
