@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from seg_edge.runtime import pipeline
+from seg_edge.runtime import jobs, pipeline
 from seg_edge.runtime.jobs import Job, run_batch
 from seg_edge.runtime.segmenter import Segmenter
 
@@ -51,7 +51,7 @@ def test_pipelined_batch_equals_one_case_after_another(edge_onnx, batch_dir, tmp
 
 def test_at_most_two_cases_in_flight(edge_onnx, batch_dir, tmp_path, monkeypatch):
     lock, alive, peak = threading.Lock(), [0], [0]
-    real_load = pipeline.load_case
+    real_load = jobs.load_case
 
     def counting_load(*args, **kwargs):
         with lock:
@@ -64,7 +64,7 @@ def test_at_most_two_cases_in_flight(edge_onnx, batch_dir, tmp_path, monkeypatch
                 alive[0] -= 1
             raise
 
-    monkeypatch.setattr(pipeline, "load_case", counting_load)
+    monkeypatch.setattr(jobs, "load_case", counting_load)
     with Segmenter.open(edge_onnx, threads=1) as seg:
         real_network = seg.network
 

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from seg_edge.runtime.io import Case, load_case
+from seg_edge.runtime import jobs as single
+from seg_edge.runtime.io import Case
 from seg_edge.runtime.jobs import Job, JobResult, failure_reason, write_outputs
 from seg_edge.runtime.outputs import check_targets
 from seg_edge.runtime.segmenter import Prepared, Segmenter
@@ -34,7 +35,7 @@ def _loader(segmenter: Segmenter, jobs: list[Job], file_order, overwrite: bool, 
         try:
             check_targets(job.targets(segmenter.options.probabilities, preview), overwrite)
             t0 = time.perf_counter()
-            case = load_case(job.source, segmenter.card.modalities, file_order)
+            case = single.load_case(job.source, segmenter.card.modalities, file_order)  # as run_job loads
             case.case_id = job.case_id
             load_s = time.perf_counter() - t0
             prepared = segmenter.prepare(case)
