@@ -1,10 +1,10 @@
 """Pictures of a case: orthogonal slices with the label overlay, a legend and volumes.
 
 Drawn with Pillow alone (the ``preview`` extra). Pillow rather than matplotlib because these
-pictures are a few resampled slices, coloured masks and text: Pillow does that in ~4 MB with no
-further dependencies and imports in ~50 ms, where matplotlib brings ~40 MB (numpy already
-here, but also fonttools, kiwisolver, contourpy, pyparsing) and a ~1 s import to a runtime that
-sits on scanner-side boxes and in a web server. Images are reoriented to RAS for display only
+pictures are a few resampled slices, coloured masks and text: Pillow (22 MB installed, 0.05 s to
+import) does that with no further dependencies, where matplotlib needs Pillow as well plus 74 MB
+of its own (fonttools, kiwisolver, contourpy, pyparsing, ...) and 0.7 s to import (measured on the
+project's 2-core machine) in a runtime that sits on scanner-side boxes and in a web server. Images are reoriented to RAS for display only
 (neurological view: the patient's left on the picture's left); nothing written is reoriented.
 """
 
