@@ -12,9 +12,10 @@ The search, in order:
 2. a probe times one network call per engine at the card's patch and keeps, per numerics family
    (model, backend, hint), the fastest threads and batch; then one call per window shape the plans
    need, so that every (family, plan) has a predicted time on the first case;
-3. trials in order of predicted time: each runs the first case (stopped as soon as it is slower than
-   the best accepted so far: "pruned"), then the other cases while its Dice stays within the budget;
-   a trial predicted at more than ``PREDICTED_SLACK`` × the best is dropped unrun;
+3. trials in order of predicted seconds per case: each runs the first case (stopped as soon as it is
+   ``PRUNE_MARGIN`` slower than the best accepted so far: "pruned"), then the other cases while its
+   Dice stays within the budget; a trial predicted at more than ``PREDICTED_SLACK`` × the best's
+   seconds per case is dropped unrun;
 4. the fastest accepted trial (mean seconds per case) is the profile.
 
 Times are the Segmenter's (preprocess + network + postprocess), measured, never extrapolated; the
@@ -23,78 +24,28 @@ prediction only orders and prunes the grid.
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from seg_edge.artifact import Artifact, load_artifact
-from seg_edge.card import Machine, ModelCard
-from seg_edge.errors import BackendUnavailable, InputError
+from seg_edge.card import Machine
+from seg_edge.errors import InputError
+from seg_edge.evaluation.tune_grid import (Engine, Family, Progress, TuneOptions, WindowChoice, open_engines,
+                                           predict_seconds, window_plans, windows_of)
 from seg_edge.runtime.io import Case, load_case
-from seg_edge.runtime.machine import cores, this_machine
-from seg_edge.runtime.preprocess import pad_shape, preprocess, tiling_window, window_size
+from seg_edge.runtime.machine import this_machine
+from seg_edge.runtime.preprocess import preprocess
 from seg_edge.runtime.regions import case_folders, dice, labels_to_regions
 from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
-from seg_edge.runtime.sessions.base import Session, open_session
-from seg_edge.runtime.window import window_slices
+
+__all__ = ["Family", "Trial", "TuneOptions", "TuneResult", "WindowChoice", "tune", "window_plans", "worst_region_dice"]
 
 CPU_BACKENDS = ("onnxruntime", "openvino")
-PREDICTED_SLACK = 1.5  # a trial predicted slower than this × the best is not run
-Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class TuneOptions:
-    """What ``tune`` varies. Empty tuples mean the defaults described on each field."""
-
-    budget: float = 0.01  # largest worst-region Dice loss against the reference
-    backends: tuple[str, ...] = ()  # () = every CPU backend that loads here
-    variants: tuple[Path, ...] = ()  # sibling files of the model (INT8, FP16) to try as well
-    threads: tuple[int, ...] = ()  # () = all usable cores and half of them
-    batches: tuple[int, ...] = (1, 2)
-    windows: tuple[tuple[int, ...], ...] = ()  # besides the patch; () = ~4/3, ~5/3, 2× it, the whole crop
-    overlaps: tuple[float, ...] = (0.5, 0.375, 0.25, 0.125, 0.0)
-    hints: tuple[str, ...] = ("f32", "bf16")  # OpenVINO precision hints (those the CPU lacks are skipped)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.budget < 1:
-            raise InputError(f"--budget {self.budget} (expected a Dice loss in [0, 1))")
-        if any(not 0 <= o < 1 for o in self.overlaps) or not self.overlaps:
-            raise InputError(f"overlaps {list(self.overlaps)} (expected values in [0, 1))")
-        if any(t < 1 for t in self.threads) or any(b < 1 for b in self.batches) or not self.batches:
-            raise InputError(f"threads {list(self.threads)}, batches {list(self.batches)} (expected integers >= 1)")
-
-
-@dataclass(frozen=True)
-class Family:
-    """What decides the numbers a network gives: the model file, the backend and its precision hint."""
-
-    model: Path
-    backend: str
-    hint: str | None = None
-
-    def label(self) -> str:
-        hint = f" {self.hint}" if self.hint and self.hint != "f32" else ""
-        return f"{self.model.name} / {self.backend}{hint}"
-
-
-@dataclass(frozen=True)
-class WindowChoice:
-    """Where windows go and how they are combined (None window: the card's patch)."""
-
-    window: tuple[int, ...] | None
-    overlap: float
-    blend: str
-    steps: str
-    tta: bool = True
-
-    def label(self) -> str:
-        window = "patch" if self.window is None else "×".join(map(str, self.window))
-        return f"{window} o{self.overlap:g} {self.blend} {self.steps}{'' if self.tta else ' noTTA'}"
+PREDICTED_SLACK = 1.5  # a trial predicted slower than this × the best's seconds per case is not run
+PRUNE_MARGIN = 0.1  # a trial is stopped once its first case takes 10 % longer than the best's (timing noise)
 
 
 @dataclass
@@ -152,58 +103,6 @@ class _TooSlow(Exception):
     """Raised from the progress hook when a trial has already taken longer than the best."""
 
 
-# ----------------------------------------------------------------------------------------- the grid
-
-def _default_windows(card: ModelCard, shapes: list[tuple[int, ...]]) -> list[tuple[int, ...] | None]:
-    """The patch, about 4/3, 5/3 and 2× it (multiples of the divisor) and the largest crop in one pass."""
-    div, patch = card.size_divisor, tuple(card.patch_size)
-    whole = tuple(max(-(-s[a] // div) * div for s in shapes) for a in range(len(patch)))
-    sizes: list[tuple[int, ...] | None] = [None]
-    for scale in (4 / 3, 5 / 3, 2):
-        w = tuple(max(p, -(-int(p * scale) // div) * div) for p in patch)
-        if all(a < b for a, b in zip(w, whole)) and w not in sizes:
-            sizes.append(w)
-    if whole != patch and all(w >= p for w, p in zip(whole, patch)):
-        sizes.append(whole)
-    return sizes
-
-
-def _windows_of(card: ModelCard, shape: tuple[int, ...], plan: WindowChoice) -> tuple[tuple, list]:
-    """(window used, window slices) of ``plan`` on a crop of network ``shape`` (before padding); 2D models:
-    (the slice size, one entry per slice)."""
-    if card.inputs.spatial_dims == 2 and card.inputs.slice is not None:
-        return tuple(card.inputs.slice.size), [None] * shape[card.inputs.slice.axis]
-    tile = tiling_window(shape, card, plan.window)
-    padded = pad_shape(shape, tile)
-    window = window_size(padded, tile)
-    return window, window_slices(padded, window, plan.overlap, plan.steps)
-
-
-def window_plans(card: ModelCard, shapes: list[tuple[int, ...]], options: TuneOptions) -> list[WindowChoice]:
-    """Every distinct window plan over the tune cases' crop ``shapes`` (plans placing the same windows
-    on every case, and blending choices where every case has one window, count once)."""
-    inf = card.inference
-    windows = [None, *options.windows] if options.windows else _default_windows(card, shapes)  # the patch always
-    blends = sorted({inf.blend, "gaussian", "constant"})
-    steps = sorted({inf.steps, "monai", "nnunet"})
-    overlaps = sorted({o for o in options.overlaps if o <= inf.overlap} | {inf.overlap}, reverse=True)
-    ttas = (True, False) if inf.tta_axes else (True,)
-    if card.inputs.spatial_dims == 2:  # slices: only mirroring changes the plan
-        return [WindowChoice(None, inf.overlap, inf.blend, inf.steps, tta) for tta in ttas]
-    plans, seen = [], set()
-    for window, overlap, blend, step, tta in itertools.product(windows, overlaps, blends, steps, ttas):
-        plan = WindowChoice(None if window in (None, tuple(card.patch_size)) else tuple(window), overlap, blend,
-                          step, tta)
-        placed = [_windows_of(card, s, plan) for s in shapes]
-        single = all(len(slices) == 1 for _, slices in placed)
-        key = (tuple((w, tuple(tuple((s.start, s.stop) for s in sl) for sl in slices)) for w, slices in placed),
-               None if single else blend, tta)
-        if key not in seen:
-            seen.add(key)
-            plans.append(plan)
-    return plans
-
-
 # ------------------------------------------------------------------------------------------ running
 
 def worst_region_dice(labels: np.ndarray, reference: np.ndarray, et: int) -> float:
@@ -221,72 +120,6 @@ def _segment(segmenter: Segmenter, case: Case, limit_s: float | None = None) -> 
 
     seg = segmenter.predict(case, check)
     return time.perf_counter() - start, seg.labels
-
-
-def _call_seconds(session: Session, channels: int, window: tuple[int, ...], batch: int) -> float:
-    """Seconds per window of ``batch``-window calls: the faster of two calls after a warm-up."""
-    x = np.random.default_rng(0).standard_normal((batch, channels, *window)).astype(np.float32)
-    session.run(x)
-    times = []
-    for _ in range(2):
-        t0 = time.perf_counter()
-        session.run(x)
-        times.append(time.perf_counter() - t0)
-    return min(times) / batch
-
-
-# ------------------------------------------------------------------------------------------- probe
-
-@dataclass
-class _Engine:
-    """An open session of one family with its fastest threads and batch, and seconds per window."""
-
-    family: Family
-    artifact: Artifact
-    session: Session
-    threads: int | None
-    batch: int
-    batch_gain: float  # seconds per window at ``batch`` over seconds per window at 1, at the patch
-    per_window: dict[tuple[int, ...], float] = field(default_factory=dict)
-
-
-def _open_engine(family: Family, options: TuneOptions, report: dict) -> _Engine:
-    """The family's session at its fastest threads/batch (timed at the card's patch); BackendUnavailable."""
-    artifact = load_artifact(family.model)
-    card = artifact.card
-    patch = tuple(card.inputs.slice.size) if card.inputs.spatial_dims == 2 and card.inputs.slice else card.patch_size
-    threads_grid = options.threads or tuple(sorted({cores(), max(cores() // 2, 1)}, reverse=True))
-    timings: dict[tuple[int, int], float] = {}
-    best: tuple[float, int, Session | None] = (float("inf"), 0, None)
-    for threads in threads_grid:
-        session = open_session(artifact, family.backend, threads, precision_hint=family.hint)
-        for batch in options.batches:
-            timings[(threads, batch)] = _call_seconds(session, card.in_channels, patch, batch)
-        fastest = min(timings[(threads, b)] for b in options.batches)
-        if fastest < best[0]:
-            if best[2] is not None:
-                best[2].close()
-            best = (fastest, threads, session)
-        else:
-            session.close()
-    _, threads, session = best
-    batch = min(options.batches, key=lambda b: timings[(threads, b)])
-    report[family.label()] = {"seconds_per_window": {f"{t} threads, batch {b}": round(v, 4)
-                                                     for (t, b), v in timings.items()},
-                              "chosen": {"threads": threads, "batch": batch}}
-    single = timings.get((threads, 1), timings[(threads, batch)])
-    return _Engine(family, artifact, session, threads, batch, timings[(threads, batch)] / single,
-                   {tuple(patch): single})
-
-
-def _predict_seconds(engine: _Engine, card: ModelCard, shape: tuple[int, ...], plan: WindowChoice) -> float:
-    """Predicted network seconds of ``plan`` on a crop of ``shape`` (the probe times new window shapes)."""
-    window, slices = _windows_of(card, shape, plan)
-    if window not in engine.per_window:
-        engine.per_window[window] = _call_seconds(engine.session, card.in_channels, window, 1)
-    per = engine.per_window[window] * (engine.batch_gain if len(slices) >= engine.batch else 1.0)
-    flips = 2 ** len(card.inference.tta_axes) if plan.tta else 1
-    return len(slices) * per * flips
 
 
 # ------------------------------------------------------------------------------------------ search
@@ -310,22 +143,23 @@ def _run_trial(trial: Trial, segmenter: Segmenter, cases: list[Case], references
     trial.status = "accepted"
 
 
-def _search(trials: list[Trial], engines: dict[Family, _Engine], cases: list[Case], references: list[np.ndarray],
+def _search(trials: list[Trial], engines: dict[Family, Engine], cases: list[Case], references: list[np.ndarray],
             budget: float, progress: Progress) -> None:
     """Run trials fastest-predicted first, pruning against the best accepted one (see the module doc)."""
     best: Trial | None = None
     for i, trial in enumerate(trials):
         progress(f"trial {i + 1}/{len(trials)}: {trial.label()}", i, len(trials))
-        if best is not None and trial.predicted_s > PREDICTED_SLACK * best.seconds[0]:
+        if best is not None and trial.predicted_s > PREDICTED_SLACK * best.mean_s:
             trial.status = "pruned (predicted)"
             continue
         engine = engines[trial.family]
         segmenter = Segmenter(engine.artifact, engine.session, _trial_options(trial))
+        limit = best.seconds[0] * (1 + PRUNE_MARGIN) if best else None
         try:
-            _run_trial(trial, segmenter, cases, references, budget, best.seconds[0] if best else None)
+            _run_trial(trial, segmenter, cases, references, budget, limit)
         except _TooSlow:
             trial.status = "pruned (slower)"
-        if trial.status == "accepted" and (best is None or trial.seconds[0] < best.seconds[0]):
+        if trial.status == "accepted" and (best is None or trial.mean_s < best.mean_s):
             best = trial
     progress("trials done", len(trials), len(trials))
 
@@ -358,19 +192,6 @@ def _families(model: Path, options: TuneOptions) -> list[Family]:
     return out
 
 
-def _open_engines(families: list[Family], options: TuneOptions, progress: Progress):
-    engines, skipped, report = {}, [], {}
-    for i, family in enumerate(families):
-        progress(f"probe {family.label()}", i, len(families))
-        try:
-            engines[family] = _open_engine(family, options, report)
-        except BackendUnavailable as exc:
-            skipped.append((family.label(), str(exc)))
-    if not engines:
-        raise BackendUnavailable("no backend loads here: " + "; ".join(f"{n}: {why}" for n, why in skipped))
-    return engines, skipped, report
-
-
 def tune(model: Path, cases_dir: Path, options: TuneOptions = TuneOptions(),
          progress: Progress | None = None) -> TuneResult:
     """Measure the grid on the cases in ``cases_dir`` and pick the fastest configuration within the budget."""
@@ -381,13 +202,13 @@ def tune(model: Path, cases_dir: Path, options: TuneOptions = TuneOptions(),
     cases = [load_case(p, card.modalities) for p in case_folders(cases_dir)]
     shapes = [preprocess(c.images, card)[1].grid_shape for c in cases]
     references, reference_seconds = _reference(artifact, cases, progress)
-    engines, skipped, report = _open_engines(_families(Path(model), options), options, progress)
+    engines, skipped, report = open_engines(_families(Path(model), options), options, progress)
     try:
         trials = []
         for family, engine in engines.items():
             for plan in window_plans(card, shapes, options):
-                batch = engine.batch if len(_windows_of(card, shapes[0], plan)[1]) > 1 else 1
-                predicted = _predict_seconds(engine, card, shapes[0], plan)
+                batch = engine.batch if len(windows_of(card, shapes[0], plan)[1]) > 1 else 1
+                predicted = predict_seconds(engine, card, shapes, plan)
                 trials.append(Trial(family, plan, engine.threads, batch, predicted))
         trials.sort(key=lambda t: t.predicted_s)
         _search(trials, engines, cases, references, options.budget, progress)
