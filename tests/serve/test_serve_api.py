@@ -172,3 +172,24 @@ def test_label_scheme_and_results_before_done(client, case_dir):
     assert record["labels"]["ET"] == 3 and [r["value"] for r in record["legend"]] == [1, 2, 3]
     values = set(np.unique(labels_of(client.get(f"/v1/cases/{job['id']}/labels.nii.gz").content)).tolist())
     assert values <= {0, 1, 2, 3}
+
+
+def test_delete_a_queued_job_and_a_running_one(edge_onnx, case_dir, tmp_path):
+    app = create_app(ServeConfig(model=edge_onnx, data=tmp_path / "data"))
+    client = TestClient(app)  # outside a ``with``: no lifespan, the workers do not start and jobs stay queued
+    store, pool = app.state.store, app.state.pool
+    try:
+        queued = client.post("/v1/cases", files=upload(case_files(case_dir))).json()
+        assert queued["status"] == "queued" and (store.folder(queued["id"]) / "inputs").is_dir()
+        assert client.delete(f"/v1/cases/{queued['id']}").status_code == 204
+        assert leftovers(tmp_path / "data") == []
+
+        running = client.post("/v1/cases", files=upload(case_files(case_dir))).json()
+        store.update(running["id"], status="running")
+        answer = client.delete(f"/v1/cases/{running['id']}")
+        assert answer.status_code == 202 and answer.json()["status"] == "deleting"
+        pool._run(0, store.get(running["id"]))  # what the worker does with it: stops at the first window
+        assert store.get(running["id"]) is None and leftovers(tmp_path / "data") == []
+    finally:
+        pool.close()
+        store.close()

@@ -87,8 +87,35 @@ def _canvas_stats(png: bytes) -> tuple[float, float]:
     return float(grey.std()), float((grey > 20).mean())
 
 
+def _legend(page) -> dict[str, float]:
+    return dict(page.eval_on_selector_all(
+        "#legend tbody tr", "rows => rows.map(r => [r.dataset.label, Number(r.querySelector('[data-volume-ml]')"
+                            ".dataset.volumeMl)])"))
+
+
+def _segment(page, server: str, choose) -> tuple[str, dict[str, float]]:
+    """Open the page, let ``choose(page)`` pick the files, submit, wait for the viewer: (job id, legend volumes)."""
+    page.goto(server + "/")
+    page.wait_for_function("window.segEdge && window.segEdge.state.model !== null")
+    choose(page)
+    assert page.is_enabled("#submit")
+    page.click("#submit")
+    page.wait_for_selector("#legend[data-ready=true]", timeout=120_000)
+    page.wait_for_timeout(500)  # one more frame drawn
+    return page.evaluate("window.segEdge.state.job.id"), _legend(page)
+
+
+def _npy_stack(case: Path, out: Path, order: tuple[str, ...]) -> Path:
+    import nibabel as nib
+
+    files = case_files(case)
+    np.save(out, np.stack([np.asarray(nib.load(str(files[m])).dataobj, dtype=np.float32) for m in order]))
+    return out
+
+
 def test_page_uploads_segments_and_shows_the_labels(server, cases_dir, tmp_path):
     case = sorted(p for p in cases_dir.iterdir() if p.is_dir())[0]
+    stack = _npy_stack(case, tmp_path / "stack.npy", ("t2", "flair", "t1ce", "t1"))
     outside: list[str] = []
     errors: list[str] = []
     with sync_api.sync_playwright() as pw:
@@ -97,17 +124,8 @@ def test_page_uploads_segments_and_shows_the_labels(server, cases_dir, tmp_path)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.route("**/*", lambda route: (route.continue_() if route.request.url.startswith(server)
                                           else (outside.append(route.request.url), route.abort())))
-        page.goto(server + "/")
-        page.wait_for_function("window.segEdge && window.segEdge.state.model !== null")
-        page.set_input_files("#drop-input", [str(p) for p in case_files(case).values()])
-        assert page.is_enabled("#submit")
-        page.click("#submit")
-        page.wait_for_selector("#legend[data-ready=true]", timeout=120_000)
-        page.wait_for_timeout(500)  # one more frame drawn
-        job_id = page.evaluate("window.segEdge.state.job.id")
-        shown = dict(page.eval_on_selector_all(
-            "#legend tbody tr", "rows => rows.map(r => [r.dataset.label, Number(r.querySelector('[data-volume-ml]')"
-                                ".dataset.volumeMl)])"))
+        job_id, shown = _segment(page, server, lambda pg: pg.set_input_files(
+            "#drop-input", [str(p) for p in case_files(case).values()]))  # the drop zone's input: sorted by name
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         canvas = page.locator("#gl").screenshot()
         colours = _label_pixels(canvas)
@@ -122,6 +140,14 @@ def test_page_uploads_segments_and_shows_the_labels(server, cases_dir, tmp_path)
         page.select_option("#modality", "flair")
         page.wait_for_timeout(300)
         flair = page.locator("#gl").screenshot()
+
+        def choose_stack(pg) -> None:
+            pg.click("#tab-stack")
+            pg.set_input_files("#file-stack", str(stack))
+            pg.fill("#stack-order", "t2,flair,t1ce,t1")
+
+        stack_id, stack_shown = _segment(page, server, choose_stack)
+        stack_canvas = page.locator("#gl").screenshot()
         browser.close()
     assert errors == [] and outside == []
     api = _api(server, f"/v1/cases/{job_id}")
@@ -135,3 +161,7 @@ def test_page_uploads_segments_and_shows_the_labels(server, cases_dir, tmp_path)
     assert without_ed["ED"] < colours["ED"] / 10, (colours, without_ed)
     assert sum(faded.values()) < sum(colours.values()) / 10, (colours, faded)
     assert _canvas_stats(flair) != _canvas_stats(faded_png)  # the modality picker changed the image
+    # the .npy stack (its images parsed in the page) gives the same labels as the four files
+    assert _api(server, f"/v1/cases/{stack_id}")["volumes_ml"] == api["volumes_ml"]
+    assert stack_shown == shown
+    assert _canvas_stats(stack_canvas)[0] > 15 and sum(_label_pixels(stack_canvas).values()) > 30
