@@ -2,7 +2,8 @@
 
 nnU-Net: ``nnUNetv2_predict_from_modelfolder`` on the same cases (given to it in nnU-Net's raw
 layout, CASE_0000.nii.gz …, links to the same files), the same folds, step size and mirroring,
-CPU. MONAI bundle: ``python -m monai.bundle run`` with the bundle's own inference config.
+CPU. MONAI bundle: the bundle's own instantiated inference objects in a fresh process
+(benchmarks/bundle_run.py; ``python -m monai.bundle run`` needs pytorch-ignite).
 Every command runs as a fresh process, the tools alternating, ``--repeats`` times; the median
 wall time (start → every label map written) is reported with the CPU it ran on.
 
@@ -78,9 +79,9 @@ def nnunet_cmd(args, prov: dict, inputs: Path, out: Path) -> list[str]:
 
 
 def bundle_cmd(args, cases: list[Path], out: Path) -> list[str]:
-    from seg_edge.evaluation.sources.monai_bundle import bundle_run_command  # the bundle's own CLI, set up
-
-    return bundle_run_command(Path(args.source), cases, out)
+    """The bundle's own objects in a fresh process (benchmarks/bundle_run.py says why not monai.bundle run)."""
+    return [sys.executable, str(ROOT / "benchmarks/bundle_run.py"), str(args.model), str(args.source), str(out),
+            *map(str, cases), "--threads", str(args.threads)]
 
 
 def main() -> None:
@@ -106,7 +107,7 @@ def main() -> None:
             for backend in args.backends.split(","):
                 times.setdefault(f"seg-edge {backend}", []).append(
                     _run(seg_edge_cmd(args, args.cases, tmp / f"se-{backend}-{repeat}", backend), env))
-            label = "nnUNetv2_predict_from_modelfolder" if args.kind == "nnunet" else "monai.bundle run"
+            label = "nnUNetv2_predict_from_modelfolder" if args.kind == "nnunet" else "bundle's objects"
             cmd = nnunet_cmd(args, card.provenance, inputs, tmp / f"src-{repeat}") if args.kind == "nnunet" \
                 else bundle_cmd(args, args.cases, tmp / f"src-{repeat}")
             times.setdefault(label, []).append(_run(cmd, env))
