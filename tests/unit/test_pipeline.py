@@ -78,3 +78,20 @@ def test_at_most_two_cases_in_flight(edge_onnx, batch_dir, tmp_path, monkeypatch
         results = pipeline.run_pipelined(seg, jobs_for(batch_dir, tmp_path / "out"))
     assert [r.status for r in results].count("done") == 4
     assert peak[0] == pipeline.IN_FLIGHT  # the loader ran ahead, but never further than allowed
+
+
+def test_a_case_read_while_the_model_loads_gives_the_same_labels(edge_onnx, batch_dir, tmp_path):
+    from seg_edge.artifact import load_artifact
+    from seg_edge.errors import InputError
+    from seg_edge.runtime.jobs import run_job, start_loading
+
+    job = jobs_for(batch_dir, tmp_path / "pre")[0]
+    loading = start_loading(job, load_artifact(edge_onnx).card.modalities)
+    with Segmenter.open(edge_onnx, threads=1) as seg:
+        early = run_job(seg, job, loading=loading)
+        late = run_job(seg, jobs_for(batch_dir, tmp_path / "plain")[0])
+        broken = jobs_for(batch_dir, tmp_path / "broken")[2]
+        with pytest.raises(InputError, match="t1ce"):  # the reader's error surfaces in run_job, unchanged
+            run_job(seg, broken, loading=start_loading(broken, seg.card.modalities))
+    assert np.array_equal(early.segmentation.labels, late.segmentation.labels)
+    assert early.segmentation.case_id == late.segmentation.case_id == job.case_id

@@ -96,7 +96,7 @@ def predict(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Segment a BraTS-style case: writes a uint8 label map (NCR=1, ED=2, ET=4 or 3) and a JSON report."""
-    from seg_edge.runtime.jobs import plan_jobs, run_job
+    from seg_edge.runtime.jobs import plan_jobs, run_job, start_loading
     from seg_edge.runtime.pipeline import run_pipelined
     from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 
@@ -120,6 +120,11 @@ def predict(
 
         require_pillow()
     hint = precision_hint.value if precision_hint else None
+    loading = None
+    if not batch:  # the case is read while the model loads
+        from seg_edge.artifact import load_artifact
+
+        loading = start_loading(jobs[0], load_artifact(model_path(model)).card.modalities, file_order)
     with Segmenter.open_profiled(model_path(model), backend.value if backend else None, threads, options, hint,
                                  not reference) as segmenter:
         report_auto(segmenter.session, err)
@@ -132,7 +137,8 @@ def predict(
             with _progress() as bar:
                 task = bar.add_task(f"segmenting {jobs[0].case_id}", total=None)
                 results = [run_job(segmenter, jobs[0], file_order, overwrite,
-                                   lambda done, total: bar.update(task, completed=done, total=total), preview)]
+                                   lambda done, total: bar.update(task, completed=done, total=total), preview,
+                                   loading)]
         _render(results, batch, json_out, segmenter)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)

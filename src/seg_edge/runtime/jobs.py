@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,12 +158,24 @@ def write_outputs(seg: Segmentation, case: Case, job: Job, segmenter: Segmenter,
         staged.commit()
 
 
+def start_loading(job: Job, modalities: tuple[str, ...], file_order: tuple[str, ...] | None = None) -> Future:
+    """Read ``job``'s case in a background thread, e.g. while the model loads; hand the future to
+    ``run_job(..., loading=...)``, which waits for it (its errors are raised there)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="seg-edge-prefetch")
+    future = pool.submit(load_case, job.source, modalities, file_order)
+    pool.shutdown(wait=False)
+    return future
+
+
 def run_job(segmenter: Segmenter, job: Job, file_order: tuple[str, ...] | None = None,
-            overwrite: bool = False, on_window=None, preview: bool = False) -> JobResult:
-    """Load, segment and write one case (``preview``: also ``<case>_preview.png``); SegEdgeError propagates."""
+            overwrite: bool = False, on_window=None, preview: bool = False, loading: Future | None = None) -> JobResult:
+    """Load, segment and write one case (``preview``: also ``<case>_preview.png``); SegEdgeError propagates.
+
+    ``loading``: the case already being read (``start_loading``); the ``load`` timing is then the wait for it.
+    """
     check_targets(job.targets(segmenter.options.probabilities, preview), overwrite)
     t0 = time.perf_counter()
-    case = load_case(job.source, segmenter.card.modalities, file_order)
+    case = loading.result() if loading is not None else load_case(job.source, segmenter.card.modalities, file_order)
     case.case_id = job.case_id
     t1 = time.perf_counter()
     seg = segmenter.predict(case, on_window)
