@@ -180,3 +180,44 @@ def _stream_until_answered(port: int, total_mb: int) -> tuple[int, bytes]:
         pass
     sock.close()
     return sent, answer
+
+
+def test_a_client_leaving_mid_upload_leaves_nothing(edge_onnx, tmp_path):
+    """Through a real uvicorn: the connection closes halfway through a file; its folder goes, no 500 logged."""
+    import logging
+
+    import uvicorn
+
+    from seg_edge.serve.app import create_app
+    from seg_edge.serve.jobs import ServeConfig
+
+    port = _free_port()
+    app = create_app(ServeConfig(model=edge_onnx, data=tmp_path / "data"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("seg_edge.serve.app").addHandler(handler)
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"POST /v1/cases HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+                     b"Content-Type: multipart/form-data; boundary=B\r\n\r\n"
+                     b'--B\r\nContent-Disposition: form-data; name="flair"; filename="a_flair.nii.gz"\r\n\r\n'
+                     + b"\0" * 20000)
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "data" / "jobs").exists() or not any((tmp_path / "data" / "jobs").iterdir()):
+            assert time.monotonic() < deadline, "the upload never started"
+            time.sleep(0.02)
+        sock.close()
+        while any((tmp_path / "data" / "jobs").iterdir()):
+            assert time.monotonic() < deadline, leftovers(tmp_path / "data")
+            time.sleep(0.05)
+    finally:
+        logging.getLogger("seg_edge.serve.app").removeHandler(handler)
+        server.should_exit = True
+        thread.join(30)
+    assert not [r for r in records if r.levelno >= logging.ERROR]

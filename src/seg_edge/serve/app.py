@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from seg_edge import __version__
 from seg_edge.errors import InputError, SegEdgeError
@@ -181,6 +182,11 @@ def _register_errors(app: FastAPI) -> None:
     @app.exception_handler(SegEdgeError)
     async def input_error(request: Request, exc: SegEdgeError) -> JSONResponse:
         return _error(422 if isinstance(exc, InputError) else 500, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        log.info("client left during %s %s; its upload was discarded", request.method, request.url.path)
+        return _error(400, "the client disconnected before the request was complete")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
