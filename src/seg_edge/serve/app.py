@@ -171,7 +171,8 @@ def _register_info(app: FastAPI, store: JobStore, pool: WorkerPool, config: Serv
         return get_swagger_ui_html(openapi_url="/openapi.json", title="seg-edge API",
                                    swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
                                    swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
-                                   swagger_favicon_url="/static/favicon.svg")
+                                   swagger_favicon_url="/static/favicon.svg",
+                                   swagger_ui_parameters={"validatorUrl": None})  # no call to swagger.io
 
 
 def _register_errors(app: FastAPI) -> None:
