@@ -145,7 +145,8 @@ class InferenceProfile:
     against the reference configuration) on ``machine``; ``predict`` uses it there by default.
 
     ``window`` empty: the card's patch; else sizes (multiples of the size divisor, >= the patch)
-    capped at the crop. ``tta`` false: mirroring off. ``measured``: what tune measured (seconds per
+    capped at the crop. ``streams`` > 1: the windows of a batch run in parallel, the threads shared
+    out among them. ``tta`` false: mirroring off. ``measured``: what tune measured (seconds per
     case, the reference's, worst Dice, cases), informational.
     """
 
@@ -153,6 +154,7 @@ class InferenceProfile:
     backend: str = "onnxruntime"
     precision_hint: str | None = None
     threads: int | None = None
+    streams: int = 1
     window: tuple[int, ...] = ()
     overlap: float = 0.5
     blend: str = "gaussian"

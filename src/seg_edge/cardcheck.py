@@ -129,6 +129,8 @@ def _profile_problems(card: ModelCard) -> list[str]:
     problems += _choice("profile.blend", prof.blend, BLENDS) + _choice("profile.steps", prof.steps, STEPS)
     if prof.batch_size < 1:
         problems.append(f"profile.batch_size {prof.batch_size} (expected an integer >= 1)")
+    if prof.streams < 1:
+        problems.append(f"profile.streams {prof.streams} (expected an integer >= 1)")
     if not 0 <= prof.budget <= 1:
         problems.append(f"profile.budget {prof.budget} (expected a number in [0, 1])")
     if not prof.machine.cpu or prof.machine.cores < 1:

@@ -23,8 +23,9 @@ SCHEMA_FILE = Path(__file__).resolve().parents[2] / "src" / "seg_edge" / "assets
 
 
 def profile(**changes) -> InferenceProfile:
-    base = InferenceProfile(Machine("Some CPU", ("avx2", "fma"), 2, {"onnxruntime": "1.0"}), "onnxruntime", None, 2,
-                            (128, 128, 128), 0.25, "gaussian", "nnunet", 2, True, 0.01, {"seconds_per_case": 3.2})
+    base = InferenceProfile(Machine("Some CPU", ("avx2", "fma"), 2, {"onnxruntime": "1.0"}), "onnxruntime", None,
+                            threads=2, streams=2, window=(128, 128, 128), overlap=0.25, blend="gaussian", steps="nnunet",
+                            batch_size=2, tta=True, budget=0.01, measured={"seconds_per_case": 3.2})
     return dataclasses.replace(base, **changes)
 
 
@@ -54,6 +55,7 @@ def test_profile_round_trips_and_the_schema_accepts_it():
     ({"overlap": 1.0}, "profile.overlap 1.0"),
     ({"blend": "median"}, "profile.blend"),
     ({"batch_size": 0}, "profile.batch_size 0"),
+    ({"streams": 0}, "profile.streams 0"),
     ({"threads": 0}, "profile.threads 0"),
     ({"precision_hint": "int4"}, "profile.precision_hint"),
     ({"budget": 2.0}, "profile.budget 2.0"),
@@ -93,6 +95,7 @@ def test_profile_in_force_says_why(monkeypatch):
     card = card_for("edge").replace(profile=profile(machine=here))
     used, note = profile_in_force(card, None, True)
     assert used == card.profile and note.startswith("tuned profile: onnxruntime, window 128×128×128")
+    assert "2 threads in 2 streams" in note
     assert profile_in_force(card, None, False) == (None, "tuned profile not used (--reference): the card's "
                                                          "configuration")
     assert profile_in_force(card, "openvino", True)[0] is None
@@ -110,3 +113,22 @@ def test_with_metadata_replaces_the_card_and_keeps_the_graph(edge_onnx, tmp_path
     assert load_artifact(out).card == card
     assert list(read_onnx_metadata(out)) == [CARD_KEY]  # replaced, not duplicated
     assert onnx.load(str(out)).graph == onnx.load(str(edge_onnx)).graph
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_parallel_streams_give_the_same_logits(edge_onnx, backend):
+    import numpy as np
+
+    from seg_edge.errors import BackendUnavailable, InputError
+    from seg_edge.runtime.sessions.base import open_session
+
+    artifact = load_artifact(edge_onnx)
+    batch = np.random.default_rng(3).standard_normal((3, artifact.card.in_channels, 32, 32, 32)).astype(np.float32)
+    try:
+        with open_session(artifact, backend, threads=2) as one, open_session(artifact, backend, 2, streams=2) as two:
+            np.testing.assert_allclose(two.run(batch), one.run(batch), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(two.run(batch[:1]), one.run(batch[:1]), rtol=1e-4, atol=1e-4)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    with pytest.raises(InputError, match="streams 0"):
+        open_session(artifact, backend, 2, streams=0)

@@ -103,7 +103,8 @@ def machine() -> Machine:
 
 
 def test_options_take_the_profile_where_the_user_said_nothing():
-    profile = InferenceProfile(machine(), "openvino", None, 2, (160, 192, 160), 0.25, "constant", "nnunet", 2, True)
+    profile = InferenceProfile(machine(), "openvino", None, threads=2, window=(160, 192, 160), overlap=0.25,
+                               blend="constant", steps="nnunet", batch_size=2)
     card = card_for("edge")
     plan = SegmenterOptions().with_profile(profile).plan(card)
     assert (plan.window, plan.overlap, plan.blend, plan.steps, plan.batch_size) == (

@@ -61,6 +61,7 @@ def tune(
     threads: str = typer.Option(None, "--threads", help="Thread counts to try, e.g. 2,1 (default: all cores and "
                                 "half)."),
     batches: str = typer.Option("1,2", "--batches", help="Windows per network call to try."),
+    streams: str = typer.Option("1,2", "--streams", help="Parallel windows (streams sharing the threads) to try."),
     windows: str = typer.Option(None, "--windows", help="Window sizes to try, e.g. 96x96x96,160x192x160 "
                                 "(default: the patch, ~4/3, ~5/3, 2× it and the whole crop)."),
     overlaps: str = typer.Option("0.5,0.375,0.25,0.125,0", "--overlaps", help="Overlaps to try (at most the "
@@ -73,8 +74,9 @@ def tune(
     from seg_edge.evaluation.tune_report import plot_front, summary, write_tuned
 
     options = TuneOptions(budget, tuple(b.value for b in backend or []), tuple(variant or []),
-                          _numbers(threads, "--threads", int), _numbers(batches, "--batches", int),
-                          _windows(windows), _numbers(overlaps, "--overlaps"))
+                          threads=_numbers(threads, "--threads", int), batches=_numbers(batches, "--batches", int),
+                          streams=_numbers(streams, "--streams", int), windows=_windows(windows),
+                          overlaps=_numbers(overlaps, "--overlaps"))
     target = out_path or model.with_name(model.name.removesuffix(".onnx") + ".tuned.onnx")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:

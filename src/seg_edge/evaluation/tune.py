@@ -10,7 +10,7 @@ The search, in order:
 
 1. the reference runs on every case (labels, seconds);
 2. a probe times one network call per engine at the card's patch and keeps, per numerics family
-   (model, backend, hint), the fastest threads and batch; then one call per window shape the plans
+   (model, backend, hint), the fastest threads, parallel streams and batch; then one call per window shape the plans
    need, so that every (family, plan) has a predicted time on the first case;
 3. trials in order of predicted seconds per case: each runs the first case (stopped as soon as it is
    ``PRUNE_MARGIN`` slower than the best accepted so far: "pruned"), then the other cases while its
@@ -33,8 +33,8 @@ import numpy as np
 from seg_edge.artifact import Artifact, load_artifact
 from seg_edge.card import Machine
 from seg_edge.errors import InputError
-from seg_edge.evaluation.tune_grid import (Engine, Family, Progress, TuneOptions, WindowChoice, open_engines,
-                                           predict_seconds, window_plans, windows_of)
+from seg_edge.evaluation.tune_grid import (Engine, Family, Progress, TuneOptions, WindowChoice, check_windows,
+                                           open_engines, predict_seconds, window_plans, windows_of)
 from seg_edge.runtime.io import Case, load_case
 from seg_edge.runtime.machine import this_machine
 from seg_edge.runtime.preprocess import preprocess
@@ -60,6 +60,7 @@ class Trial:
     seconds: list[float] = field(default_factory=list)
     dice: list[float] = field(default_factory=list)
     status: str = "not run"  # accepted | over budget | pruned (slower) | pruned (predicted) | failed: ...
+    streams: int = 1
 
     @property
     def worst_dice(self) -> float | None:
@@ -70,7 +71,9 @@ class Trial:
         return float(np.mean(self.seconds)) if self.seconds else None
 
     def label(self) -> str:
-        return f"{self.family.label()}, {self.plan.label()}, {self.threads or 'default'} thr, batch {self.batch}"
+        streams = f" × {self.streams} streams" if self.streams > 1 else ""
+        return (f"{self.family.label()}, {self.plan.label()}, {self.threads or 'default'} thr{streams}, "
+                f"batch {self.batch}")
 
 
 @dataclass
@@ -199,6 +202,7 @@ def tune(model: Path, cases_dir: Path, options: TuneOptions = TuneOptions(),
     start = time.perf_counter()
     artifact = load_artifact(model)
     card = artifact.card
+    check_windows(card, options)  # before minutes of measuring
     cases = [load_case(p, card.modalities) for p in case_folders(cases_dir)]
     shapes = [preprocess(c.images, card)[1].grid_shape for c in cases]
     references, reference_seconds = _reference(artifact, cases, progress)
@@ -209,7 +213,7 @@ def tune(model: Path, cases_dir: Path, options: TuneOptions = TuneOptions(),
             for plan in window_plans(card, shapes, options):
                 batch = engine.batch if len(windows_of(card, shapes[0], plan)[1]) > 1 else 1
                 predicted = predict_seconds(engine, card, shapes, plan)
-                trials.append(Trial(family, plan, engine.threads, batch, predicted))
+                trials.append(Trial(family, plan, engine.threads, batch, predicted, streams=engine.streams))
         trials.sort(key=lambda t: t.predicted_s)
         _search(trials, engines, cases, references, options.budget, progress)
     finally:

@@ -31,6 +31,7 @@ class TuneOptions:
     variants: tuple[Path, ...] = ()  # sibling files of the model (INT8, FP16) to try as well
     threads: tuple[int, ...] = ()  # () = all usable cores and half of them
     batches: tuple[int, ...] = (1, 2)
+    streams: tuple[int, ...] = (1, 2)  # parallel windows (CPU backends); those above the threads are skipped
     windows: tuple[tuple[int, ...], ...] = ()  # besides the patch; () = ~4/3, ~5/3, 2× it, the whole crop
     overlaps: tuple[float, ...] = (0.5, 0.375, 0.25, 0.125, 0.0)
     hints: tuple[str, ...] = ("f32", "bf16")  # OpenVINO precision hints (those the CPU lacks are skipped)
@@ -40,7 +41,7 @@ class TuneOptions:
             raise InputError(f"--budget {self.budget} (expected a Dice loss in [0, 1))")
         if any(not 0 <= o < 1 for o in self.overlaps) or not self.overlaps:
             raise InputError(f"overlaps {list(self.overlaps)} (expected values in [0, 1))")
-        if any(t < 1 for t in self.threads) or any(b < 1 for b in self.batches) or not self.batches:
+        if any(t < 1 for t in self.threads + self.streams) or any(b < 1 for b in self.batches) or not self.batches:
             raise InputError(f"threads {list(self.threads)}, batches {list(self.batches)} (expected integers >= 1)")
 
 
@@ -99,10 +100,20 @@ def windows_of(card: ModelCard, shape: tuple[int, ...], plan: WindowChoice) -> t
     return window, window_slices(padded, window, plan.overlap, plan.steps)
 
 
+def check_windows(card: ModelCard, options: TuneOptions) -> None:
+    """InputError unless every window asked for fits the card: its rank, >= the patch, divisor multiples."""
+    inf = card.inference
+    for w in options.windows:
+        if len(w) != len(inf.patch_size) or any(a < p or a % inf.size_divisor for a, p in zip(w, inf.patch_size)):
+            raise InputError(f"--windows {'x'.join(map(str, w))} (expected {len(inf.patch_size)} sizes >= the patch "
+                             f"{'x'.join(map(str, inf.patch_size))}, each a multiple of {inf.size_divisor})")
+
+
 def window_plans(card: ModelCard, shapes: list[tuple[int, ...]], options: TuneOptions) -> list[WindowChoice]:
     """Every distinct window plan over the tune cases' crop ``shapes`` (plans placing the same windows
     on every case, and blending choices where every case has one window, count once)."""
     inf = card.inference
+    check_windows(card, options)
     windows = [None, *options.windows] if options.windows else _default_windows(card, shapes)  # the patch always
     blends = sorted({inf.blend, "gaussian", "constant"})
     steps = sorted({inf.steps, "monai", "nnunet"})
@@ -140,7 +151,7 @@ def call_seconds(session: Session, channels: int, window: tuple[int, ...], batch
 
 @dataclass
 class Engine:
-    """An open session of one family with its fastest threads and batch, and seconds per window."""
+    """An open session of one family with its fastest threads, streams and batch, and seconds per window."""
 
     family: Family
     artifact: Artifact
@@ -149,35 +160,40 @@ class Engine:
     batch: int
     batch_gain: float  # seconds per window at ``batch`` over seconds per window at 1, at the patch
     per_window: dict[tuple[int, ...], float] = field(default_factory=dict)
+    streams: int = 1
+
+
+def _session_grid(options: TuneOptions) -> list[tuple[int, int]]:
+    """(threads, streams) to probe: all usable cores and half of them; parallel streams when >= 2 threads."""
+    threads_grid = options.threads or tuple(sorted({cores(), max(cores() // 2, 1)}, reverse=True))
+    return [(t, s) for t in threads_grid for s in options.streams if s <= t]
 
 
 def _open_engine(family: Family, options: TuneOptions, report: dict) -> Engine:
-    """The family's session at its fastest threads/batch (timed at the card's patch); BackendUnavailable."""
+    """The family's session at its fastest threads/streams/batch (timed at the card's patch); BackendUnavailable."""
     artifact = load_artifact(family.model)
     card = artifact.card
     patch = tuple(card.inputs.slice.size) if card.inputs.spatial_dims == 2 and card.inputs.slice else card.patch_size
-    threads_grid = options.threads or tuple(sorted({cores(), max(cores() // 2, 1)}, reverse=True))
-    timings: dict[tuple[int, int], float] = {}
-    best: tuple[float, int, Session | None] = (float("inf"), 0, None)
-    for threads in threads_grid:
-        session = open_session(artifact, family.backend, threads, precision_hint=family.hint)
-        for batch in options.batches:
-            timings[(threads, batch)] = call_seconds(session, card.in_channels, patch, batch)
-        fastest = min(timings[(threads, b)] for b in options.batches)
-        if fastest < best[0]:
+    timings: dict[tuple[int, int, int], float] = {}
+    best: tuple[float, tuple[int, int, int], Session | None] = (float("inf"), (0, 0, 0), None)
+    for threads, streams in _session_grid(options):
+        session = open_session(artifact, family.backend, threads, precision_hint=family.hint, streams=streams)
+        for batch in sorted({max(b, streams) for b in options.batches} | {1}):
+            timings[(threads, streams, batch)] = call_seconds(session, card.in_channels, patch, batch)
+        key = min((k for k in timings if k[:2] == (threads, streams)), key=timings.get)
+        if timings[key] < best[0]:
             if best[2] is not None:
                 best[2].close()
-            best = (fastest, threads, session)
+            best = (timings[key], key, session)
         else:
             session.close()
-    _, threads, session = best
-    batch = min(options.batches, key=lambda b: timings[(threads, b)])
-    report[family.label()] = {"seconds_per_window": {f"{t} threads, batch {b}": round(v, 4)
-                                                     for (t, b), v in timings.items()},
-                              "chosen": {"threads": threads, "batch": batch}}
-    single = timings.get((threads, 1), timings[(threads, batch)])
-    return Engine(family, artifact, session, threads, batch, timings[(threads, batch)] / single,
-                   {tuple(patch): single})
+    _, (threads, streams, batch), session = best
+    report[family.label()] = {"seconds_per_window": {f"{t} threads, {s} streams, batch {b}": round(v, 4)
+                                                     for (t, s, b), v in timings.items()},
+                              "chosen": {"threads": threads, "streams": streams, "batch": batch}}
+    single = timings[(threads, streams, 1)]
+    return Engine(family, artifact, session, threads, batch, timings[(threads, streams, batch)] / single,
+                  {tuple(patch): single}, streams)
 
 
 def predict_seconds(engine: Engine, card: ModelCard, shapes: list[tuple[int, ...]], plan: WindowChoice) -> float:

@@ -29,8 +29,8 @@ def profile_of(result: TuneResult) -> InferenceProfile:
     machine = Machine(machine.cpu, machine.flags, machine.cores,
                       {k: v for k, v in machine.versions.items() if k == t.family.backend})
     return InferenceProfile(machine, t.family.backend, t.family.hint if t.family.hint != "f32" else None,
-                            t.threads, tuple(t.plan.window or ()), t.plan.overlap, t.plan.blend, t.plan.steps,
-                            t.batch, t.plan.tta, result.budget, measured)
+                            t.threads, t.streams, tuple(t.plan.window or ()), t.plan.overlap, t.plan.blend,
+                            t.plan.steps, t.batch, t.plan.tta, result.budget, measured)
 
 
 def write_tuned(result: TuneResult, out: Path) -> Path:

@@ -127,8 +127,9 @@ def describe_profile(p: InferenceProfile) -> str:
     """One line: backend, window, overlap, blend, steps, batch, threads, TTA."""
     window = "×".join(map(str, p.window)) if p.window else "card patch"
     hint = f" {p.precision_hint}" if p.precision_hint else ""
+    streams = f" in {p.streams} streams" if p.streams > 1 else ""
     return (f"{p.backend}{hint}, window {window}, overlap {p.overlap:g}, {p.blend}, {p.steps} steps, "
-            f"batch {p.batch_size}, {p.threads or 'default'} threads{'' if p.tta else ', no TTA'}")
+            f"batch {p.batch_size}, {p.threads or 'default'} threads{streams}{'' if p.tta else ', no TTA'}")
 
 
 def region_volumes(labels: np.ndarray, et: int, spacing: tuple[float, ...]) -> dict[str, float]:
@@ -158,10 +159,10 @@ class Segmenter:
 
     @classmethod
     def open(cls, model: str | Path, backend: str = "onnxruntime", threads: int | None = None,
-             options: SegmenterOptions | None = None, precision_hint: str | None = None) -> Segmenter:
+             options: SegmenterOptions | None = None, precision_hint: str | None = None, streams: int = 1) -> Segmenter:
         artifact = load_artifact(model)
-        return cls(artifact, open_session(artifact, backend, threads=threads, precision_hint=precision_hint),
-                   options)
+        session = open_session(artifact, backend, threads=threads, precision_hint=precision_hint, streams=streams)
+        return cls(artifact, session, options)
 
     @classmethod
     def open_profiled(cls, model: str | Path, backend: str | None = None, threads: int | None = None,
@@ -173,11 +174,13 @@ class Segmenter:
         artifact = load_artifact(model)
         options = options or SegmenterOptions()
         profile, note = profile_in_force(artifact.card, backend, use_profile)
+        streams = 1
         if profile is not None:
-            backend, threads = profile.backend, threads or profile.threads
-            precision_hint = precision_hint or profile.precision_hint
+            backend, streams = profile.backend, profile.streams
+            threads, precision_hint = threads or profile.threads, precision_hint or profile.precision_hint
             options = options.with_profile(profile)
-        session = open_session(artifact, backend or "onnxruntime", threads=threads, precision_hint=precision_hint)
+        session = open_session(artifact, backend or "onnxruntime", threads=threads, precision_hint=precision_hint,
+                               streams=streams)
         segmenter = cls(artifact, session, options)
         segmenter.profile_note = note
         return segmenter

@@ -21,6 +21,7 @@ BACKENDS = {
     "openvino": ("seg_edge.runtime.sessions.openvino", "OpenVINOSession"),
 }
 HINTED = {"openvino"}  # backends that take a precision hint
+STREAMED = {"onnxruntime", "openvino"}  # backends that run a batch's windows in parallel streams
 
 
 def cache_root() -> Path:
@@ -102,8 +103,11 @@ class SessionBase:
 
 
 def open_session(artifact: Artifact, backend: str = "onnxruntime", threads: int | None = None,
-                 cache_dir: Path | None = None, precision_hint: str | None = None) -> Session:
-    """Open ``backend`` on ``artifact``; BackendUnavailable (never a fallback) if it cannot load."""
+                 cache_dir: Path | None = None, precision_hint: str | None = None, streams: int = 1) -> Session:
+    """Open ``backend`` on ``artifact``; BackendUnavailable (never a fallback) if it cannot load.
+
+    ``streams`` > 1 (CPU backends): the windows of a batch run in parallel, one per stream, the
+    threads shared out among them."""
     if backend == "auto":
         from seg_edge.runtime.sessions.auto import open_auto
 
@@ -112,8 +116,11 @@ def open_session(artifact: Artifact, backend: str = "onnxruntime", threads: int 
         raise InputError(f"backend '{backend}' (expected one of auto, {', '.join(BACKENDS)})")
     if precision_hint not in (None, "f32") and backend not in HINTED:
         raise InputError(f"--precision-hint {precision_hint} applies to {', '.join(sorted(HINTED))}, not {backend}")
+    if streams != 1 and (streams < 1 or backend not in STREAMED):
+        raise InputError(f"streams {streams} with {backend} (expected 1, or more on {', '.join(sorted(STREAMED))})")
     module_name, class_name = BACKENDS[backend]
     cls = getattr(importlib.import_module(module_name), class_name)
+    extra = {"streams": streams} if streams != 1 else {}
     if backend in HINTED:
-        return cls(artifact, threads=threads, cache_dir=cache_dir, precision_hint=precision_hint)
-    return cls(artifact, threads=threads, cache_dir=cache_dir)
+        return cls(artifact, threads=threads, cache_dir=cache_dir, precision_hint=precision_hint, **extra)
+    return cls(artifact, threads=threads, cache_dir=cache_dir, **extra)

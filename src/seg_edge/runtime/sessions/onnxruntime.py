@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from seg_edge.artifact import Artifact
-from seg_edge.errors import ArtifactError, BackendUnavailable
+from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
+from seg_edge.runtime.machine import cores
 from seg_edge.runtime.sessions.base import SessionBase, cache_root
 
 
@@ -17,8 +19,12 @@ class OrtSession(SessionBase):
     name = "onnxruntime"
     provider = "CPUExecutionProvider"
 
-    def __init__(self, artifact: Artifact, threads: int | None = None, cache_dir: Path | None = None):
+    def __init__(self, artifact: Artifact, threads: int | None = None, cache_dir: Path | None = None,
+                 streams: int = 1):
         super().__init__(artifact.card.in_channels, artifact.card.out_channels, artifact.card.inputs.spatial_dims)
+        self.streams = streams
+        if streams > 1 and self.provider != "CPUExecutionProvider":
+            raise InputError(f"{self.name}: streams {streams} (parallel windows are for the CPU providers)")
         if artifact.kind != "onnx":
             raise BackendUnavailable(f"{artifact.path}: {self.name} needs an ONNX model, got a {artifact.kind} plan")
         try:
@@ -30,8 +36,8 @@ class OrtSession(SessionBase):
                                      f"{', '.join(ort.get_available_providers())}){self.install_hint}")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+        if threads or streams > 1:  # streams: the threads are shared out, one window per stream
+            options.intra_op_num_threads = max(1, (threads or cores()) // streams)
         providers = [(self.provider, self.provider_options(cache_dir))]
         try:
             self._session = ort.InferenceSession(str(artifact.path), options, providers=providers)
@@ -42,6 +48,7 @@ class OrtSession(SessionBase):
                                      f"{self._session.get_providers()[0]}); is a GPU visible?")
         self._input = artifact.card.input_name
         self._output = artifact.card.output_name
+        self._pool: ThreadPoolExecutor | None = None
 
     install_hint = ""
 
@@ -50,10 +57,18 @@ class OrtSession(SessionBase):
         return {}
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self.streams > 1 and batch.shape[0] > 1:  # ORT sessions may run from several threads at once
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="seg-edge-ort")
+            parts = self._pool.map(lambda i: self._session.run([self._output], {self._input: batch[i:i + 1]})[0],
+                                   range(batch.shape[0]))
+            return np.concatenate(list(parts))
         return self._session.run([self._output], {self._input: batch})[0]
 
     def _release(self) -> None:
         self._session = None
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
 class OrtCudaSession(OrtSession):
