@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 from typer.testing import CliRunner
@@ -244,3 +245,25 @@ def test_fp16_norm_nodes_pass_values_to_each_other_in_fp32(tmp_path, edge_onnx):
                 through_casts.append(f"{up.name} → {node.name}")
     assert through_casts == [], through_casts[:3]
     assert len(instance_norm_patterns(model)) == 18
+
+
+def test_conv_outputs_puts_q_dq_after_each_conv_and_ort_fuses_qlinearconv(tmp_path, edge_onnx, qcases):
+    """--conv-outputs: DQ → Conv → Q, the form ONNX Runtime's CPU provider can rewrite to QLinearConv (on this
+    U-Net it does so for few Convs: docs/BENCHMARKS.md, INT8)."""
+    out = tmp_path / "qconv.onnx"
+    quantize(edge_onnx, qcases, out, options=QuantizeOptions(samples=4, budget=1.0, conv_outputs=True,
+                                                             eval_backend="onnxruntime"))
+    model = onnx.load(str(out))
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantized_out = [n for n in convs if consumers.get(n.output[0]) == ["QuantizeLinear"]]
+    assert len(quantized_out) >= len(convs) - 1  # the output head may stay float
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "QLinearConv" in fused  # ORT's integer kernel takes over where its selector accepts the group
+    assert load_artifact(out).card.provenance["quantization"]["conv_outputs"] is True

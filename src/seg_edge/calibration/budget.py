@@ -29,12 +29,14 @@ class DiceChange:
 
 
 class Evaluator:
-    """Segments the eval cases once with FP32, then any candidate, and compares labels."""
+    """Segments the eval cases once with FP32 (ONNX Runtime), then any candidate on ``backend`` (the
+    backend the quantized file is meant for: OpenVINO runs Q/DQ graphs differently), and compares labels."""
 
-    def __init__(self, fp32_model: Path, cases: list[Path], threads: int | None = None):
-        self.cases, self.threads = cases, threads
+    def __init__(self, fp32_model: Path, cases: list[Path], threads: int | None = None, backend: str = "onnxruntime"):
+        self.cases, self.threads, self.backend = cases, threads, "onnxruntime"
         self.truth: list[np.ndarray | None] = []
         self.fp32 = [s.labels for s in self._segment(fp32_model)]
+        self.backend = backend  # the reference above ran on ONNX Runtime; candidates run here
         for case in cases:
             path = find_label_file(case)
             self.truth.append(read_labels(path, self.et)[0] if path is not None else None)
@@ -42,7 +44,7 @@ class Evaluator:
     def _segment(self, model: Path):
         artifact = load_artifact(model)
         self.et = et_label(artifact.card.label_scheme)
-        with open_session(artifact, "onnxruntime", threads=self.threads) as session:
+        with open_session(artifact, self.backend, threads=self.threads) as session:
             seg = Segmenter(artifact, session, SegmenterOptions())
             return [seg.predict(load_case(c, artifact.card.modalities)) for c in self.cases]
 

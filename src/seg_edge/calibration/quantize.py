@@ -42,6 +42,11 @@ class QuantizeOptions:
     seed: int = 0
     threads: int | None = None
     sensitivity_samples: int = 2
+    # also Q/DQ on Conv outputs: DQ → Conv → Q is the form ONNX Runtime's CPU provider can fuse into an
+    # integer QLinearConv (3D included; without it every Conv runs in float behind DequantizeLinear).
+    # On the edge U-Net ORT fused few of them and ran slower (docs/BENCHMARKS.md): off by default
+    conv_outputs: bool = False
+    eval_backend: str = "onnxruntime"  # where the budget is measured (the FP32 labels: ONNX Runtime)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", Precision(self.precision))
@@ -82,7 +87,8 @@ def _ort_scratch(folder: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def _int8(pre: Path, out: Path, reader, method: Method, exclude: list[str], cache: Path) -> None:
+def _int8(pre: Path, out: Path, reader, method: Method, exclude: list[str], cache: Path,
+          conv_outputs: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     calib = {Method.minmax: CalibrationMethod.MinMax, Method.entropy: CalibrationMethod.Entropy,
@@ -94,8 +100,9 @@ def _int8(pre: Path, out: Path, reader, method: Method, exclude: list[str], cach
                         nodes_to_exclude=exclude, calibrate_method=calib, calibration_cache_path=str(cache),
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                        "CalibStridedMinMax": 1,
-                                       # Q/DQ on Conv inputs only: the outputs feed float InstanceNorm
-                                       "OpTypesToExcludeOutputQuantization": ["Conv"]})
+                                       # default: Q/DQ on Conv inputs only (the outputs feed float
+                                       # InstanceNorm); conv_outputs: outputs too (ORT's QLinearConv)
+                                       "OpTypesToExcludeOutputQuantization": [] if conv_outputs else ["Conv"]})
 
 
 def to_fp16(model_path: Path, out: Path) -> int:
@@ -237,7 +244,7 @@ def _int8_with_budget(model: Path, out: Path, tmp: Path, cases: tuple[list[Path]
 
     cal_cases, eval_cases = cases
     card = load_artifact(model).card
-    evaluator = Evaluator(model, eval_cases, options.threads)
+    evaluator = Evaluator(model, eval_cases, options.threads, options.eval_backend)
     pre = tmp / "pre.onnx"
     with _ort_scratch(tmp):
         # symbolic shape inference cannot follow the exporter's "16*x" dims; ONNX shape inference can
@@ -249,11 +256,11 @@ def _int8_with_budget(model: Path, out: Path, tmp: Path, cases: tuple[list[Path]
     ranking: list[tuple[str, float]] | None = None
     report = QuantizeReport(out, Precision.int8.value, eval_cases=[c.name for c in eval_cases])
     while True:
-        _int8(pre, tmp / "int8.onnx", reader, options.method, excluded, cache)
+        _int8(pre, tmp / "int8.onnx", reader, options.method, excluded, cache, options.conv_outputs)
         _finish(tmp / "int8.onnx", tmp / "cand.onnx", model, precision=Precision.int8.value)
         change = evaluator.change(tmp / "cand.onnx")
         report.iterations.append({"kept_float": list(excluded), "dice_vs_fp32": change.vs_fp32})
-        log(f"INT8 with {len(excluded)} Conv kept float: Dice vs FP32 "
+        log(f"INT8 with {len(excluded)} Conv kept float: Dice on {options.eval_backend} vs FP32 "
             + ", ".join(f"{k} {v:.4f}" for k, v in change.vs_fp32.items()))
         if change.worst_loss <= options.budget:
             break
@@ -279,7 +286,8 @@ def _int8_with_budget(model: Path, out: Path, tmp: Path, cases: tuple[list[Path]
 def _record(report: QuantizeReport, options: QuantizeOptions, excluded: list[str], eval_cases) -> dict:
     change = report.change
     return {"precision": report.precision, "calibration": report.calibration, "budget": options.budget,
-            "kept_float": excluded, "eval_cases": [c.name for c in eval_cases],
+            "kept_float": excluded, "eval_cases": [c.name for c in eval_cases], "conv_outputs": options.conv_outputs,
+            "eval_backend": options.eval_backend,
             "dice_vs_fp32": change.vs_fp32 if change else None,
             "dice_vs_truth": {"fp32": change.fp32_vs_truth, report.precision: change.candidate_vs_truth}
             if change and change.fp32_vs_truth else None}

@@ -8,7 +8,7 @@ import typer
 
 from seg_edge.choices import CalibrationMethod as Method, QuantizePrecision as Precision
 from seg_edge.cli.app import err, guarded, out
-from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, dumps
+from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, dumps
 
 
 @guarded
@@ -23,6 +23,10 @@ def quantize(
                                   "(default: the last fifth of the calibration folder)."),
     budget: float = typer.Option(0.01, "--budget", min=0.0, help="Max Dice loss per region vs FP32 labels."),
     seed: int = typer.Option(0, "--seed"),
+    conv_outputs: bool = typer.Option(False, "--conv-outputs", help="INT8: also quantize Conv outputs (DQ → "
+                                      "Conv → Q, the form ONNX Runtime can run as integer QLinearConv)."),
+    eval_backend: Backend = typer.Option(Backend.onnxruntime, "--eval-backend", help="INT8: the backend the "
+                                         "budget is measured on (OpenVINO executes Q/DQ graphs differently)."),
     threads: int = THREADS_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -30,7 +34,8 @@ def quantize(
     from seg_edge.calibration.quantize import QuantizeOptions, quantize as run
 
     report = run(model, calibration, out_path, eval_dir,
-                 QuantizeOptions(precision.value, method.value, samples, budget, seed, threads),
+                 QuantizeOptions(precision.value, method.value, samples, budget, seed, threads,
+                                 conv_outputs=conv_outputs, eval_backend=eval_backend.value),
                  log=lambda s: err.print(s, highlight=False, markup=False))
     change = report.change
     data = {"path": str(report.path), "precision": report.precision, "kept_float": report.kept_float,
