@@ -180,7 +180,8 @@ def _open_engine(family: Family, options: TuneOptions, report: dict) -> Engine:
         session = open_session(artifact, family.backend, threads, precision_hint=family.hint, streams=streams)
         for batch in sorted({max(b, streams) for b in options.batches} | {1}):
             timings[(threads, streams, batch)] = call_seconds(session, card.in_channels, patch, batch)
-        key = min((k for k in timings if k[:2] == (threads, streams)), key=timings.get)
+        # a batch smaller than the streams leaves streams idle (one thread per window): not a candidate
+        key = min((k for k in timings if k[:2] == (threads, streams) and k[2] >= streams), key=timings.get)
         if timings[key] < best[0]:
             if best[2] is not None:
                 best[2].close()

@@ -18,6 +18,7 @@ from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
 from seg_edge.runtime.sessions.base import SessionBase, cache_root
 
 HINTS = ("f32", "bf16")
+KEEP_COMPILED = 3  # compiled input shapes kept per session
 
 
 class OpenVINOSession(SessionBase):
@@ -59,11 +60,18 @@ class OpenVINOSession(SessionBase):
         self._input = artifact.card.input_name
         self._compiled: dict[tuple, object] = {}
 
+    def _remember(self, key: tuple, compiled: object) -> None:
+        """Keep the ``KEEP_COMPILED`` most recent shapes: whole-crop windows differ per case, and each
+        compiled shape holds its own buffers (the on-disk cache makes a recompile cheap)."""
+        self._compiled[key] = compiled
+        while len(self._compiled) > KEEP_COMPILED:
+            self._compiled.pop(next(iter(self._compiled)))
+
     def _request(self, shape: tuple[int, ...]):
         if shape not in self._compiled:
             model = self._model.clone()
             model.reshape({self._input: list(shape)})
-            self._compiled[shape] = self._core.compile_model(model, "CPU", self._config).create_infer_request()
+            self._remember(shape, self._core.compile_model(model, "CPU", self._config).create_infer_request())
         return self._compiled[shape]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -82,7 +90,7 @@ class OpenVINOSession(SessionBase):
             model = self._model.clone()
             model.reshape({self._input: list(shape)})
             compiled = self._core.compile_model(model, "CPU", self._config)
-            self._compiled[("queue",) + shape] = ov.AsyncInferQueue(compiled, self.streams)
+            self._remember(("queue",) + shape, ov.AsyncInferQueue(compiled, self.streams))
         queue = self._compiled[("queue",) + shape]
         outputs: list[np.ndarray | None] = [None] * batch.shape[0]
 
