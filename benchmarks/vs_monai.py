@@ -1,10 +1,15 @@
-"""seg-edge predict (ONNX Runtime) against the PyTorch + MONAI recipe, same case, model and threads.
+"""seg-edge predict against the PyTorch + MONAI recipe, same case, model and threads.
 
 Both run as fresh processes, alternately, `--repeats` times; medians are reported for the
 process wall time (start → label map written) and for the pipeline inside the process
 (load → write, without interpreter start and imports). Writes a section of docs/BENCHMARKS.md.
+``--seg-edge-model`` runs seg-edge on another file of the same network (a tuned copy: predict uses
+its profile); the MONAI recipe always runs the FP32 checkpoint. The load average before each run
+and the Dice of seg-edge's labels against the MONAI recipe's and against seg-edge --reference's
+(the card's configuration, FP32 ONNX Runtime) are recorded.
 
-    python benchmarks/vs_monai.py --case examples/SynBraTS_3007_000 --threads 2
+    python benchmarks/vs_monai.py --case examples/SynBraTS_3007_000 --threads 2 --repeats 5 \
+        --seg-edge-model model.tuned.onnx --json docs/benchmarks_vs_monai_tuned.json
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from seg_edge.runtime.io import read_labels  # noqa: E402
+from seg_edge.runtime.machine import backend_version, this_machine  # noqa: E402
 from seg_edge.runtime.regions import REGIONS, dice, labels_to_regions  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "src/seg_edge/assets/seg-edge-edge.onnx"
@@ -39,17 +45,19 @@ def _run(cmd: list[str]) -> tuple[float, str]:
 
 
 def seg_edge_once(args, out: Path, extra=()) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "seg_edge", "predict", str(args.case), "--model", str(args.model),
+    cmd = [sys.executable, "-m", "seg_edge", "predict", str(args.case), "--model", str(args.seg_edge_model),
            "--out", str(out), "--threads", str(args.threads), "--overwrite", "--json", *extra]
+    load = os.getloadavg()[0]
     wall, stdout = _run(cmd)
-    return wall, json.loads(stdout)["timings_s"]
+    return wall, {**json.loads(stdout)["timings_s"], "load_avg_1min": load}
 
 
 def monai_once(args, out: Path) -> tuple[float, dict]:
     cmd = [sys.executable, str(ROOT / "benchmarks/monai_recipe.py"), "--case", str(args.case), "--model",
            str(args.model), "--checkpoint", str(args.checkpoint), "--out", str(out), "--threads", str(args.threads)]
+    load = os.getloadavg()[0]
     wall, stdout = _run(cmd)
-    return wall, json.loads(stdout.strip().splitlines()[-1])
+    return wall, {**json.loads(stdout.strip().splitlines()[-1]), "load_avg_1min": load}
 
 
 def machine() -> dict:
@@ -62,7 +70,8 @@ def machine() -> dict:
                platform.processor())
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "monai": monai.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": numpy.__version__, "platform": platform.platform()}
+            "numpy": numpy.__version__, "platform": platform.platform(),
+            "flags": list(this_machine().flags), "openvino": backend_version("openvino")}
 
 
 def agreement(a: Path, b: Path) -> dict:
@@ -76,10 +85,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seg-edge-model", type=Path, default=None, help="default: --model")
     parser.add_argument("--json", type=Path, default=ROOT / "docs/benchmarks_vs_monai.json")
     args = parser.parse_args()
     args.checkpoint = args.checkpoint or args.model.with_suffix(".pt")
+    args.seg_edge_model = args.seg_edge_model or args.model
     runs = {"seg-edge": [], "monai": []}
     with tempfile.TemporaryDirectory() as tmp:
         ours, theirs = Path(tmp) / "seg_edge.nii.gz", Path(tmp) / "monai.nii.gz"
@@ -90,6 +101,12 @@ def main() -> None:
                   file=sys.stderr)
         seg_edge_once(args, ours, ["--no-et-rule"])  # the MONAI recipe has no ET clean-up
         dice = agreement(ours, theirs)
+        reference = Path(tmp) / "reference.nii.gz"
+        seg_edge_once(args, ours)
+        _run([sys.executable, "-m", "seg_edge", "predict", str(args.case), "--model", str(args.model), "--out",
+              str(reference), "--threads", str(args.threads), "--overwrite", "--reference", "--backend",
+              "onnxruntime"])
+        dice_reference = agreement(ours, reference)
     summary = {}
     for name, rs in runs.items():
         stages = {k: statistics.median(r[1][k] for r in rs) for k in rs[0][1]}
@@ -97,8 +114,10 @@ def main() -> None:
     ours_stages = summary["seg-edge"]["stages_s"]
     pipe_ours = sum(ours_stages[k] for k in ("load", "preprocess", "inference", "postprocess", "write"))
     pipe_theirs = summary["monai"]["stages_s"]["pipeline"]
-    result = {"case": str(args.case), "model": str(args.model), "threads": args.threads, "repeats": args.repeats,
-              "machine": machine(), "summary": summary, "dice_agreement": dice,
+    result = {"case": str(args.case), "model": str(args.model), "seg_edge_model": str(args.seg_edge_model),
+              "threads": args.threads, "repeats": args.repeats, "machine": machine(), "summary": summary,
+              "dice_agreement": dice, "dice_vs_reference": dice_reference,
+              "load_avg_1min": {name: [round(r[1]["load_avg_1min"], 2) for r in rs] for name, rs in runs.items()},
               "ratio_process_wall": summary["monai"]["process_wall_s"] / summary["seg-edge"]["process_wall_s"],
               "ratio_pipeline": pipe_theirs / pipe_ours,
               "seg_edge_non_network_share": 1 - ours_stages["inference"] / pipe_ours}

@@ -7,9 +7,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tuned_report import tuned_sections  # noqa: E402
 
 
 def _load(name: str):
@@ -211,6 +215,7 @@ def main() -> None:
         lines += network_section(bench) + [""] + pipeline_section(bench) + [""] + recommendation(bench)
     if vs:
         lines += monai_section(vs) + [""]
+    lines += tuned_sections()
     (DOCS / "BENCHMARKS.md").write_text("\n".join(lines))
     print(f"wrote {DOCS / 'BENCHMARKS.md'}")
     card = model_card()

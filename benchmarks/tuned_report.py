@@ -1,0 +1,146 @@
+"""The 'tuned on this machine' section of docs/BENCHMARKS.md (issue 13), from the JSON files the
+benchmarks write into docs/: tune_example.json, window_effects.json, gemm_peak.json,
+benchmarks_vs_monai_tuned.json, batch_pipeline.json, profile_accuracy.json, int8_forms.json. Missing files leave
+their part out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def _load(name: str):
+    path = DOCS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _machine(m: dict) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+    return f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}" + (f"; {versions}" if versions else "")
+
+
+def tune_part(t: dict) -> list[str]:
+    counts: dict[str, int] = {}
+    for trial in t["trials"]:
+        counts[trial["status"]] = counts.get(trial["status"], 0) + 1
+    ref = sum(t["reference_seconds"]) / len(t["reference_seconds"])
+    out = ["### `seg-edge tune` (budget %g)" % t["budget"], "",
+           f"{len(t['cases'])} synthetic tune cases, {len(t['trials'])} configurations ("
+           + ", ".join(f"{n} {s}" for s, n in counts.items()) + f") in {t['wall_s'] / 60:.1f} min; the reference "
+           f"(card configuration, ONNX Runtime FP32) took {ref:.2f} s per case. Front "
+           "([docs/tune_front.png](tune_front.png)):", "",
+           "| configuration | s on case 1 | worst-region Dice |", "|---|---|---|"]
+    for trial in t["front"]:
+        mark = " **(chosen)**" if t["chosen"] and trial["configuration"] == t["chosen"]["configuration"] else ""
+        out.append(f"| {trial['configuration']}{mark} | {trial['seconds'][0]:.2f} | "
+                   f"{min(trial['worst_region_dice']):.4f} |")
+    c = t["chosen"]
+    if c:
+        mean = sum(c["seconds"]) / len(c["seconds"])
+        out += ["", f"Chosen: {c['configuration']}: {mean:.2f} s per case (preprocess + network + postprocess, "
+                f"model loaded) vs {ref:.2f} s for the reference ({ref / mean:.2f}×), worst-region Dice "
+                f"{min(c['worst_region_dice']):.4f} over the tune cases."]
+    return out
+
+
+def effects_part(e: dict) -> list[str]:
+    out = [f"### Window-planning levers, one at a time ({e['backend']}, {e['threads']} threads, medians of "
+           f"{e['repeats']})", "", "| case | variant | windows (empty) | network s | worst-region Dice |",
+           "|---|---|---|---|---|"]
+    for case, rows in e["cases"].items():
+        for name, r in rows.items():
+            out.append(f"| {case} | {name} | {r['windows']} ({r['empty']}) | {r['network_s']:.2f} | "
+                       f"{r['worst_region_dice']:.4f} |")
+    return out
+
+
+def gemm_part(g: dict) -> list[str]:
+    out = [f"### Network throughput against the FP32 GEMM peak ({g['threads']} threads)", "",
+           f"Measured FP32 GEMM peak: **{g['gemm']['peak_gflops']} GFLOP/s** ({g['gemm']['peak_by']}; all sizes: "
+           + ", ".join(f"{k} {v}" for k, v in g["gemm"]["gflops"].items()) + ").", "",
+           "| backend | window | batch | GFLOP per call | median s | GFLOP/s | % of GEMM peak |",
+           "|---|---|---|---|---|---|---|"]
+    for r in g["network"]:
+        out.append(f"| {r['backend']} | {'×'.join(map(str, r['window']))} | {r['batch']} | {r['gflop_per_call']} | "
+                   f"{r['median_s']:.3f} | {r['gflops']} | {r['percent_of_peak']} % |")
+    return out
+
+
+def monai_part(v: dict) -> list[str]:
+    ours, theirs = v["summary"]["seg-edge"], v["summary"]["monai"]
+    so, st = ours["stages_s"], theirs["stages_s"]
+    stages = " / ".join(f"{k} {so[k]:.2f}" for k in ("load", "preprocess", "inference", "postprocess", "write"))
+    return ["### Process to process against the PyTorch + MONAI recipe, tuned profile", "",
+            f"`{Path(v['case']).name}`, seg-edge running `{Path(v['seg_edge_model']).name}` (its profile), the "
+            f"recipe the FP32 checkpoint, {v['threads']} threads each, {v['repeats']} alternating fresh processes "
+            "(medians).", "",
+            "| | seg-edge (tuned) | PyTorch + MONAI FP32 | ratio |", "|---|---|---|---|",
+            f"| process wall (start → label map) | {ours['process_wall_s']:.2f} s | {theirs['process_wall_s']:.2f} s "
+            f"| **{v['ratio_process_wall']:.2f}×** |",
+            f"| network | {so['inference']:.2f} s | {st['inference']:.2f} s | {st['inference'] / so['inference']:.2f}× |",
+            "", f"seg-edge stages (s): {stages}; non-network share of its pipeline "
+            f"{100 * v['seg_edge_non_network_share']:.1f} %. Dice of seg-edge's labels vs the recipe's (ET rule off): "
+            + ", ".join(f"{k} {x:.4f}" for k, x in v["dice_agreement"].items()) + "; vs `--reference`: "
+            + ", ".join(f"{k} {x:.4f}" for k, x in v["dice_vs_reference"].items()) + ". 1-min load average before "
+            f"each run: seg-edge {v['load_avg_1min']['seg-edge']}, MONAI {v['load_avg_1min']['monai']}."]
+
+
+def batch_part(b: dict) -> list[str]:
+    p = b["process"]
+    out = ["### A batch of cases (`seg-edge predict FOLDER`, tuned profile)", "",
+           f"{p['cases']} synthetic cases: {p['wall_per_case_s']:.2f} s per case end to end against "
+           f"{p['network_per_case_s']:.2f} s of network per case (**{p['ratio_wall_to_network']:.2f}×**), peak RSS "
+           f"**{p['peak_rss_mb']:.0f} MB**; stages per case (s, overlapped): "
+           + ", ".join(f"{k} {x}" for k, x in p["stages_per_case_s"].items()) + "."]
+    rows = b.get("in_process") or {}
+    if rows:
+        out += ["", "In one process on the same loaded model (wall / network):", ""]
+        for name, runs in rows.items():
+            out.append(f"- {name}: " + "; ".join(f"{r['wall_s']:.1f} s / {r['network_s']:.1f} s = {r['ratio']:.3f}×"
+                                                 for r in runs))
+    return out
+
+
+def accuracy_part(a: dict) -> list[str]:
+    out = [f"### The profile on other synthetic cases ({len(a['cases'])} cases, not used by tune)", "",
+           "| case | worst-region Dice vs reference | WT | TC | ET | reference network s | tuned network s |",
+           "|---|---|---|---|---|---|---|"]
+    for r in a["cases"]:
+        d = r["dice"]
+        out.append(f"| {r['case']} | {r['worst_region_dice']:.4f} | {d['WT']:.4f} | {d['TC']:.4f} | {d['ET']:.4f} | "
+                   f"{r['reference_inference_s']:.2f} | {r['tuned_inference_s']:.2f} |")
+    return out
+
+
+def int8_part(d: dict) -> list[str]:
+    out = [f"### INT8 on this CPU ({d['threads']} threads, medians of {d['repeats']})", "",
+           "An isolated 3D convolution (32→32 channels, 48³) on ONNX Runtime: which nodes its optimizer leaves "
+           "and the time.", "", "| form | ORT nodes after optimization | ms |", "|---|---|---|"]
+    for r in d["isolated_conv"]:
+        out.append(f"| {r['form']} | {' '.join(r['ort_nodes'])} | {r['median_ms']} |")
+    out += ["", "The model per 96³ window (seconds):", "",
+            "| model | backend | streams | s per window | QLinearConv nodes (ORT) |", "|---|---|---|---|---|"]
+    for r in d["model_forms"]:
+        fused = "" if r["ort_qlinearconv_nodes"] is None else r["ort_qlinearconv_nodes"]
+        out.append(f"| {r['model']} | {r['backend']} | {r['streams']} | {r['seconds_per_window']:.3f} | {fused} |")
+    return out
+
+
+def tuned_sections() -> list[str]:
+    """The section's lines, or [] when no tuned measurement is in docs/."""
+    parts = [("tune_example.json", tune_part), ("profile_accuracy.json", accuracy_part),
+             ("benchmarks_vs_monai_tuned.json", monai_part), ("gemm_peak.json", gemm_part),
+             ("batch_pipeline.json", batch_part), ("window_effects.json", effects_part),
+             ("int8_forms.json", int8_part)]
+    found = [(name, fn, data) for name, fn in parts if (data := _load(name))]
+    if not found:
+        return []
+    machine = next((d["machine"] for _, _, d in found if "cores" in d.get("machine", {})), None)
+    lines = ["## Tuned on this machine (`seg-edge tune`, issue 13)", ""]
+    if machine:
+        lines += [f"Machine: {_machine(machine)}. Synthetic cases only.", ""]
+    for _, fn, data in found:
+        lines += fn(data) + [""]
+    return lines
