@@ -215,7 +215,8 @@ def _wrong_type(value):
 
 def test_every_field_of_the_card_is_type_checked(tmp_path):
     """Each field of a full card, in turn given a value of the wrong JSON type, is refused by its path."""
-    full = card_dict(**{"outputs.source_labels": {"1": "ED"}})
+    full = card_dict(**{"outputs.source_labels": {"1": "ED"}, "inputs.spacing": [1.0, 1.0, 1.0],
+                        "inputs.orientation": "RAS"})
     leaves = list(_leaves(full))
     assert {"inputs.channels[4].derived", "inputs.slice", "inference.et_rule.enabled", "outputs.order[2]",
             "tolerances.min_region_dice", "schema"} <= {p for p, _ in leaves}
@@ -245,7 +246,7 @@ MALFORMED = {
     "patch-floats": ({"inference.patch_size": [32.0, 32, 32]}, ["inference.patch_size[0] is 32.0",
                                                                 "expected an integer"]),
     "overlap-one": ({"inference.overlap": 1}, ["inference.overlap 1.0", "expected 0 <= overlap < 1"]),
-    "blend-unknown": ({"inference.blend": "median"}, ['inference.blend "median"', "['gaussian', 'constant']"]),
+    "blend-unknown": ({"inference.blend": "median"}, ['inference.blend "median"', "['gaussian', 'constant', 'nnunet_gaussian']"]),
     "tta-axis-3": ({"inference.tta_axes": [0, 3]}, ["inference.tta_axes [0, 3]", "network axes in 0..2"]),
     "tta-axis-twice": ({"inference.tta_axes": [1, 1]}, ["inference.tta_axes [1, 1]", "distinct"]),
     "ensemble-zero": ({"inference.ensemble": 0}, ["inference.ensemble 0", "expected an integer >= 1"]),
@@ -289,7 +290,7 @@ MALFORMED = {
     "outputs-not-object": ({"outputs": "sigmoid"}, ['outputs is "sigmoid"', "expected a JSON object"]),
     "normalization-unknown": ({"inputs.channels[0].normalization": "minmax"},
                               ['inputs.channels[0].normalization "minmax"',
-                               "expected one of ['zscore_nonzero', 'zscore', 'none']"]),
+                               "expected one of ['zscore_nonzero', 'zscore_mask', 'zscore', 'none']"]),
     "normalization-number": ({"inputs.channels[0].normalization": 3},
                              ["inputs.channels[0].normalization is 3", "expected a string"]),
     "modality-unknown": ({"inputs.channels[2].name": "t1c"},
