@@ -90,12 +90,13 @@ def gemm_peak(threads: int, sizes=(1024, 2048, 3072), repeats: int = 5) -> dict:
             "peak_by": max(out, key=out.get)}
 
 
-def network(model: Path, backend: str, window: tuple[int, ...], batch: int, threads: int, iters: int) -> dict:
+def network(model: Path, backend: str, window: tuple[int, ...], batch: int, threads: int, iters: int,
+            streams: int = 1) -> dict:
     artifact = load_artifact(model)
     card = artifact.card
     shape = (batch, card.in_channels, *window)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    with open_session(artifact, backend, threads) as session:
+    with open_session(artifact, backend, threads, streams=streams) as session:
         session.run(x)
         session.run(x)
         times = []
@@ -105,7 +106,8 @@ def network(model: Path, backend: str, window: tuple[int, ...], batch: int, thre
             times.append(time.perf_counter() - t0)
     gflop = graph_gflop(model, shape)
     median = statistics.median(times)
-    return {"backend": backend, "window": list(window), "batch": batch, "gflop_per_call": round(gflop, 2),
+    return {"backend": backend, "window": list(window), "batch": batch, "streams": streams,
+            "gflop_per_call": round(gflop, 2),
             "median_s": round(median, 4), "min_s": round(min(times), 4), "gflops": round(gflop / median, 1),
             "gflops_best": round(gflop / min(times), 1)}
 
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--windows", default="96x96x96")
     parser.add_argument("--batches", default="1")
+    parser.add_argument("--streams", default="1", help="parallel window streams to try (batches below are skipped)")
     parser.add_argument("--backends", default="onnxruntime,openvino")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
@@ -126,11 +129,14 @@ def main() -> None:
     rows = []
     for backend in args.backends.split(","):
         for window in windows:
-            for batch in (int(b) for b in args.batches.split(",")):
-                row = network(args.model, backend, window, batch, args.threads, args.iters)
+            for batch, streams in ((int(b), int(s)) for b in args.batches.split(",") for s in args.streams.split(",")):
+                if streams > batch:
+                    continue
+                row = network(args.model, backend, window, batch, args.threads, args.iters, streams)
                 row["percent_of_peak"] = round(100 * row["gflops"] / peak["peak_gflops"], 1)
                 rows.append(row)
-                print(f"{backend:12s} window {'x'.join(map(str, window))} batch {batch}: {row['gflops']:.1f} GFLOP/s "
+                print(f"{backend:12s} window {'x'.join(map(str, window))} batch {batch} streams {streams}: "
+                      f"{row['gflops']:.1f} GFLOP/s "
                       f"(median {row['median_s']:.3f} s per call) = {row['percent_of_peak']:.1f} % of the "
                       f"{peak['peak_gflops']} GFLOP/s GEMM peak", flush=True)
     m = this_machine(tuple(args.backends.split(",")))

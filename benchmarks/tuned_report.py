@@ -60,10 +60,11 @@ def gemm_part(g: dict) -> list[str]:
     out = [f"### Network throughput against the FP32 GEMM peak ({g['threads']} threads)", "",
            f"Measured FP32 GEMM peak: **{g['gemm']['peak_gflops']} GFLOP/s** ({g['gemm']['peak_by']}; all sizes: "
            + ", ".join(f"{k} {v}" for k, v in g["gemm"]["gflops"].items()) + ").", "",
-           "| backend | window | batch | GFLOP per call | median s | GFLOP/s | % of GEMM peak |",
-           "|---|---|---|---|---|---|---|"]
+           "| backend | window | batch | streams | GFLOP per call | median s | GFLOP/s | % of GEMM peak |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in g["network"]:
-        out.append(f"| {r['backend']} | {'×'.join(map(str, r['window']))} | {r['batch']} | {r['gflop_per_call']} | "
+        out.append(f"| {r['backend']} | {'×'.join(map(str, r['window']))} | {r['batch']} | {r.get('streams', 1)} | "
+                   f"{r['gflop_per_call']} | "
                    f"{r['median_s']:.3f} | {r['gflops']} | {r['percent_of_peak']} % |")
     return out
 
@@ -79,7 +80,8 @@ def monai_part(v: dict) -> list[str]:
             "| | seg-edge (tuned) | PyTorch + MONAI FP32 | ratio |", "|---|---|---|---|",
             f"| process wall (start → label map) | {ours['process_wall_s']:.2f} s | {theirs['process_wall_s']:.2f} s "
             f"| **{v['ratio_process_wall']:.2f}×** |",
-            f"| network | {so['inference']:.2f} s | {st['inference']:.2f} s | {st['inference'] / so['inference']:.2f}× |",
+            f"| network | {so['inference']:.2f} s | {st['inference']:.2f} s | "
+            f"{st['inference'] / so['inference']:.2f}× |",
             "", f"seg-edge stages (s): {stages}; non-network share of its pipeline "
             f"{100 * v['seg_edge_non_network_share']:.1f} %. Dice of seg-edge's labels vs the recipe's (ET rule off): "
             + ", ".join(f"{k} {x:.4f}" for k, x in v["dice_agreement"].items()) + "; vs `--reference`: "
@@ -125,6 +127,25 @@ def int8_part(d: dict) -> list[str]:
     for r in d["model_forms"]:
         fused = "" if r["ort_qlinearconv_nodes"] is None else r["ort_qlinearconv_nodes"]
         out.append(f"| {r['model']} | {r['backend']} | {r['streams']} | {r['seconds_per_window']:.3f} | {fused} |")
+    tuned = _load("tune_with_int8.json")
+    if tuned:
+        int8 = [t for t in tuned["trials"] if "int8" in t["configuration"] and t["worst_region_dice"]]
+        best = max(int8, key=lambda t: min(t["worst_region_dice"]), default=None)
+        if best:
+            out += ["", f"`seg-edge tune --variant seg-edge-edge-int8.onnx` ran {len(int8)} INT8 configurations on "
+                    f"the tune cases; the most accurate, {best['configuration']}, reached worst-region Dice "
+                    f"{min(best['worst_region_dice']):.4f} against the reference (budget "
+                    f"{1 - tuned['budget']:g}): INT8 is dropped by the budget here (docs/tune_with_int8.json, "
+                    "[front](tune_front_with_int8.png))."]
+    out += ["", "Verdict: ONNX Runtime's CPU provider has an integer 3D convolution (QLinearConv, run in NHWC "
+            "between Transposes), reached only from a DQ → Conv → Q group its QDQ selector accepts; the edge "
+            "U-Net's Convs feed float InstanceNorm subgraphs, and with Q/DQ on Conv outputs too "
+            "(`seg-edge quantize --conv-outputs`) ORT still fused only the count shown above, so INT8 does not pay "
+            "on ONNX Runtime for this model. OpenVINO runs the Q/DQ file with integer kernels and is faster per "
+            "window, but its labels leave the 0.01 budget. NNCF's `quantize_with_accuracy_control` was not used: "
+            "it works on and returns OpenVINO IR models, which are not a seg-edge artifact (ONNX + card), and "
+            "nncf is not a dependency; `seg-edge quantize --eval-backend openvino` runs the same accuracy "
+            "control (the most sensitive Conv back to float until within budget) measured on OpenVINO."]
     return out
 
 
