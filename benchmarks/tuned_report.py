@@ -46,8 +46,10 @@ def tune_part(t: dict) -> list[str]:
 
 
 def effects_part(e: dict) -> list[str]:
+    load = e.get("load_avg")
     out = [f"### Window-planning levers, one at a time ({e['backend']}, {e['threads']} threads, medians of "
-           f"{e['repeats']})", "", "| case | variant | windows (empty) | network s | worst-region Dice |",
+           f"{e['repeats']}" + (f"; load average at the end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}" if load else "")
+           + ")", "", "| case | variant | windows (empty) | network s | worst-region Dice |",
            "|---|---|---|---|---|"]
     for case, rows in e["cases"].items():
         for name, r in rows.items():
@@ -57,7 +59,9 @@ def effects_part(e: dict) -> list[str]:
 
 
 def gemm_part(g: dict) -> list[str]:
-    out = [f"### Network throughput against the FP32 GEMM peak ({g['threads']} threads)", "",
+    load = g.get("load_avg")
+    out = [f"### Network throughput against the FP32 GEMM peak ({g['threads']} threads"
+           + (f"; load average at the end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}" if load else "") + ")", "",
            f"Measured FP32 GEMM peak: **{g['gemm']['peak_gflops']} GFLOP/s** ({g['gemm']['peak_by']}; all sizes: "
            + ", ".join(f"{k} {v}" for k, v in g["gemm"]["gflops"].items()) + ").", "",
            "| backend | window | batch | streams | GFLOP per call | median s | GFLOP/s | % of GEMM peak |",
@@ -94,7 +98,8 @@ def batch_part(b: dict) -> list[str]:
     out = ["### A batch of cases (`seg-edge predict FOLDER`, tuned profile)", "",
            f"{p['cases']} synthetic cases: {p['wall_per_case_s']:.2f} s per case end to end against "
            f"{p['network_per_case_s']:.2f} s of network per case (**{p['ratio_wall_to_network']:.2f}×**), peak RSS "
-           f"**{p['peak_rss_mb']:.0f} MB**; stages per case (s, overlapped): "
+           f"**{p['peak_rss_mb']:.0f} MB** (1-min load average before: {p['load_avg_1min_before']}); stages per "
+           "case (s, overlapped): "
            + ", ".join(f"{k} {x}" for k, x in p["stages_per_case_s"].items()) + "."]
     rows = b.get("in_process") or {}
     if rows:
@@ -106,7 +111,9 @@ def batch_part(b: dict) -> list[str]:
 
 
 def accuracy_part(a: dict) -> list[str]:
-    out = [f"### The profile on other synthetic cases ({len(a['cases'])} cases, not used by tune)", "",
+    load = a.get("load_avg")
+    out = [f"### The profile on other synthetic cases ({len(a['cases'])} cases, not used by tune"
+           + (f"; load average at the end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}" if load else "") + ")", "",
            "| case | worst-region Dice vs reference | WT | TC | ET | reference network s | tuned network s |",
            "|---|---|---|---|---|---|---|"]
     for r in a["cases"]:
