@@ -94,3 +94,28 @@ def test_precision_hint_is_openvino_only(edge_onnx, case_dir, tmp_path):
     result = CliRunner().invoke(app, ["predict", str(case_dir), "--model", str(edge_onnx), "--precision-hint",
                                       "bf16", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "applies to openvino" in result.stderr
+
+
+def test_instance_norms_run_as_fused_mvn(edge_onnx, case_dir):
+    """Every exported InstanceNorm subgraph becomes OpenVINO's MVN, and the logits stay those of the
+    graph as written (and of ONNX Runtime)."""
+    from seg_edge.artifact import load_artifact
+    onnx = pytest.importorskip("onnx")
+    from seg_edge.runtime.sessions.base import open_session
+    from seg_edge.runtime.sessions.openvino import OpenVINOSession
+
+    artifact = load_artifact(edge_onnx)
+    norms = sum(node.op_type == "Sqrt" for node in onnx.load(str(edge_onnx)).graph.node)
+    assert norms > 0
+    fused = OpenVINOSession(artifact, threads=1)
+    plain = OpenVINOSession(artifact, threads=1, fuse_norms=False)
+    assert (fused.fused_norms, plain.fused_norms) == (norms, 0)
+    case = load_case(case_dir, ("flair", "t1", "t1ce", "t2"))
+    segmenter = Segmenter(artifact, fused)
+    window = np.ascontiguousarray(segmenter.preprocess(case.images).tensor[None, :, :32, :32, :32])
+    ort = open_session(artifact, "onnxruntime", threads=1)
+    a, b, c = fused.run(window), plain.run(window), ort.run(window)
+    assert np.abs(a - b).max() < 1e-3  # the rewrite itself changes (almost) nothing
+    assert np.abs(a - c).max() <= 2 * np.abs(b - c).max() + 1e-4  # and is no further from ONNX Runtime
+    for session in (fused, plain, ort):
+        session.close()

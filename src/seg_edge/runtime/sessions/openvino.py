@@ -3,7 +3,8 @@
 ``INFERENCE_NUM_THREADS`` from ``--threads``, the latency hint (``streams`` > 1: that many parallel
 inference streams sharing the threads, each window of a batch on its own), and ``--precision-hint f32|bf16``
 as OpenVINO's ``INFERENCE_PRECISION_HINT`` (bf16 only where the CPU reports BF16; otherwise
-BackendUnavailable, never a silent downgrade). Compiled models are cached in ``CACHE_DIR`` so a
+BackendUnavailable, never a silent downgrade). The export's InstanceNorm subgraphs run as OpenVINO's
+fused MVN (``openvino_graph.py``; ``fuse_norms=False`` keeps them as written). Compiled models are cached in ``CACHE_DIR`` so a
 second run starts fast.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 from seg_edge.artifact import Artifact
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
 from seg_edge.runtime.sessions.base import SessionBase, cache_root
+from seg_edge.runtime.sessions.openvino_graph import fuse_instance_norms
 
 HINTS = ("f32", "bf16")
 KEEP_COMPILED = 3  # compiled input shapes kept per session
@@ -27,7 +29,7 @@ class OpenVINOSession(SessionBase):
     name = "openvino"
 
     def __init__(self, artifact: Artifact, threads: int | None = None, cache_dir: Path | None = None,
-                 precision_hint: str | None = None, streams: int = 1):
+                 precision_hint: str | None = None, streams: int = 1, fuse_norms: bool = True):
         super().__init__(artifact.card.in_channels, artifact.card.out_channels, artifact.card.inputs.spatial_dims)
         hint = precision_hint or "f32"
         if hint not in HINTS:
@@ -55,6 +57,8 @@ class OpenVINOSession(SessionBase):
             self._model = self._core.read_model(str(artifact.path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own text
             raise ArtifactError(f"{artifact.path}: OpenVINO cannot read the model ({exc})") from exc
+        # the export's stable InstanceNorm subgraphs as OpenVINO's fused MVN (openvino_graph.py)
+        self.fused_norms = fuse_instance_norms(self._model, artifact.card.inputs.spatial_dims) if fuse_norms else 0
         self.hint = hint
         self.name = "openvino" if hint == "f32" else f"openvino-{hint}"
         self._input = artifact.card.input_name
