@@ -8,7 +8,7 @@ EXAMPLE := examples/SynBraTS_3007_000
 MODEL := src/seg_edge/assets/seg-edge-edge.onnx
 SE := $(VENV)/bin/seg-edge
 
-.PHONY: demo test test-all install-runtime install-dev eval-synthetic bench bench-vs-monai bench-gpu figures clean
+.PHONY: demo test test-all install-runtime install-dev install-pytriton eval-synthetic bench bench-vs-monai bench-gpu figures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +24,24 @@ install-dev: $(PY)
 	$(PIP) install -q $(TORCH_PIN)
 	$(PIP) install -q -c constraints.txt -e '.[export,dev,nnunet]'
 
+# A real Triton server for the --backend triton tests and benchmarks: NVIDIA's PyTriton (its wheel ships the
+# tritonserver binary) with ONNX Runtime, in a venv of its own because PyTriton pins numpy<2
+# (tools/pytriton_server.py). No CUDA wheels: the server runs the model on the CPU.
+PYTRITON_VENV ?= .venv-pytriton
+install-pytriton: $(PYTRITON_VENV)/.installed
+$(PYTRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(PYTRITON_VENV)
+	$(PYTRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton>=0.5" onnxruntime
+	touch $@
+
 demo: install-runtime
 	$(VENV)/bin/seg-edge predict $(EXAMPLE) --out out/demo/ --overwrite
 	$(VENV)/bin/seg-edge evaluate out/demo/ examples/
 
-test: install-dev
+test: install-dev install-pytriton
 	$(PY) -m pytest -q
 
-test-all: install-dev
+test-all: install-dev install-pytriton
 	$(PY) -m pytest -q -m ''
 
 # Accuracy of the shipped model on synthetic cases from seeds never used in training

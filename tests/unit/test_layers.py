@@ -39,6 +39,7 @@ def test_import_contracts_hold():
     ("serve/jobs.py", "import torch", "seg_edge.serve is not allowed to import torch"),
     ("serve/app.py", "from seg_edge.evaluation import parity", "seg_edge.serve is not allowed to import torch"),
     ("runtime/jobs.py", "from seg_edge.serve import app", "seg_edge.runtime.jobs -> seg_edge.serve.app"),
+    ("engines/ray.py", "import torch", "seg_edge.engines is not allowed to import torch"),
 ])
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, expected):
     copy = tmp_path / "src" / "seg_edge"

@@ -38,6 +38,12 @@ class Backend(str, Enum):
     ort_cuda = "ort-cuda"
     ort_trt = "ort-trt"
     tensorrt = "tensorrt"
+    triton = "triton"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 class PrecisionHint(str, Enum):

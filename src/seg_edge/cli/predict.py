@@ -12,7 +12,7 @@ from rich.table import Table
 
 from seg_edge.cli.app import err, guarded, out
 from seg_edge.errors import InputError
-from seg_edge.cli.options import (HINT_OPTION, JSON_OPTION, THREADS_OPTION, Backend, Blend, LabelScheme,
+from seg_edge.cli.options import (HINT_OPTION, JSON_OPTION, THREADS_OPTION, Backend, Blend, Engine, LabelScheme,
                                   PrecisionHint, dumps, model_path, parse_modalities, report_auto)
 
 
@@ -51,8 +51,8 @@ def _result_json(r, segmenter) -> dict:
     from seg_edge.runtime.jobs import report_dict
 
     data = {"case_id": r.job.case_id, "status": r.status, "output": str(r.job.out)}
-    if r.segmentation is not None:
-        data.update(report_dict(r.segmentation, r.job, segmenter))
+    if r.segmentation is not None:  # a case run on a Ray actor brings its report back
+        data.update(r.report if r.report is not None else report_dict(r.segmentation, r.job, segmenter))
         data["timings_s"] = {k: round(v, 4) for k, v in r.segmentation.timings.items()}
         data["status"] = r.status
     if r.error:
@@ -94,6 +94,15 @@ def predict(
     threads: int = THREADS_OPTION,
     precision_hint: PrecisionHint = HINT_OPTION,
     json_out: bool = JSON_OPTION,
+    url: str = typer.Option(None, "--url", help="--backend triton: the server's gRPC HOST:PORT[/MODEL] (model: "
+                            "the name export-triton gave it)."),
+    engine: Engine = typer.Option(Engine.local, "--engine", help="A folder of cases: local (this process) or ray "
+                                  "(Ray actors, one loaded model each; extra 'ray')."),
+    address: str = typer.Option(None, "--address", help="--engine ray: the Ray cluster to join (HOST:PORT of its "
+                                "head); default: a local Ray instance on this machine."),
+    actors: int = typer.Option(None, "--actors", min=1, help="--engine ray: actors, one model each (default 2)."),
+    actor_cpus: float = typer.Option(None, "--actor-cpus", help="--engine ray: CPUs each actor reserves (default 1; "
+                                     "--threads defaults to it)."),
 ) -> None:
     """Segment a BraTS-style case: writes a uint8 label map (NCR=1, ED=2, ET=4 or 3) and a JSON report."""
     from seg_edge.runtime.jobs import plan_jobs, run_job, start_loading
@@ -104,6 +113,7 @@ def predict(
         raise InputError(f"--overlap {overlap} (expected 0 <= overlap < 1)")
     files = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v is not None}
     jobs, batch = plan_jobs(input, files or None, out)
+    ray_options = _ray_options(engine, batch, address, actors, actor_cpus)
     options = SegmenterOptions(overlap=overlap, blend=blend.value if blend else None, batch_size=batch_size, tta=tta,
                                label_scheme=label_scheme.value if label_scheme else None, et_rule=et_rule,
                                probabilities=probabilities, resample=resample)
@@ -120,13 +130,20 @@ def predict(
 
         require_pillow()
     hint = precision_hint.value if precision_hint else None
+    if ray_options is not None:
+        from seg_edge.engines.ray import ModelSpec
+
+        spec = ModelSpec(model_path(model), backend.value if backend else None,
+                         threads or (None if url else max(1, int(ray_options.cpus_per_actor))), options, hint,
+                         not reference, url)
+        return _predict_on_ray(spec, jobs, file_order, overwrite, preview, ray_options, json_out)
     loading = None
     if not batch:  # the case is read while the model loads
         from seg_edge.artifact import load_artifact
 
         loading = start_loading(jobs[0], load_artifact(model_path(model)).card.modalities, file_order)
     with Segmenter.open_profiled(model_path(model), backend.value if backend else None, threads, options, hint,
-                                 not reference) as segmenter:
+                                 not reference, url) as segmenter:
         report_auto(segmenter.session, err)
         if segmenter.profile_note:
             err.print(segmenter.profile_note, markup=False, highlight=False)
@@ -140,6 +157,36 @@ def predict(
                                    lambda done, total: bar.update(task, completed=done, total=total), preview,
                                    loading)]
         _render(results, batch, json_out, segmenter)
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+def _ray_options(engine: Engine, batch: bool, address: str | None, actors: int | None, actor_cpus: float | None):
+    """The Ray engine's options, or None for the local engine (which takes none of them)."""
+    if engine == Engine.local:
+        given = [n for n, v in (("--address", address), ("--actors", actors), ("--actor-cpus", actor_cpus)) if v]
+        if given:
+            raise InputError(f"{', '.join(given)} apply to --engine ray (the local engine runs in this process)")
+        return None
+    if not batch:
+        raise InputError("--engine ray runs a folder of case folders; INPUT is one case (run it without --engine)")
+    from seg_edge.engines.ray import RayOptions
+
+    return RayOptions(address=address, actors=actors or 2, cpus_per_actor=1.0 if actor_cpus is None else actor_cpus)
+
+
+def _predict_on_ray(spec, jobs, file_order, overwrite: bool, preview: bool, ray_options, json_out: bool) -> None:
+    """The batch on Ray actors: the same progress bar, summary table and JSON as the local engine."""
+    from seg_edge.artifact import load_artifact
+    from seg_edge.engines.ray import CaseRun, run_on_ray
+
+    load_artifact(spec.model)  # a bad model is refused here, before Ray starts
+    with _progress() as bar:
+        task = bar.add_task("cases", total=len(jobs))
+        results = run_on_ray(spec, jobs, CaseRun(file_order, overwrite, preview), ray_options,
+                             lambda r: bar.advance(task),
+                             lambda line: err.print(escape(line), markup=True, highlight=False))
+    _render(results, True, json_out, None)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 

@@ -51,6 +51,7 @@ class JobResult:
     segmentation: Segmentation | None = None
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    report: dict | None = None  # the case's report, where it ran elsewhere (engines/ray.py: no arrays travel)
 
 
 # Suffixes of files that are not label maps: such an --out is a mistake, not a folder name.

@@ -167,10 +167,10 @@ class Segmenter:
     @classmethod
     def open_profiled(cls, model: str | Path, backend: str | None = None, threads: int | None = None,
                       options: SegmenterOptions | None = None, precision_hint: str | None = None,
-                      use_profile: bool = True) -> Segmenter:
+                      use_profile: bool = True, url: str | None = None) -> Segmenter:
         """Like ``open``, with the card's tuned profile in force where it applies (this machine, the
         profile's backend): its backend, threads and window settings fill what was not given.
-        ``profile_note`` says whether it was used and why not."""
+        ``profile_note`` says whether it was used and why not. ``url``: the server of ``--backend triton``."""
         artifact = load_artifact(model)
         options = options or SegmenterOptions()
         profile, note = profile_in_force(artifact.card, backend, use_profile)
@@ -180,7 +180,7 @@ class Segmenter:
             threads, precision_hint = threads or profile.threads, precision_hint or profile.precision_hint
             options = options.with_profile(profile)
         session = open_session(artifact, backend or "onnxruntime", threads=threads, precision_hint=precision_hint,
-                               streams=streams)
+                               streams=streams, url=url)
         segmenter = cls(artifact, session, options)
         segmenter.profile_note = note
         return segmenter

@@ -19,8 +19,10 @@ BACKENDS = {
     "ort-trt": ("seg_edge.runtime.sessions.onnxruntime", "OrtTensorrtSession"),
     "tensorrt": ("seg_edge.runtime.sessions.tensorrt", "TensorRTSession"),
     "openvino": ("seg_edge.runtime.sessions.openvino", "OpenVINOSession"),
+    "triton": ("seg_edge.runtime.sessions.triton", "TritonSession"),
 }
 HINTED = {"openvino"}  # backends that take a precision hint
+REMOTE = {"triton"}  # backends whose network runs on a server at ``url``
 STREAMED = {"onnxruntime", "openvino"}  # backends that run a batch's windows in parallel streams
 
 
@@ -103,11 +105,12 @@ class SessionBase:
 
 
 def open_session(artifact: Artifact, backend: str = "onnxruntime", threads: int | None = None,
-                 cache_dir: Path | None = None, precision_hint: str | None = None, streams: int = 1) -> Session:
+                 cache_dir: Path | None = None, precision_hint: str | None = None, streams: int = 1,
+                 url: str | None = None) -> Session:
     """Open ``backend`` on ``artifact``; BackendUnavailable (never a fallback) if it cannot load.
 
     ``streams`` > 1 (CPU backends): the windows of a batch run in parallel, one per stream, the
-    threads shared out among them."""
+    threads shared out among them. ``url``: the server of a remote backend (triton: HOST:PORT[/MODEL])."""
     if backend == "auto":
         from seg_edge.runtime.sessions.auto import open_auto
 
@@ -118,6 +121,14 @@ def open_session(artifact: Artifact, backend: str = "onnxruntime", threads: int 
         raise InputError(f"--precision-hint {precision_hint} applies to {', '.join(sorted(HINTED))}, not {backend}")
     if streams != 1 and (streams < 1 or backend not in STREAMED):
         raise InputError(f"streams {streams} with {backend} (expected 1, or more on {', '.join(sorted(STREAMED))})")
+    if (url is not None) != (backend in REMOTE):
+        raise InputError(f"--url {url} applies to --backend triton, not {backend}" if url is not None
+                         else f"--backend {backend} needs --url HOST:PORT (the server's gRPC port)")
+    if backend in REMOTE:
+        if threads or streams != 1 or cache_dir is not None:
+            raise InputError(f"--threads/streams apply to local backends; the {backend} server sets its own")
+        module_name, class_name = BACKENDS[backend]
+        return getattr(importlib.import_module(module_name), class_name)(artifact, url)
     module_name, class_name = BACKENDS[backend]
     cls = getattr(importlib.import_module(module_name), class_name)
     extra = {"streams": streams} if streams != 1 else {}
