@@ -57,9 +57,9 @@ def test_the_search_records_every_trial_and_accepts_only_within_budget(result):
     assert statuses <= {"accepted", "over budget", "pruned (slower)", "pruned (predicted)"}
     for t in result.trials:
         if t.status == "accepted":
-            assert len(t.dice) == 3 and min(t.dice) >= 0.99 and len(t.seconds) == 3
+            assert len(t.dice) == 3 and min(t.dice) >= 0.995 and len(t.seconds) == 3  # half the budget in reserve
         elif t.status == "over budget":
-            assert t.dice[-1] < 0.99 and all(d >= 0.99 for d in t.dice[:-1])
+            assert t.dice[-1] < 0.995 and all(d >= 0.995 for d in t.dice[:-1])
         elif t.status == "pruned (predicted)":
             assert t.seconds == []
     same = [t for t in result.trials if t.plan == WindowChoice(None, 0.5, "gaussian", "monai") and t.dice]

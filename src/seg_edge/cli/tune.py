@@ -51,7 +51,7 @@ def _front_table(result) -> Table:
 def tune(
     model: Path = typer.Argument(..., help="ONNX model with a seg-edge card (the FP32 reference)."),
     cases: Path = typer.Option(..., "--cases", help="Folder of held-out BraTS-format case folders."),
-    budget: float = typer.Option(0.01, "--budget", help="Largest worst-region Dice loss vs the reference labels."),
+    budget: float = typer.Option(0.01, "--budget", help="Largest worst-region Dice loss vs the reference labels on unseen cases; half of it is kept in reserve on the tune cases."),
     backend: list[Backend] = typer.Option(None, "--backend", help="Backend(s) to try (default: every CPU one "
                                           "that loads here)."),
     variant: list[Path] = typer.Option(None, "--variant", help="Sibling model files to try too (INT8, FP16)."),
@@ -100,6 +100,8 @@ def tune(
 
 
 def _render(result, written: Path | None) -> None:
+    from seg_edge.evaluation.tune import acceptance_threshold
+
     for name, why in result.skipped:
         err.print(f"[dim]skipped {escape(name)}: {escape(why)}[/]")
     out.print(_front_table(result))
@@ -108,7 +110,8 @@ def _render(result, written: Path | None) -> None:
     out.print(f"{len(result.trials)} configurations: " + ", ".join(f"{n} {s}" for s, n in counts.items())
               + f"; {result.wall_s:.0f} s on {len(result.cases)} cases")
     if result.chosen is None:
-        err.print(f"[bold red]no configuration within budget {result.budget}[/]; nothing written")
+        err.print(f"[bold red]no configuration within budget {result.budget}[/] (Dice ≥ "
+                  f"{acceptance_threshold(result.budget):g} on the tune cases); nothing written")
         return
     c = result.chosen
     out.print(f"chosen: {escape(c.label())}: {c.mean_s:.2f} s/case vs reference {ref:.2f} s/case "

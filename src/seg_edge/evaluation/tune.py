@@ -20,6 +20,14 @@ The search, in order:
 
 Times are the Segmenter's (preprocess + network + postprocess), measured, never extrapolated; the
 prediction only orders and prunes the grid.
+
+**The budget is for cases tune has not seen.** Picking the fastest of dozens of configurations that
+pass on a few cases selects the ones that were lucky on those cases. Measured here (AVX-512 EPYC,
+synthetic cases): with the whole budget spent on 5 tune cases, tune chose OpenVINO bf16 at overlap
+0.125 with constant blending (worst-region Dice 0.9922 on the tune cases), and on 11 unseen cases it
+fell to 0.979-0.986 on five of them. So a trial is accepted only while every tune case keeps
+``HELD_OUT_MARGIN`` of the budget in reserve (Dice ≥ 1 − budget × (1 − margin)); the margin is
+recorded in the report.
 """
 
 from __future__ import annotations
@@ -41,11 +49,18 @@ from seg_edge.runtime.preprocess import preprocess
 from seg_edge.runtime.regions import case_folders, dice, labels_to_regions
 from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 
-__all__ = ["Family", "Trial", "TuneOptions", "TuneResult", "WindowChoice", "tune", "window_plans", "worst_region_dice"]
+__all__ = ["Family", "Trial", "TuneOptions", "TuneResult", "WindowChoice", "acceptance_threshold", "tune",
+           "window_plans", "worst_region_dice"]
 
 CPU_BACKENDS = ("onnxruntime", "openvino")
 PREDICTED_SLACK = 1.5  # a trial predicted slower than this × the best's seconds per case is not run
 PRUNE_MARGIN = 0.1  # a trial is stopped once its first case takes 10 % longer than the best's (timing noise)
+HELD_OUT_MARGIN = 0.5  # the share of the budget a trial must leave unused on the tune cases (see the module doc)
+
+
+def acceptance_threshold(budget: float) -> float:
+    """The lowest worst-region Dice a trial may reach on a tune case and still be accepted."""
+    return 1.0 - budget * (1.0 - HELD_OUT_MARGIN)
 
 
 @dataclass
@@ -140,7 +155,7 @@ def _run_trial(trial: Trial, segmenter: Segmenter, cases: list[Case], references
         seconds, labels = _segment(segmenter, case, limit_s if k == 0 else None)
         trial.seconds.append(seconds)
         trial.dice.append(worst_region_dice(labels, reference, segmenter.et))
-        if trial.dice[-1] < 1.0 - budget:
+        if trial.dice[-1] < acceptance_threshold(budget):
             trial.status = "over budget"
             return
     trial.status = "accepted"

@@ -9,7 +9,7 @@ import numpy as np
 from seg_edge.artifact import load_artifact
 from seg_edge.card import CARD_KEY, InferenceProfile, Machine
 from seg_edge.errors import InputError
-from seg_edge.evaluation.tune import TuneResult
+from seg_edge.evaluation.tune import TuneResult, acceptance_threshold
 from seg_edge.onnxproto import with_metadata
 from seg_edge.runtime.atomic import atomic_write, write_bytes_atomic
 
@@ -18,8 +18,9 @@ def profile_of(result: TuneResult) -> InferenceProfile:
     """The chosen trial as the card's inference profile (InputError if no trial was within budget)."""
     t = result.chosen
     if t is None:
-        raise InputError(f"no configuration kept worst-region Dice within {result.budget} of the reference on "
-                         f"{len(result.cases)} cases; nothing to write")
+        raise InputError(f"no configuration kept worst-region Dice ≥ {acceptance_threshold(result.budget):g} (budget "
+                         f"{result.budget}, half kept for unseen cases) against the reference on {len(result.cases)} "
+                         "cases; nothing to write")
     reference = float(np.mean(result.reference_seconds))
     measured = {"seconds_per_case": round(t.mean_s, 3), "reference_seconds_per_case": round(reference, 3),
                 "speedup": round(reference / t.mean_s, 2), "worst_region_dice": round(t.worst_dice, 5),
@@ -56,7 +57,8 @@ def summary(result: TuneResult) -> dict:
     return {"model": str(result.model), "machine": {"cpu": result.machine.cpu, "flags": list(result.machine.flags),
                                                     "cores": result.machine.cores,
                                                     "versions": result.machine.versions},
-            "budget": result.budget, "cases": result.cases,
+            "budget": result.budget, "accept_at_dice": round(acceptance_threshold(result.budget), 6),
+            "cases": result.cases,
             "reference_seconds": [round(s, 3) for s in result.reference_seconds],
             "skipped": [{"family": n, "reason": why} for n, why in result.skipped], "probe": result.probe,
             "chosen": trial(result.chosen) if result.chosen else None,
@@ -82,6 +84,9 @@ def plot_front(result: TuneResult, out: Path, title: str | None = None) -> Path:
     ax.step([t.seconds[0] for t in front], [t.worst_dice for t in front], where="post", c="k", lw=0.8,
             label="Pareto front")
     ax.axhline(1 - result.budget, c="tab:orange", ls="--", lw=0.8, label=f"budget (Dice ≥ {1 - result.budget:g})")
+    accept = acceptance_threshold(result.budget)
+    ax.axhline(accept, c="tab:green", ls=":", lw=0.8, label=f"accepted on tune cases (Dice ≥ {accept:g}; "
+               "the rest is kept for unseen cases)")
     ax.scatter([result.reference_seconds[0]], [1.0], marker="s", c="tab:blue", s=40, label="reference")
     if result.chosen is not None:
         ax.scatter([result.chosen.seconds[0]], [result.chosen.worst_dice], marker="*", s=220, c="gold",
