@@ -3,6 +3,8 @@
 crop to the non-zero box (CropForeground), z-score non-zero voxels (NormalizeIntensity), NVIDIA's
 mask channel, sliding_window_inference (window from the model card, overlap 0.5, gaussian),
 sigmoid > 0.5, nested regions → labels, paste back, save. Prints one JSON line of timings.
+``--bf16``: the network under ``torch.autocast("cpu", torch.bfloat16)`` (only meaningful where the CPU
+has BF16 instructions; elsewhere PyTorch emulates it and it is far slower).
 Run as its own process so that its imports and start-up are timed like `seg-edge predict`'s.
 """
 
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the network")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t_import = time.perf_counter() - T0
@@ -52,9 +55,9 @@ def main() -> None:
         x = x.permute(0, 3, 2, 1)
     t["preprocess"] = time.perf_counter() - s
     s = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
         logits = sliding_window_inference(x[None].contiguous(), list(card.patch_size), 1, net, overlap=0.5,
-                                          mode="gaussian", sigma_scale=0.125)[0]
+                                          mode="gaussian", sigma_scale=0.125)[0].float()
     t["inference"] = time.perf_counter() - s
     s = time.perf_counter()
     if tuple(card.inputs.axes) == (2, 1, 0):

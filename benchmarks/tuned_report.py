@@ -90,7 +90,19 @@ def monai_part(v: dict) -> list[str]:
             f"{100 * v['seg_edge_non_network_share']:.1f} %. Dice of seg-edge's labels vs the recipe's (ET rule off): "
             + ", ".join(f"{k} {x:.4f}" for k, x in v["dice_agreement"].items()) + "; vs `--reference`: "
             + ", ".join(f"{k} {x:.4f}" for k, x in v["dice_vs_reference"].items()) + ". 1-min load average before "
-            f"each run: seg-edge {v['load_avg_1min']['seg-edge']}, MONAI {v['load_avg_1min']['monai']}."]
+            f"each run: seg-edge {v['load_avg_1min']['seg-edge']}, MONAI {v['load_avg_1min']['monai']}."] + _bf16(v)
+
+
+def _bf16(v: dict) -> list[str]:
+    """The recipe under bf16 autocast, where the CPU has BF16 (vs_monai.py runs it then)."""
+    arm = v["summary"].get("monai-bf16")
+    if not arm:
+        return ["", "The CPU has no BF16 instructions: the recipe's bf16 autocast was not run."]
+    dice = ", ".join(f"{k} {x:.4f}" for k, x in (v.get("dice_monai_bf16_vs_fp32") or {}).items())
+    return ["", f"PyTorch + MONAI under bf16 autocast (this CPU has BF16): process wall {arm['process_wall_s']:.2f} s, "
+            f"network {arm['stages_s']['inference']:.2f} s; seg-edge (tuned, FP32) is "
+            f"**{v['ratio_process_wall_bf16']:.2f}×** faster process to process. Dice of the bf16 recipe's labels vs "
+            f"its FP32 labels: {dice}."]
 
 
 def batch_part(b: dict) -> list[str]:

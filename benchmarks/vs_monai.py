@@ -6,7 +6,9 @@ process wall time (start → label map written) and for the pipeline inside the 
 ``--seg-edge-model`` runs seg-edge on another file of the same network (a tuned copy: predict uses
 its profile); the MONAI recipe always runs the FP32 checkpoint. The load average before each run
 and the Dice of seg-edge's labels against the MONAI recipe's and against seg-edge --reference's
-(the card's configuration, FP32 ONNX Runtime) are recorded.
+(the card's configuration, FP32 ONNX Runtime) are recorded. Where the CPU has BF16 instructions
+(avx512_bf16 or amx_bf16), the recipe also runs under bf16 autocast ("monai-bf16"), alternating with
+the other two.
 
     python benchmarks/vs_monai.py --case examples/SynBraTS_3007_000 --threads 2 --repeats 5 \
         --seg-edge-model model.tuned.onnx --json docs/benchmarks_vs_monai_tuned.json
@@ -52,12 +54,20 @@ def seg_edge_once(args, out: Path, extra=()) -> tuple[float, dict]:
     return wall, {**json.loads(stdout)["timings_s"], "load_avg_1min": load}
 
 
-def monai_once(args, out: Path) -> tuple[float, dict]:
+def monai_once(args, out: Path, bf16: bool = False) -> tuple[float, dict]:
     cmd = [sys.executable, str(ROOT / "benchmarks/monai_recipe.py"), "--case", str(args.case), "--model",
            str(args.model), "--checkpoint", str(args.checkpoint), "--out", str(out), "--threads", str(args.threads)]
+    cmd += ["--bf16"] if bf16 else []
     load = os.getloadavg()[0]
     wall, stdout = _run(cmd)
     return wall, {**json.loads(stdout.strip().splitlines()[-1]), "load_avg_1min": load}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        return set(next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")))
+    except (OSError, StopIteration):
+        return set()
 
 
 def machine() -> dict:
@@ -91,16 +101,19 @@ def main() -> None:
     args = parser.parse_args()
     args.checkpoint = args.checkpoint or args.model.with_suffix(".pt")
     args.seg_edge_model = args.seg_edge_model or args.model
-    runs = {"seg-edge": [], "monai": []}
+    bf16 = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    runs = {"seg-edge": [], "monai": []} | ({"monai-bf16": []} if bf16 else {})
     with tempfile.TemporaryDirectory() as tmp:
-        ours, theirs = Path(tmp) / "seg_edge.nii.gz", Path(tmp) / "monai.nii.gz"
+        ours, theirs, theirs16 = (Path(tmp) / n for n in ("seg_edge.nii.gz", "monai.nii.gz", "monai16.nii.gz"))
         for i in range(args.repeats):
             runs["seg-edge"].append(seg_edge_once(args, ours))
             runs["monai"].append(monai_once(args, theirs))
-            print(f"repeat {i}: seg-edge {runs['seg-edge'][-1][0]:.2f} s, monai {runs['monai'][-1][0]:.2f} s",
-                  file=sys.stderr)
+            if bf16:
+                runs["monai-bf16"].append(monai_once(args, theirs16, bf16=True))
+            print(f"repeat {i}: " + ", ".join(f"{k} {v[-1][0]:.2f} s" for k, v in runs.items()), file=sys.stderr)
         seg_edge_once(args, ours, ["--no-et-rule"])  # the MONAI recipe has no ET clean-up
         dice = agreement(ours, theirs)
+        dice_bf16 = agreement(theirs16, theirs) if bf16 else None
         reference = Path(tmp) / "reference.nii.gz"
         seg_edge_once(args, ours)
         _run([sys.executable, "-m", "seg_edge", "predict", str(args.case), "--model", str(args.model), "--out",
@@ -116,10 +129,12 @@ def main() -> None:
     pipe_theirs = summary["monai"]["stages_s"]["pipeline"]
     result = {"case": str(args.case), "model": str(args.model), "seg_edge_model": str(args.seg_edge_model),
               "threads": args.threads, "repeats": args.repeats, "machine": machine(), "summary": summary,
-              "dice_agreement": dice, "dice_vs_reference": dice_reference,
+              "dice_agreement": dice, "dice_vs_reference": dice_reference, "dice_monai_bf16_vs_fp32": dice_bf16,
               "load_avg_1min": {name: [round(r[1]["load_avg_1min"], 2) for r in rs] for name, rs in runs.items()},
               "ratio_process_wall": summary["monai"]["process_wall_s"] / summary["seg-edge"]["process_wall_s"],
               "ratio_pipeline": pipe_theirs / pipe_ours,
+              "ratio_process_wall_bf16": (summary["monai-bf16"]["process_wall_s"] / summary["seg-edge"]["process_wall_s"]
+                                          if bf16 else None),
               "seg_edge_non_network_share": 1 - ours_stages["inference"] / pipe_ours}
     args.json.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
