@@ -12,12 +12,14 @@ PyTriton pins ``numpy<2``, so it lives in its own virtual environment (``make in
     .venv-pytriton/bin/python tools/pytriton_server.py MODEL.onnx --name seg-edge-edge \\
         --grpc-port 8001 --http-port 8000 --metrics-port 8002 [--max-batch 4] [--threads N]
 
-It prints ``READY <grpc port>`` on stdout once the model is loaded and serves until SIGTERM/SIGINT.
+It prints ``READY <grpc port>`` on stdout once the model is loaded and serves until SIGTERM or SIGINT, then
+stops the server and removes its shared-memory regions.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -48,6 +50,10 @@ def _match_libpython() -> None:
         os.environ["LD_LIBRARY_PATH"] = ":".join([libdir, *[p for p in paths if p != libdir]])
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model")
@@ -66,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from pytriton.triton import Triton, TritonConfig
 
     _match_libpython()
+    # PyTriton cleans up (its server, its /dev/shm regions) when serve() is interrupted; SIGTERM as well as SIGINT
+    signal.signal(signal.SIGTERM, _interrupt)
     session = _session(args.model, args.threads)
     (inp,), (outp,) = session.get_inputs(), session.get_outputs()
     in_shape = [d if isinstance(d, int) else -1 for d in inp.shape[1:]]  # without the batch axis
@@ -83,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                     outputs=[Tensor(name=outp.name, dtype=np.float32, shape=tuple(out_shape))],
                     config=ModelConfig(max_batch_size=args.max_batch, batcher=DynamicBatcher()), strict=True)
         print(f"READY {args.grpc_port}", flush=True)
-        triton.serve()
+        try:
+            triton.serve()
+        except KeyboardInterrupt:
+            pass
     return 0
 
 

@@ -60,13 +60,11 @@ def start_group(cmd: list[str], log: Path, env: dict | None = None) -> subproces
                                 env={**os.environ, **(env or {})})
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
-    """SIGTERM to the process group ``proc`` leads, SIGKILL to what is left after ``grace`` seconds."""
+def stop_group(proc: subprocess.Popen, grace: float = 15) -> None:
+    """SIGTERM to ``proc`` (it stops its own children: ray start --block, PyTriton), then SIGKILL to whatever
+    is left of its process group after ``grace`` seconds."""
     if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        proc.terminate()
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:

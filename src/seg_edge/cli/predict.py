@@ -164,7 +164,8 @@ def predict(
 def _ray_options(engine: Engine, batch: bool, address: str | None, actors: int | None, actor_cpus: float | None):
     """The Ray engine's options, or None for the local engine (which takes none of them)."""
     if engine == Engine.local:
-        given = [n for n, v in (("--address", address), ("--actors", actors), ("--actor-cpus", actor_cpus)) if v]
+        given = [n for n, v in (("--address", address), ("--actors", actors), ("--actor-cpus", actor_cpus))
+                 if v is not None]
         if given:
             raise InputError(f"{', '.join(given)} apply to --engine ray (the local engine runs in this process)")
         return None
