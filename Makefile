@@ -31,7 +31,7 @@ PYTRITON_VENV ?= .venv-pytriton
 install-pytriton: $(PYTRITON_VENV)/.installed
 $(PYTRITON_VENV)/.installed:
 	$(PYTHON) -m venv $(PYTRITON_VENV)
-	$(PYTRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton>=0.5" onnxruntime
+	$(PYTRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton>=0.7" onnxruntime
 	touch $@
 
 demo: install-runtime

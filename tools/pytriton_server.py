@@ -10,7 +10,7 @@ PyTriton pins ``numpy<2``, so it lives in its own virtual environment (``make in
 ``.venv-pytriton``), apart from seg-edge's. This script imports only numpy, onnxruntime and pytriton.
 
     .venv-pytriton/bin/python tools/pytriton_server.py MODEL.onnx --name seg-edge-edge \\
-        --grpc-port 8001 --http-port 8000 --metrics-port 8002 [--max-batch 4] [--threads N]
+        --grpc-port 8001 --http-port 8000 --metrics-port 8002 [--max-batch 4] [--threads N] [--shared-memory]
 
 It prints ``READY <grpc port>`` on stdout once the model is loaded and serves until SIGTERM or SIGINT, then
 stops the server and removes its shared-memory regions.
@@ -64,12 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workspace", default=None, help="PyTriton's workspace folder (default: a temporary one)")
+    parser.add_argument("--shared-memory", action="store_true", help="let clients register system shared memory "
+                        "(PyTriton restricts that protocol to holders of its access token by default)")
     args = parser.parse_args(argv)
 
     import numpy as np
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 
     _match_libpython()
     # PyTriton cleans up (its server, its /dev/shm regions) when serve() is interrupted; SIGTERM as well as SIGINT
@@ -85,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
     config = TritonConfig(grpc_address="127.0.0.1", http_address="127.0.0.1", metrics_address="127.0.0.1", grpc_port=args.grpc_port,
                           http_port=args.http_port, metrics_port=args.metrics_port, log_verbose=0)
-    with Triton(config=config, workspace=args.workspace) as triton:
+    security = None
+    if args.shared_memory:
+        security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS
+                                                              if e != "shared-memory"])
+    with Triton(config=config, workspace=args.workspace, security_config=security) as triton:
         triton.bind(model_name=args.name, infer_func=infer,
                     inputs=[Tensor(name=inp.name, dtype=np.float32, shape=tuple(in_shape))],
                     outputs=[Tensor(name=outp.name, dtype=np.float32, shape=tuple(out_shape))],

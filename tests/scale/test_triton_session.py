@@ -34,7 +34,7 @@ def server(tmp_path_factory, edge_onnx):
     log = work / "server.log"
     proc = start_group([str(SERVER_PY), str(ROOT / "tools" / "pytriton_server.py"), str(edge_onnx), "--name", NAME,
                         "--grpc-port", str(port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-                        "--max-batch", "2", "--threads", "1", "--workspace", str(work / "ws")], log)
+                        "--max-batch", "2", "--threads", "1", "--workspace", str(work / "ws"), "--shared-memory"], log)
     try:
         deadline = time.monotonic() + 180
         while "READY" not in log.read_text(errors="replace"):
@@ -62,6 +62,24 @@ def test_session_matches_onnxruntime_and_splits_large_batches(server, edge_onnx)
     np.testing.assert_allclose(one, want[:1], rtol=0, atol=1e-5)
 
 
+def test_shared_memory_gives_the_same_logits_and_cleans_up(server, edge_onnx):
+    from seg_edge.artifact import load_artifact
+    from seg_edge.runtime.sessions import open_session
+
+    artifact = load_artifact(edge_onnx)
+    rng = np.random.default_rng(1)
+    small, large = (rng.standard_normal((n, artifact.card.in_channels, 32, 32, s)).astype(np.float32)
+                    for n, s in ((1, 32), (3, 48)))
+    shm_files = lambda: {p.name for p in Path("/dev/shm").glob("seg-edge-*")}  # noqa: E731
+    with open_session(artifact, "triton", url=f"{server}/{NAME}?shm=system") as shared, \
+            open_session(artifact, "onnxruntime", threads=1) as local:
+        a, b = shared.run(small), shared.run(large)  # the second batch is larger: the regions grow
+        assert len(shm_files()) == 2
+        np.testing.assert_allclose(a, local.run(small), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(b, local.run(large), rtol=0, atol=1e-5)
+    assert not shm_files()  # unregistered and removed on close
+
+
 def test_predict_with_triton_gives_the_onnxruntime_labels(server, edge_onnx, case_dir, tmp_path):
     common = ["predict", case_dir, "--model", edge_onnx, "--json", "--batch-size", 3]
     direct = seg_edge(*common, "--out", tmp_path / "ort", "--backend", "onnxruntime", "--threads", 1)
@@ -83,6 +101,7 @@ def test_bad_url_and_model_are_one_line_errors(server, edge_onnx, case_dir, tmp_
         (["--url", server], "no ready model"),  # the card's name is not served here
         (["--url", "localhost"], "expected HOST:PORT[/MODEL]"),
         (["--url", "http://localhost:8000"], "the HTTP endpoint is not used"),
+        (["--url", f"{server}/{NAME}?shm=cuda"], "unknown option 'shm=cuda'"),
         (["--url", f"{server}/{NAME}", "--threads", "2"], "the triton server sets its own"),
     ):
         out = tmp_path / "out"

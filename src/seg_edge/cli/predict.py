@@ -94,8 +94,9 @@ def predict(
     threads: int = THREADS_OPTION,
     precision_hint: PrecisionHint = HINT_OPTION,
     json_out: bool = JSON_OPTION,
-    url: str = typer.Option(None, "--url", help="--backend triton: the server's gRPC HOST:PORT[/MODEL] (model: "
-                            "the name export-triton gave it)."),
+    url: str = typer.Option(None, "--url", help="--backend triton: the server's gRPC HOST:PORT[/MODEL][?shm=system] "
+                            "(model: the name export-triton gave it; shm: tensors through shared memory, server "
+                            "on this machine)."),
     engine: Engine = typer.Option(Engine.local, "--engine", help="A folder of cases: local (this process) or ray "
                                   "(Ray actors, one loaded model each; extra 'ray')."),
     address: str = typer.Option(None, "--address", help="--engine ray: the Ray cluster to join (HOST:PORT of its "

@@ -6,9 +6,13 @@ logits come back, so the server needs nothing but the network (``seg-edge export
 model repository). A batch larger than the server model's ``max_batch_size`` is sent as several
 requests at once; the server's dynamic batcher and instance groups decide how they run.
 
-``--url HOST:PORT[/MODEL]``: Triton's gRPC port (8001 by default); MODEL defaults to the name
-``export-triton`` gives the model (``triton_model_name``). The server's model is checked against the
+``--url HOST:PORT[/MODEL][?shm=system]``: Triton's gRPC port (8001 by default); MODEL defaults to the
+name ``export-triton`` gives the model (``triton_model_name``). The server's model is checked against the
 card when the session opens: its input and output names, FP32, channels and rank.
+
+``?shm=system`` (client and server on one machine): windows and logits go through two system
+shared-memory regions registered with the server instead of inside the gRPC messages; the regions grow
+to the largest batch seen and are unregistered and removed when the session closes.
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ def triton_model_name(card_name: str) -> str:
     return name or "seg-edge"
 
 
-def parse_url(url: str, default_model: str) -> tuple[str, str]:
-    """(``HOST:PORT``, model name) of ``--url HOST:PORT[/MODEL]``; InputError for another form."""
-    text = url.removeprefix("grpc://")
+def parse_url(url: str, default_model: str) -> tuple[str, str, bool]:
+    """(``HOST:PORT``, model name, shared memory) of ``--url HOST:PORT[/MODEL][?shm=system]``; InputError else."""
+    text, _, query = url.removeprefix("grpc://").partition("?")
+    if query not in ("", "shm=system"):
+        raise InputError(f"--url {url}: unknown option {query!r} (expected ?shm=system, or none)")
     if "://" in text:
         raise InputError(f"--url {url}: expected HOST:PORT[/MODEL] of Triton's gRPC endpoint (grpc:// or no "
                          "scheme; the HTTP endpoint is not used)")
@@ -45,7 +51,43 @@ def parse_url(url: str, default_model: str) -> tuple[str, str]:
         raise InputError(f"--url {url}: expected HOST:PORT[/MODEL], e.g. localhost:8001")
     if model and triton_model_name(model) != model:
         raise InputError(f"--url {url}: model name {model!r} (expected letters, digits, '_', '.', '-')")
-    return address, model or default_model
+    return address, model or default_model, query == "shm=system"
+
+
+class Regions:
+    """Two system shared-memory regions (windows in, logits out) registered with the server; grown on demand."""
+
+    def __init__(self, client, shm, tag: str):
+        self._client, self._shm, self._tag = client, shm, tag
+        self.handles: dict[str, object] = {}
+        self.sizes: dict[str, int] = {}
+
+    def name(self, role: str) -> str:
+        return f"{self._tag}-{role}"
+
+    def ensure(self, role: str, nbytes: int) -> str:
+        """The name of region ``role`` ('in'/'out'), made at least ``nbytes`` long."""
+        name = self.name(role)
+        if self.sizes.get(role, 0) < nbytes:
+            self._drop(role)
+            self.handles[role] = self._shm.create_shared_memory_region(name, "/" + name, nbytes)
+            self.sizes[role] = nbytes
+            self._client.register_system_shared_memory(name, "/" + name, nbytes, client_timeout=CONNECT_TIMEOUT_S)
+        return name
+
+    def _drop(self, role: str) -> None:
+        if role in self.handles:
+            self._client.unregister_system_shared_memory(self.name(role), client_timeout=CONNECT_TIMEOUT_S)
+            self._shm.destroy_shared_memory_region(self.handles.pop(role))
+            self.sizes.pop(role)
+
+    def close(self) -> None:
+        for role in list(self.handles):
+            try:
+                self._drop(role)
+            except Exception:  # the server may be gone: the local region is still removed
+                self._shm.destroy_shared_memory_region(self.handles.pop(role))
+                self.sizes.pop(role, None)
 
 
 class TritonSession(SessionBase):
@@ -56,7 +98,7 @@ class TritonSession(SessionBase):
     def __init__(self, artifact: Artifact, url: str):
         card = artifact.card
         super().__init__(card.in_channels, card.out_channels, card.inputs.spatial_dims)
-        self.address, self.model = parse_url(url, triton_model_name(card.name))
+        self.address, self.model, shared = parse_url(url, triton_model_name(card.name))
         try:
             import tritonclient.grpc as grpcclient
             from tritonclient.utils import InferenceServerException
@@ -66,6 +108,7 @@ class TritonSession(SessionBase):
         self._grpc, self._error = grpcclient, InferenceServerException
         self._client = grpcclient.InferenceServerClient(self.address)
         self._pool: ThreadPoolExecutor | None = None
+        self._regions: Regions | None = None
         try:
             self._check_server(url)
             config = self._client.get_model_config(self.model, as_json=True, client_timeout=CONNECT_TIMEOUT_S)
@@ -78,6 +121,23 @@ class TritonSession(SessionBase):
         self._input, self._output = card.input_name, card.output_name
         self.max_batch = int(config["config"].get("max_batch_size", 0))
         self._fixed = self._check_model(config["config"], url)
+        if shared:
+            self._regions = self._open_regions(url)
+
+    def _open_regions(self, url: str) -> Regions:
+        import os
+
+        import tritonclient.utils.shared_memory as shm
+
+        regions = Regions(self._client, shm, f"seg-edge-{os.getpid()}-{id(self):x}")
+        try:
+            regions.ensure("in", 4)
+        except self._error as exc:
+            regions.close()
+            self._client.close()
+            raise InputError(f"--url {url}: the server refuses system shared memory ({_one_line(exc)}); is it on "
+                             "this machine, with the shared-memory protocol allowed?") from None
+        return regions
 
     def _check_server(self, url: str) -> None:
         try:
@@ -118,37 +178,61 @@ class TritonSession(SessionBase):
         window = [int(d) for d in inputs[self._input]["dims"]][-self.spatial_dims:]
         return None if any(d < 0 for d in window) else tuple(window)
 
-    def _request(self, chunk: np.ndarray) -> np.ndarray:
-        if not self.max_batch:  # the model's dims include the batch axis: one window per request
-            return np.concatenate([self._infer(chunk[i:i + 1]) for i in range(chunk.shape[0])])
-        return self._infer(chunk)
-
-    def _infer(self, chunk: np.ndarray) -> np.ndarray:
+    def _infer(self, chunk: np.ndarray, offsets: tuple[int, int] | None = None) -> np.ndarray:
+        """Logits of ``chunk``; with ``offsets`` (bytes into the in/out regions) through shared memory."""
         data = self._grpc.InferInput(self._input, list(chunk.shape), "FP32")
-        data.set_data_from_numpy(np.ascontiguousarray(chunk))
         wanted = self._grpc.InferRequestedOutput(self._output)
+        out_shape = [chunk.shape[0], self.out_channels, *chunk.shape[2:]]
+        out_bytes = 4 * int(np.prod(out_shape))
+        if offsets is None:
+            data.set_data_from_numpy(np.ascontiguousarray(chunk))
+        else:
+            data.set_shared_memory(self._regions.name("in"), chunk.nbytes, offset=offsets[0])
+            wanted.set_shared_memory(self._regions.name("out"), out_bytes, offset=offsets[1])
         try:
             result = self._client.infer(self.model, [data], outputs=[wanted], client_timeout=REQUEST_TIMEOUT_S)
         except self._error as exc:
             raise SessionError(f"triton server {self.address}, model {self.model}: {_one_line(exc)}") from None
-        return result.as_numpy(self._output)
+        if offsets is None:
+            return result.as_numpy(self._output)
+        import tritonclient.utils.shared_memory as shm
+
+        return np.array(shm.get_contents_as_numpy(self._regions.handles["out"], np.float32, out_shape,
+                                                  offset=offsets[1]), copy=True)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._fixed is not None and tuple(batch.shape[2:]) != self._fixed:
             raise ArtifactError(f"triton model {self.model} takes windows of {list(self._fixed)}, got "
                                 f"{list(batch.shape[2:])}: export it with dynamic sizes, or run the card's window")
-        step = self.max_batch or batch.shape[0]
-        chunks = [batch[i:i + step] for i in range(0, batch.shape[0], step)]
-        if len(chunks) == 1:
-            return self._request(chunks[0])
+        step = self.max_batch or 1  # max_batch_size 0: the dims include the batch axis, one window a request
+        starts = list(range(0, batch.shape[0], step))
+        per_in = batch[0].nbytes
+        per_out = per_in // self.in_channels * self.out_channels
+        if self._regions is not None:
+            import tritonclient.utils.shared_memory as shm
+
+            self._regions.ensure("in", batch.nbytes)
+            self._regions.ensure("out", per_out * batch.shape[0])
+            shm.set_shared_memory_region(self._regions.handles["in"], [np.ascontiguousarray(batch)])
+
+        def part(start: int) -> np.ndarray:
+            chunk = batch[start:start + step]
+            offsets = None if self._regions is None else (start * per_in, start * per_out)
+            return self._infer(chunk, offsets)
+
+        if len(starts) == 1:
+            return part(0)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(MAX_PARALLEL_REQUESTS, thread_name_prefix="seg-edge-triton")
-        return np.concatenate(list(self._pool.map(self._request, chunks)))
+        return np.concatenate(list(self._pool.map(part, starts)))
 
     def _release(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
+        if self._regions is not None:
+            self._regions.close()
         self._client.close()
+
 
 
 def _one_line(exc: BaseException) -> str:
