@@ -120,7 +120,7 @@ def start_server(python: Path, model: Path, threads: int, work: Path) -> tuple[s
     port, log = free_port(), work / "pytriton.log"
     cmd = [str(python), str(ROOT / "tools" / "pytriton_server.py"), str(model), "--name", "bench",
            "--grpc-port", str(port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-           "--max-batch", "4", "--threads", str(threads), "--workspace", str(work / f"ws-{port}")]
+           "--max-batch", "4", "--threads", str(threads), "--workspace", str(work / f"ws-{port}"), "--shared-memory"]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
@@ -145,7 +145,8 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 def window_overhead(model: Path, python: Path, threads: int, repeats: int, batch: int, work: Path) -> dict:
-    """Median seconds per call of the same window batch: Triton (server ORT, ``threads``) vs ORT here."""
+    """Median seconds per call of the same window batch: Triton (server ORT, ``threads``), with and without
+    system shared memory, vs ORT in this process."""
     import numpy as np
 
     artifact = load_artifact(model)
@@ -154,13 +155,15 @@ def window_overhead(model: Path, python: Path, threads: int, repeats: int, batch
     proc, url = start_server(python, model, threads, work)
     try:
         before = load()
-        times = {"triton": [], "onnxruntime": []}
+        times = {"triton": [], "triton shm": [], "onnxruntime": []}
         with open_session(artifact, "triton", url=url) as remote, \
+                open_session(artifact, "triton", url=url + "?shm=system") as shared, \
                 open_session(artifact, "onnxruntime", threads=threads) as local:
-            for session in (remote, local):  # warm-up: first calls allocate
+            sessions = {"triton": remote, "triton shm": shared, "onnxruntime": local}
+            for session in sessions.values():  # warm-up: first calls allocate
                 session.run(window)
-            for _ in range(repeats):  # alternated, so load changes hit both
-                for name, session in (("triton", remote), ("onnxruntime", local)):
+            for _ in range(repeats):  # alternated, so load changes hit all three
+                for name, session in sessions.items():
                     t0 = time.perf_counter()
                     session.run(window)
                     times[name].append(time.perf_counter() - t0)
@@ -169,8 +172,8 @@ def window_overhead(model: Path, python: Path, threads: int, repeats: int, batch
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"window": list(shape), "repeats": repeats, "threads": threads,
             "median_s": {k: round(v, 4) for k, v in med.items()},
-            "overhead_s_per_call": round(med["triton"] - med["onnxruntime"], 4),
             "overhead_s_per_window": round((med["triton"] - med["onnxruntime"]) / batch, 4),
+            "overhead_s_per_window_shm": round((med["triton shm"] - med["onnxruntime"]) / batch, 4),
             "payload_mb_per_window": round((artifact.card.in_channels + artifact.card.out_channels)
                                            * int(np.prod(shape[2:])) * 4 / 2**20, 1),
             "load_1min_before": before, "load_1min_after": load()}

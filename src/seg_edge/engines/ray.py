@@ -31,13 +31,14 @@ import numpy as np
 
 from seg_edge import errors
 from seg_edge.errors import BackendUnavailable, InputError
-from seg_edge.runtime.jobs import Job, JobResult, report_dict, run_batch
+from seg_edge.runtime.jobs import Job, JobResult, failure_reason, report_dict, run_batch
 from seg_edge.runtime.machine import cores
 from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = "--engine ray needs Ray: pip install 'seg-edge[ray]'"
 CONNECT_TIMEOUT_S = 5.0
+ACTORS_START_TIMEOUT_S = 600.0  # placing the actors and loading a model on each
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,11 @@ def start_actors(ray, spec: ModelSpec, options: RayOptions, note: Callable[[str]
     """The actors, each with its model loaded; the first actor's load error is raised here, as is."""
     remote = ray.remote(num_cpus=options.cpus_per_actor, max_restarts=1)(SegmenterActor)
     actors = [remote.remote(spec) for _ in range(options.actors)]
-    states = ray.get([a.ready.remote() for a in actors])
+    try:
+        states = ray.get([a.ready.remote() for a in actors], timeout=ACTORS_START_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        raise errors.SegEdgeError(f"the {len(actors)} Ray actor(s) did not start within {ACTORS_START_TIMEOUT_S:g} s "
+                                  "(no node with the CPUs they ask for, or the model is slow to load)") from None
     for state in states:
         if "error" in state:
             name, message = state["error"]
@@ -243,8 +248,6 @@ def _dispatch(ray, actors: list, jobs: list[Job], run: CaseRun, in_flight: int,
 
 
 def _collect(ray, ref, job: Job) -> JobResult:
-    from seg_edge.runtime.jobs import failure_reason
-
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as exc:  # the actor died (killed, out of memory) while on this case
