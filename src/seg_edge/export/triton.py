@@ -157,8 +157,11 @@ def write_triton_repo(model: Path, repo: Path, options: TritonOptions = TritonOp
     if Path(repo).exists() and not Path(repo).is_dir():
         raise InputError(f"{repo}: exists and is not a folder (expected a model repository folder)")
     text = config_text(artifact, options, name)
-    Path(repo).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=repo))
+    try:
+        Path(repo).mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=repo))
+    except OSError as exc:
+        raise InputError(f"{repo}: cannot write the model repository there ({exc.strerror})") from None
     try:
         (staging / "1").mkdir()
         shutil.copyfile(artifact.path, staging / "1" / FILES[options.backend])
