@@ -14,6 +14,10 @@ What is checked, before anything large is allocated:
 
 nibabel's log messages and warnings raised while reading are captured (no global filter) and
 returned as the case's warnings.
+
+gzip streams are inflated with ISA-L (``isal.igzip``, the same stream checks as ``gzip``) where it is
+installed: a 240×240×155 int16 volume in 12 ms instead of zlib's 26 ms on the AVX-512 EPYC measured
+for issue 13. Without it, the standard library's ``gzip``. The bytes are the same either way.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ import nibabel as nib
 import numpy as np
 
 from seg_edge.errors import InputError
+
+try:  # ISA-L's inflate: about twice zlib's speed, same API and checks (see the module doc)
+    from isal import igzip as _gzip
+    from isal.isal_zlib import error as _InflateError
+except ImportError:  # pragma: no cover - isal is a dependency, but the standard library suffices
+    _gzip, _InflateError = gzip, zlib.error
 
 MAX_VOXELS = 512 ** 3  # per 3D volume: 134,217,728 voxels, 0.5 GiB as float32
 DEFLATE_MAX_RATIO = 1032  # the most deflate can compress (RFC 1951 blocks of 258-byte matches)
@@ -88,7 +98,7 @@ def captured(path: Path, notes: list[str]) -> Iterator[None]:
 def _gzip_bytes(path: Path, compressed_size: int) -> bytes:
     """The whole decompressed stream, bounded by what the header declares; CRC and length checked."""
     try:
-        with gzip.open(path, "rb") as fh:
+        with _gzip.open(path, "rb") as fh:
             head = fh.read(540)
             expected = _expected_bytes(path, head, compressed_size, gz=True)
             chunks = [head]
@@ -102,7 +112,7 @@ def _gzip_bytes(path: Path, compressed_size: int) -> bytes:
                 if got > expected + MAX_TRAILING_BYTES:
                     raise InputError(f"{path}: holds more data than its header declares "
                                      f"({expected} bytes expected)")
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error, _InflateError) as exc:  # BadGzipFile is an OSError
         raise InputError(f"{path}: corrupt gzip data ({_reason(exc)}); the file is damaged or incomplete") from None
     return b"".join(chunks)
 
