@@ -17,9 +17,28 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from seg_edge.evaluation.tune import worst_region_dice  # noqa: E402
-from seg_edge.runtime.io import load_case  # noqa: E402
+from seg_edge.runtime.io import load_case, read_labels  # noqa: E402
 from seg_edge.runtime.regions import REGIONS, case_folders, dice, labels_to_regions  # noqa: E402
 from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions  # noqa: E402
+
+
+def _voxels(labels) -> dict:
+    return {n: int(m.sum()) for n, m in zip(REGIONS, labels_to_regions(labels, 4))}
+
+
+def _components(mask) -> int:
+    from scipy import ndimage
+
+    return int(ndimage.label(mask)[1])
+
+
+def _truth_voxels(folder: Path) -> dict | None:
+    """Region voxels of the case's ground truth (``*_seg.nii.gz``), if it has one."""
+    seg = next(iter(sorted(folder.glob("*_seg.nii*"))), None)
+    if seg is None:
+        return None
+    labels = read_labels(seg, 4)[0]
+    return _voxels(labels)
 
 
 def main() -> None:
@@ -40,7 +59,10 @@ def main() -> None:
                                                                     labels_to_regions(a.labels, 4))}
             rows.append({"case": folder.name, "worst_region_dice": round(worst_region_dice(b.labels, a.labels, 4), 5),
                          "dice": regions, "reference_inference_s": round(a.timings["inference"], 3),
-                         "tuned_inference_s": round(b.timings["inference"], 3)})
+                         "tuned_inference_s": round(b.timings["inference"], 3),
+                         "reference_voxels": _voxels(a.labels), "tuned_voxels": _voxels(b.labels),
+                         "reference_et_components": _components(a.labels == 4),
+                         "truth_voxels": _truth_voxels(folder)})
             print(json.dumps(rows[-1]), flush=True)
     result = {"tuned": str(args.tuned), "profile": tuned.profile_note, "cases": rows,
               "worst": min(r["worst_region_dice"] for r in rows), "load_avg": os.getloadavg()}
