@@ -47,7 +47,7 @@ def test_signal_during_full_size_predict_leaves_nothing(sig, tmp_path, edge_onnx
     """A 240×240×155 case, interrupted while windows run: exit 130, no output folder, no temp file."""
     out = tmp_path / "out" / "deep"
     proc = subprocess.Popen([str(_script()), "predict", str(EXAMPLE), "--model", str(edge_onnx), "--out", str(out),
-                             "--overlap", "0.8", "--probabilities"],
+                             "--overlap", "0.9", "--probabilities"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     time.sleep(8)
     assert proc.poll() is None, "the run finished before it could be interrupted; make it longer"
