@@ -42,13 +42,20 @@ def _copy_case(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default. A shell starts background jobs (``make test &``) with
+    SIGINT ignored, the ignore is inherited, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_full_size_predict_leaves_nothing(sig, tmp_path, edge_onnx):
     """A 240×240×155 case, interrupted while windows run: exit 130, no output folder, no temp file."""
     out = tmp_path / "out" / "deep"
     proc = subprocess.Popen([str(_script()), "predict", str(EXAMPLE), "--model", str(edge_onnx), "--out", str(out),
-                             "--overlap", "0.9", "--probabilities"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                             "--overlap", "0.8", "--probabilities"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=_default_sigint)
     time.sleep(8)
     assert proc.poll() is None, "the run finished before it could be interrupted; make it longer"
     proc.send_signal(sig)
