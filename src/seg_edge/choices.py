@@ -61,3 +61,20 @@ class TrainPrecision(Choice):
     __option__ = "--precision"
     auto = "auto"
     fp32 = "fp32"
+
+
+class TritonBackend(Choice):
+    """Which Triton backend serves the model."""
+
+    __option__ = "--backend"
+    onnxruntime = "onnxruntime"
+    tensorrt_plan = "tensorrt_plan"
+    openvino = "openvino"
+
+
+class TritonDevice(Choice):
+    """Where the instances run (Triton's instance_group kind)."""
+
+    __option__ = "--device"
+    gpu = "gpu"
+    cpu = "cpu"

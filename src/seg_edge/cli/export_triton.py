@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from seg_edge.cli.app import guarded, out
 from seg_edge.cli.options import JSON_OPTION, dumps
-from seg_edge.export.triton import TritonBackend, TritonDevice
+from seg_edge.choices import TritonBackend, TritonDevice
 
 
 @guarded

@@ -25,29 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seg_edge.artifact import Artifact, load_artifact, sidecar_path
-from seg_edge.choices import Choice
+from seg_edge.choices import TritonBackend, TritonDevice
 from seg_edge.errors import InputError
 from seg_edge.runtime.atomic import TEMP_PREFIX
 from seg_edge.runtime.sessions.triton import triton_model_name
 
 CARD_FILE = "seg-edge-card.json"
-
-
-class TritonBackend(Choice):
-    """Which Triton backend serves the model."""
-
-    __option__ = "--backend"
-    onnxruntime = "onnxruntime"
-    tensorrt_plan = "tensorrt_plan"
-    openvino = "openvino"
-
-
-class TritonDevice(Choice):
-    """Where the instances run (Triton's instance_group kind)."""
-
-    __option__ = "--device"
-    gpu = "gpu"
-    cpu = "cpu"
 
 
 FILES = {TritonBackend.onnxruntime: "model.onnx", TritonBackend.tensorrt_plan: "model.plan",
