@@ -85,6 +85,11 @@ class StagedOutputs:
         for path in reversed(missing):
             try:
                 path.mkdir()
+            except FileExistsError:
+                if path.is_dir():  # another writer made it between our check and mkdir
+                    continue
+                self._remove_created()
+                raise InputError(f"{path}: cannot create output folder (not a folder)") from None
             except OSError as exc:
                 self._remove_created()
                 raise InputError(f"{path}: cannot create output folder ({exc.strerror})") from None
