@@ -95,3 +95,37 @@ def test_a_case_read_while_the_model_loads_gives_the_same_labels(edge_onnx, batc
             run_job(seg, broken, loading=start_loading(broken, seg.card.modalities))
     assert np.array_equal(early.segmentation.labels, late.segmentation.labels)
     assert early.segmentation.case_id == late.segmentation.case_id == job.case_id
+
+
+def test_a_batch_whose_first_case_was_read_while_the_model_loaded(edge_onnx, batch_dir, tmp_path):
+    """The CLI reads the first case to run during start-up and hands it to the pipeline: same outputs;
+    finished cases are not counted as first; a first case that fails to read fails alone."""
+    from seg_edge.artifact import load_artifact
+    from seg_edge.runtime.jobs import start_loading, to_run
+
+    modalities = load_artifact(edge_onnx).card.modalities
+    with Segmenter.open(edge_onnx, threads=1) as seg:
+        plain = pipeline.run_pipelined(seg, jobs_for(batch_dir, tmp_path / "plain"))
+        out = tmp_path / "early"
+        first_done = jobs_for(batch_dir, out)[:2]
+        pipeline.run_pipelined(seg, first_done)  # case0, case1 finished: the broken case2 is first to run
+        todo = to_run(jobs_for(batch_dir, out), overwrite=False)
+        assert todo[0].case_id == "case2"
+        early = pipeline.run_pipelined(seg, jobs_for(batch_dir, out),
+                                       first=start_loading(todo[0], modalities))
+    assert [r.status for r in early] == ["skipped", "skipped", "failed", "done", "done"]
+    assert "t1ce" in early[2].error
+    for a, b in zip(plain[3:], early[3:]):
+        assert np.array_equal(np.asarray(nib.load(a.job.out).dataobj), np.asarray(nib.load(b.job.out).dataobj))
+
+
+def test_planning_and_reading_cases_do_not_import_the_segmenter():
+    """Reading the first case starts before the segmenter's imports (scipy, backends) run."""
+    import subprocess
+    import sys
+
+    code = ("import sys, seg_edge.runtime.jobs, seg_edge.artifact; "
+            "print(sorted(m for m in ('seg_edge.runtime.segmenter', 'scipy.ndimage', 'scipy.special') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

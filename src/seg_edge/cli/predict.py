@@ -106,18 +106,13 @@ def predict(
                                      "--threads defaults to it)."),
 ) -> None:
     """Segment a BraTS-style case: writes a uint8 label map (NCR=1, ED=2, ET=4 or 3) and a JSON report."""
-    from seg_edge.runtime.jobs import plan_jobs, run_job, start_loading
-    from seg_edge.runtime.pipeline import run_pipelined
-    from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
+    from seg_edge.runtime.jobs import plan_jobs, start_loading  # not the segmenter's imports: see below
 
     if overlap is not None and not 0.0 <= overlap < 1.0:  # also NaN
         raise InputError(f"--overlap {overlap} (expected 0 <= overlap < 1)")
     files = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v is not None}
     jobs, batch = plan_jobs(input, files or None, out)
     ray_options = _ray_options(engine, batch, address, actors, actor_cpus)
-    options = SegmenterOptions(overlap=overlap, blend=blend.value if blend else None, batch_size=batch_size, tta=tta,
-                               label_scheme=label_scheme.value if label_scheme else None, et_rule=et_rule,
-                               probabilities=probabilities, resample=resample)
     file_order = parse_modalities(modalities)
     if file_order is not None and not _is_stack(input):
         raise InputError(f"--modalities {modalities}: applies to a 4D NIfTI or a .npy stack, not to "
@@ -131,6 +126,19 @@ def predict(
 
         require_pillow()
     hint = precision_hint.value if precision_hint else None
+    first = _first_to_run(jobs, batch, overwrite, ray_options)
+    loading = None
+    if first is not None:  # the first case is read while the segmenter's modules import and the model loads
+        from seg_edge.artifact import load_artifact
+
+        loading = start_loading(first, load_artifact(model_path(model)).card.modalities, file_order)
+    from seg_edge.runtime.jobs import run_job
+    from seg_edge.runtime.pipeline import run_pipelined
+    from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
+
+    options = SegmenterOptions(overlap=overlap, blend=blend.value if blend else None, batch_size=batch_size, tta=tta,
+                               label_scheme=label_scheme.value if label_scheme else None, et_rule=et_rule,
+                               probabilities=probabilities, resample=resample)
     if ray_options is not None:
         from seg_edge.engines.ray import ModelSpec
 
@@ -138,11 +146,6 @@ def predict(
                          threads or (None if url else max(1, int(ray_options.cpus_per_actor))), options, hint,
                          not reference, url)
         return _predict_on_ray(spec, jobs, file_order, overwrite, preview, ray_options, json_out)
-    loading = None
-    if not batch:  # the case is read while the model loads
-        from seg_edge.artifact import load_artifact
-
-        loading = start_loading(jobs[0], load_artifact(model_path(model)).card.modalities, file_order)
     with Segmenter.open_profiled(model_path(model), backend.value if backend else None, threads, options, hint,
                                  not reference, url) as segmenter:
         report_auto(segmenter.session, err)
@@ -150,7 +153,7 @@ def predict(
             err.print(segmenter.profile_note, markup=False, highlight=False)
         if batch:
             results = _run_batch(segmenter, jobs, file_order, overwrite,
-                                 functools.partial(run_pipelined, preview=preview))
+                                 functools.partial(run_pipelined, preview=preview, first=loading))
         else:
             with _progress() as bar:
                 task = bar.add_task(f"segmenting {jobs[0].case_id}", total=None)
@@ -191,6 +194,19 @@ def _predict_on_ray(spec, jobs, file_order, overwrite: bool, preview: bool, ray_
     _render(results, True, json_out, None)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
+
+
+def _first_to_run(jobs, batch: bool, overwrite: bool, ray_options):
+    """The job whose case is read while the model loads: the single case, or the batch's first to run
+    (none on Ray, whose actors read their own cases)."""
+    if ray_options is not None:
+        return None
+    if not batch:
+        return jobs[0]
+    from seg_edge.runtime.jobs import to_run
+
+    todo = to_run(jobs, overwrite)
+    return todo[0] if todo else None
 
 
 def _is_stack(source: Path | None) -> bool:

@@ -1,6 +1,20 @@
-"""Torch-free runtime: load NIfTI cases, preprocess, sliding window over a Session, postprocess."""
+"""Torch-free runtime: load NIfTI cases, preprocess, sliding window over a Session, postprocess.
 
-from seg_edge.runtime.io import Case, load_case
-from seg_edge.runtime.segmenter import Segmentation, Segmenter, SegmenterOptions
+The names below are imported on first use, so that reading a case (``runtime.io``) can start
+before the segmenter's imports (scipy.ndimage, the backends) have run.
+"""
 
-__all__ = ["Case", "load_case", "Segmentation", "Segmenter", "SegmenterOptions"]
+from __future__ import annotations
+
+from importlib import import_module
+
+_LAZY = {"Case": "seg_edge.runtime.io", "load_case": "seg_edge.runtime.io",
+         "Segmentation": "seg_edge.runtime.segmenter", "Segmenter": "seg_edge.runtime.segmenter",
+         "SegmenterOptions": "seg_edge.runtime.segmenter"}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_LAZY[name]), name)

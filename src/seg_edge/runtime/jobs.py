@@ -8,13 +8,16 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from seg_edge.errors import InputError, SegEdgeError
 from seg_edge.runtime.io import NIFTI_SUFFIXES, Case, has_modality_files, load_case, strip_nifti, write_volume
 from seg_edge.runtime.outputs import StagedOutputs, check_name_length, check_targets
-from seg_edge.runtime.segmenter import Segmentation, Segmenter
+
+if TYPE_CHECKING:  # the segmenter's imports (scipy.ndimage, backends) are not needed to plan or read cases
+    from seg_edge.runtime.segmenter import Segmentation, Segmenter
 
 DEFAULT_OUT = Path("predictions")
 log = logging.getLogger(__name__)
@@ -157,6 +160,11 @@ def write_outputs(seg: Segmentation, case: Case, job: Job, segmenter: Segmenter,
         staged.temp(job.report).write_text(json.dumps(report_dict(seg, job, segmenter), indent=2))
         write_volume(seg.labels.astype(np.uint8), case, staged.temp(job.out))
         staged.commit()
+
+
+def to_run(jobs: list[Job], overwrite: bool) -> list[Job]:
+    """The jobs a batch runs: all with ``overwrite``, else those whose label map does not exist yet."""
+    return [j for j in jobs if overwrite or not j.out.exists()]
 
 
 def start_loading(job: Job, modalities: tuple[str, ...], file_order: tuple[str, ...] | None = None) -> Future:

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from seg_edge.runtime import jobs as single
 from seg_edge.runtime.io import Case
-from seg_edge.runtime.jobs import Job, JobResult, failure_reason, write_outputs
+from seg_edge.runtime.jobs import Job, JobResult, failure_reason, to_run, write_outputs
 from seg_edge.runtime.outputs import check_targets
 from seg_edge.runtime.segmenter import Prepared, Segmenter
 
@@ -26,16 +26,19 @@ log = logging.getLogger(__name__)
 
 
 def _loader(segmenter: Segmenter, jobs: list[Job], file_order, overwrite: bool, preview: bool,
-            permits: threading.Semaphore, ready: queue.Queue, stop: threading.Event) -> None:
-    """Load and preprocess each job in turn into ``ready``: (job, case, prepared, error)."""
-    for job in jobs:
+            permits: threading.Semaphore, ready: queue.Queue, stop: threading.Event,
+            first: Future | None = None) -> None:
+    """Load and preprocess each job in turn into ``ready``: (job, case, prepared, error).
+    ``first``: the first job's case, already being read (``jobs.start_loading``)."""
+    for i, job in enumerate(jobs):
         permits.acquire()
         if stop.is_set():
             return
         try:
             check_targets(job.targets(segmenter.options.probabilities, preview), overwrite)
             t0 = time.perf_counter()
-            case = single.load_case(job.source, segmenter.card.modalities, file_order)  # as run_job loads
+            case = (first.result() if i == 0 and first is not None  # as run_job loads
+                    else single.load_case(job.source, segmenter.card.modalities, file_order))
             case.case_id = job.case_id
             load_s = time.perf_counter() - t0
             prepared = segmenter.prepare(case)
@@ -60,13 +63,17 @@ def _finish_and_write(segmenter: Segmenter, job: Job, case: Case, prepared: Prep
 
 
 def run_pipelined(segmenter: Segmenter, jobs: list[Job], file_order=None, overwrite: bool = False,
-                  on_case: Callable[[JobResult], None] | None = None, preview: bool = False) -> list[JobResult]:
-    """Every job through load → network → write with the three stages overlapped; failures are recorded."""
-    todo = [j for j in jobs if overwrite or not j.out.exists()]
+                  on_case: Callable[[JobResult], None] | None = None, preview: bool = False,
+                  first: Future | None = None) -> list[JobResult]:
+    """Every job through load → network → write with the three stages overlapped; failures are recorded.
+
+    ``first``: the case of the first job to run (``to_run(jobs, overwrite)[0]``), already being read
+    while the model loaded (``jobs.start_loading``)."""
+    todo = to_run(jobs, overwrite)
     results: dict[Job, JobResult] = {j: JobResult(j, "skipped") for j in jobs if j not in todo}
     permits, ready, stop = threading.Semaphore(IN_FLIGHT), queue.Queue(), threading.Event()
     loader = threading.Thread(target=_loader, args=(segmenter, todo, file_order, overwrite, preview, permits,
-                                                    ready, stop), daemon=True, name="seg-edge-loader")
+                                                    ready, stop, first), daemon=True, name="seg-edge-loader")
     loader.start()
     pending: tuple[Job, Future] | None = None
     try:

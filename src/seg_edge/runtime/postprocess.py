@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage, special
 
 from seg_edge.card import ETRule, Outputs
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Logistic function in float32, without overflow for large negative logits."""
+    from scipy import special  # imported on first use: scipy is ~0.2 s of a cold start
+
     return special.expit(np.asarray(logits, dtype=np.float32))
 
 
@@ -20,6 +21,8 @@ def apply_et_rule(labels: np.ndarray, et_prob: np.ndarray, rule: ETRule, et: int
     mask = labels == et
     if not mask.any():
         return 0
+    from scipy import ndimage
+
     components, n = ndimage.label(mask)
     sizes = np.bincount(components.ravel(), minlength=n + 1)
     sums = np.bincount(components.ravel(), weights=et_prob.ravel(), minlength=n + 1)
@@ -40,6 +43,8 @@ def apply_et_rule(labels: np.ndarray, et_prob: np.ndarray, rule: ETRule, et: int
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax over the class axis (0) in float32, shifted by the maximum for stability."""
+    from scipy import special
+
     return special.softmax(np.asarray(logits, dtype=np.float32), axis=0)
 
 
