@@ -91,6 +91,23 @@ def test_this_machine_and_mismatch(monkeypatch):
     assert "not installed" in mismatch(here, "onnxruntime")
 
 
+def test_cpu_generations_behind_one_model_name_are_told_apart(tmp_path):
+    """Cloud VMs name Zen 4 and Zen 5 alike ("AMD EPYC"); family/model/stepping separate them, and
+    ARM boards are named by implementer and part."""
+    def cpu(text):
+        path = tmp_path / "cpuinfo"
+        path.write_text(text)
+        return machine_module._cpuinfo(str(path))
+
+    x86 = "processor\t: {n}\ncpu family\t: {f}\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu avx2 avx512f\n\n"
+    zen4, flags = cpu(x86.format(n=0, f=25) + x86.format(n=1, f=25))
+    zen5, _ = cpu(x86.format(n=0, f=26))
+    assert zen4 == "AMD EPYC (family 25, model 17, stepping 1)" and zen5 != zen4
+    assert flags == {"fpu", "avx2", "avx512f"}
+    arm, _ = cpu("processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\nCPU part\t: 0xd42\n\n")
+    assert arm.endswith("(implementer 0x41, part 0xd42)")
+
+
 def test_profile_in_force_says_why(monkeypatch):
     here = this_machine(("onnxruntime",))
     card = card_for("edge").replace(profile=profile(machine=here))

@@ -1,6 +1,7 @@
 """The machine a tuned profile is measured on, and whether it is the one running now.
 
-A profile's speed figures hold for one CPU model, its ISA (AVX2 vs AVX-512, VNNI, BF16, AMX change
+A profile's speed figures hold for one CPU model (its name and, where the name hides it, its
+family/model/stepping), its ISA (AVX2 vs AVX-512, VNNI, BF16, AMX change
 which kernels run), the cores the process may use and the backend versions; its accuracy holds for
 the backend's kernels. ``predict`` applies a profile only where all of these match.
 """
@@ -21,19 +22,31 @@ DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "ort-cuda": 
                  "ort-trt": ("onnxruntime-gpu",), "openvino": ("openvino",), "tensorrt": ("tensorrt",)}
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    name, flags = "", set()
+# /proc/cpuinfo keys that tell CPU generations apart where the model name does not: cloud VMs often
+# report only "AMD EPYC", while Zen 4 and Zen 5 (family 25 vs 26) run the same AVX-512 code at
+# different speeds; ARM boards (Jetson) name the core by implementer and part
+GENERATION_KEYS = (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"),
+                   ("CPU implementer", "implementer"), ("CPU part", "part"))
+
+
+def _cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    name, flags, generation = "", set(), {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and not name:
+                key = key.strip()
+                if key in ("model name", "Model name") and not name:
                     name = value.strip()
-                elif key.strip() in ("flags", "Features") and not flags:
+                elif key in ("flags", "Features") and not flags:
                     flags = set(value.split())
+                elif key in dict(GENERATION_KEYS) and key not in generation:
+                    generation[key] = value.strip()
     except OSError:  # not Linux: the model name from platform, no flags
         pass
-    return name or platform.processor() or platform.machine(), flags
+    name = name or platform.processor() or platform.machine()
+    tags = [f"{label} {generation[key]}" for key, label in GENERATION_KEYS if generation.get(key)]
+    return (f"{name} ({', '.join(tags)})" if tags else name), flags
 
 
 def cores() -> int:
