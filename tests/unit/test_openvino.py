@@ -119,3 +119,56 @@ def test_instance_norms_run_as_fused_mvn(edge_onnx, case_dir):
     assert np.abs(a - c).max() <= 2 * np.abs(b - c).max() + 1e-4  # and is no further from ONNX Runtime
     for session in (fused, plain, ort):
         session.close()
+
+
+CAPPED = (
+    "import json, numpy as np\n"
+    "from seg_edge.artifact import load_artifact\n"
+    "from seg_edge.runtime.sessions.openvino import OpenVINOSession\n"
+    "s = OpenVINOSession(load_artifact({model!r}), threads=1)\n"
+    "x = np.random.default_rng(0).standard_normal((1, 5, 32, 32, 32)).astype(np.float32)\n"
+    "np.save({out!r}, s.run(x))\n"
+    "print(json.dumps({{'cap': s.isa_cap, 'kernels': s.kernels}}))\n"
+)
+
+
+def test_onednn_isa_cap_runs_avx2_kernels_with_the_same_numbers(edge_onnx, tmp_path, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2, set before the process starts: AVX2 convolution kernels, logits as native."""
+    from seg_edge.artifact import load_artifact
+    from seg_edge.runtime.machine import backend_version, mismatch, this_machine
+    from seg_edge.runtime.sessions.openvino import OpenVINOSession
+
+    code = CAPPED.format(model=str(edge_onnx), out=str(tmp_path / "capped.npy"))
+    env = dict(__import__("os").environ, ONEDNN_MAX_CPU_ISA="avx2")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["cap"] == "AVX2" and info["kernels"] and all("avx512" not in k for k in info["kernels"]), info
+    native = OpenVINOSession(load_artifact(edge_onnx), threads=1)
+    x = np.random.default_rng(0).standard_normal((1, 5, 32, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(np.load(tmp_path / "capped.npy"), native.run(x), atol=1e-4)
+    here = this_machine(("openvino",))  # a profile tuned natively does not apply under the cap, nor the reverse
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert backend_version("openvino").endswith("(ONEDNN_MAX_CPU_ISA=AVX2)")
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in mismatch(here, "openvino")
+
+
+def test_onednn_isa_cap_is_never_silently_ignored(edge_onnx, monkeypatch):
+    """A cap set after the CPU plugin loaded natively is refused at the first compile; bf16 under an
+    AVX2 cap is refused at once (OpenVINO would fail to build its kernels)."""
+    from seg_edge.artifact import load_artifact
+    from seg_edge.runtime.machine import this_machine
+    from seg_edge.runtime.sessions.openvino import OpenVINOSession
+
+    artifact = load_artifact(edge_onnx)
+    x = np.zeros((1, 5, 32, 32, 32), dtype=np.float32)
+    OpenVINOSession(artifact, threads=1).run(x)  # the plugin is loaded in this process, uncapped
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(BackendUnavailable, match="no BF16 kernels"):
+            OpenVINOSession(artifact, threads=1, precision_hint="bf16")
+    late = OpenVINOSession(artifact, threads=1)
+    if "avx512f" not in this_machine().flags:
+        pytest.skip("this CPU has no AVX-512: its kernels are AVX2 with or without the cap")
+    with pytest.raises(BackendUnavailable, match="set after OpenVINO's CPU plugin loaded"):
+        late.run(x)

@@ -56,7 +56,11 @@ HINT_OPTION = typer.Option(None, "--precision-hint", help="OpenVINO inference pr
 
 
 def report_auto(session, console) -> None:
-    """Say which backend --backend auto chose and why the faster ones were skipped."""
+    """Say which backend --backend auto chose and why the faster ones were skipped, and when OpenVINO's
+    kernels are capped by ONEDNN_MAX_CPU_ISA (nothing about how a backend runs goes unsaid)."""
+    cap = getattr(getattr(session, "session", session), "isa_cap", None)
+    if cap:
+        console.print(f"openvino: oneDNN kernels capped at {cap} (ONEDNN_MAX_CPU_ISA)", markup=False, highlight=False)
     report = getattr(session, "auto_report", None)
     if report:
         chosen, skipped = report

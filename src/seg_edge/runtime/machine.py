@@ -17,6 +17,7 @@ from seg_edge.card import Machine
 # ISA flags (as /proc/cpuinfo names them) that change which compute kernels the backends pick
 COMPUTE_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
                  "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 # backend → the distribution whose version is recorded
 DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "ort-cuda": ("onnxruntime-gpu",),
                  "ort-trt": ("onnxruntime-gpu",), "openvino": ("openvino",), "tensorrt": ("tensorrt",)}
@@ -58,13 +59,22 @@ def cores() -> int:
 
 
 def backend_version(backend: str) -> str | None:
-    """The installed version of ``backend``'s package, or None (nothing is imported)."""
+    """The installed version of ``backend``'s package, or None (nothing is imported). OpenVINO's
+    carries the oneDNN ISA cap in force (``ONEDNN_MAX_CPU_ISA``): it changes which kernels run."""
     for dist in DISTRIBUTIONS.get(backend, ()):
         try:
-            return metadata.version(dist)
+            version = metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
+        cap = onednn_isa_cap()
+        return f"{version} ({ONEDNN_ISA_ENV}={cap})" if backend == "openvino" and cap else version
     return None
+
+
+def onednn_isa_cap() -> str | None:
+    """The ISA cap oneDNN (in OpenVINO's CPU plugin) reads from the environment when it loads, or None."""
+    cap = os.environ.get(ONEDNN_ISA_ENV, "").strip().upper()
+    return cap if cap and cap != "ALL" else None
 
 
 def this_machine(backends: tuple[str, ...] = ("onnxruntime",)) -> Machine:

@@ -6,6 +6,13 @@ as OpenVINO's ``INFERENCE_PRECISION_HINT`` (bf16 only where the CPU reports BF16
 BackendUnavailable, never a silent downgrade). The export's InstanceNorm subgraphs run as OpenVINO's
 fused MVN (``openvino_graph.py``; ``fuse_norms=False`` keeps them as written). Compiled models are cached in ``CACHE_DIR`` so a
 second run starts fast.
+
+oneDNN, inside OpenVINO's CPU plugin, honours its ``ONEDNN_MAX_CPU_ISA`` environment variable, read
+once when the plugin loads in a process. ``ONEDNN_MAX_CPU_ISA=AVX2`` runs AVX2 kernels on an AVX-512
+CPU: 8 float32 lanes instead of 16, which fills the vectors of 8-channel convolutions (measured in
+docs/BENCHMARKS.md). The session says when the cap is in force (``isa_cap``, the kernels it compiled),
+refuses bf16 under a cap without BF16 kernels, and the cap is part of the recorded OpenVINO version,
+so a profile tuned with it applies only with it.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ import numpy as np
 
 from seg_edge.artifact import Artifact
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
+from seg_edge.runtime.machine import ONEDNN_ISA_ENV as ISA_ENV, onednn_isa_cap
 from seg_edge.runtime.sessions.base import SessionBase, cache_root
 from seg_edge.runtime.sessions.openvino_graph import fuse_instance_norms
 
 HINTS = ("f32", "bf16")
+BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10")  # caps that keep BF16 kernels
 KEEP_COMPILED = 3  # compiled input shapes kept per session
 
 
@@ -45,6 +54,10 @@ class OpenVINOSession(SessionBase):
         if hint == "bf16" and "BF16" not in caps:
             raise BackendUnavailable(f"this CPU has no BF16 support (OpenVINO reports {', '.join(caps)}); "
                                      "use --precision-hint f32")
+        self.isa_cap = onednn_isa_cap()
+        if hint == "bf16" and self.isa_cap and not self.isa_cap.startswith(BF16_ISAS):
+            raise BackendUnavailable(f"{ISA_ENV}={self.isa_cap} leaves OpenVINO no BF16 kernels; "
+                                     "use --precision-hint f32, or unset it")
         cache = Path(cache_dir or cache_root() / "openvino")
         cache.mkdir(parents=True, exist_ok=True)
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint, "CACHE_DIR": str(cache)}
@@ -75,7 +88,8 @@ class OpenVINOSession(SessionBase):
         if shape not in self._compiled:
             model = self._model.clone()
             model.reshape({self._input: list(shape)})
-            self._remember(shape, self._core.compile_model(model, "CPU", self._config).create_infer_request())
+            compiled = self._check_kernels(self._core.compile_model(model, "CPU", self._config))
+            self._remember(shape, compiled.create_infer_request())
         return self._compiled[shape]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -93,7 +107,7 @@ class OpenVINOSession(SessionBase):
         if ("queue",) + shape not in self._compiled:
             model = self._model.clone()
             model.reshape({self._input: list(shape)})
-            compiled = self._core.compile_model(model, "CPU", self._config)
+            compiled = self._check_kernels(self._core.compile_model(model, "CPU", self._config))
             self._remember(("queue",) + shape, ov.AsyncInferQueue(compiled, self.streams))
         queue = self._compiled[("queue",) + shape]
         outputs: list[np.ndarray | None] = [None] * batch.shape[0]
@@ -106,6 +120,18 @@ class OpenVINOSession(SessionBase):
             queue.start_async({self._input: batch[i:i + 1]}, i)
         queue.wait_all()
         return np.concatenate(outputs)
+
+    def _check_kernels(self, compiled):
+        """The compiled model, if its convolution kernels obey the ISA cap asked for (the cap is read
+        once, when the CPU plugin loads: a cap set later in the process would be silently ignored)."""
+        kernels = {str(op.get_rt_info()["primitiveType"].astype(str)) for op in compiled.get_runtime_model().get_ordered_ops()
+                   if op.get_rt_info()["layerType"].astype(str) == "Convolution"}
+        wide = sorted(k for k in kernels if "avx512" in k or "amx" in k)
+        if self.isa_cap and not self.isa_cap.startswith(("AVX512", "AVX10")) and wide:
+            raise BackendUnavailable(f"{ISA_ENV}={self.isa_cap} was set after OpenVINO's CPU plugin loaded in this "
+                                     f"process: it compiled {', '.join(wide)} (set it before seg-edge starts)")
+        self.kernels = sorted(kernels)
+        return compiled
 
     def _release(self) -> None:
         self._compiled.clear()
