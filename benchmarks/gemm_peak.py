@@ -6,6 +6,10 @@ GFLOP of one call (2 per multiply-add, counted from the graph) divided by the ca
 for each window shape and batch asked, on every FP32 backend that loads.
 
     python benchmarks/gemm_peak.py --threads 2 --windows 96x96x96,160x192x160 --json docs/gemm_peak.json
+
+A backend written ``openvino:avx2`` is measured in a child process started with
+``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN reads it once, when OpenVINO's CPU plugin loads); the GEMM peak is
+always measured uncapped, in this process.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,6 +118,29 @@ def network(model: Path, backend: str, window: tuple[int, ...], batch: int, thre
             "gflops_best": round(gflop / min(times), 1)}
 
 
+def capped_rows(args, backend: str) -> list[dict]:
+    """``openvino:ISA``'s rows, measured by this script in a child process with the cap set."""
+    name, isa = backend.split(":")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, __file__, "--model", str(args.model), "--threads", str(args.threads), "--windows",
+               args.windows, "--batches", args.batches, "--streams", args.streams, "--backends", name,
+               "--iters", str(args.iters), "--no-peak", "--json", str(out)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, ONEDNN_MAX_CPU_ISA=isa.upper()))
+        rows = json.loads(out.read_text())["network"]
+    for row in rows:
+        row["backend"] = f"{name} (ONEDNN_MAX_CPU_ISA={isa.upper()})"
+    return rows
+
+
+def _report(row: dict, peak: dict) -> dict:
+    row["percent_of_peak"] = round(100 * row["gflops"] / peak["peak_gflops"], 1)
+    print(f"{row['backend']:12s} window {'x'.join(map(str, row['window']))} batch {row['batch']} streams "
+          f"{row['streams']}: {row['gflops']:.1f} GFLOP/s (median {row['median_s']:.3f} s per call) = "
+          f"{row['percent_of_peak']:.1f} % of the {peak['peak_gflops']} GFLOP/s GEMM peak", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -122,24 +151,26 @@ def main() -> None:
     parser.add_argument("--backends", default="onnxruntime,openvino")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-peak", action="store_true", help=argparse.SUPPRESS)  # capped_rows' child
     args = parser.parse_args()
     windows = [tuple(int(v) for v in w.split("x")) for w in args.windows.split(",")]
-    peak = gemm_peak(args.threads)
-    print(f"FP32 GEMM peak: {peak['peak_gflops']} GFLOP/s ({peak['peak_by']}, {args.threads} threads)", flush=True)
+    if os.environ.get("ONEDNN_MAX_CPU_ISA") and not args.no_peak:
+        raise SystemExit("run uncapped (the GEMM peak is the machine's); ask for capped arms as openvino:avx2")
+    peak = {"peak_gflops": float("nan")} if args.no_peak else gemm_peak(args.threads)
+    if not args.no_peak:
+        print(f"FP32 GEMM peak: {peak['peak_gflops']} GFLOP/s ({peak['peak_by']}, {args.threads} threads)",
+              flush=True)
     rows = []
     for backend in args.backends.split(","):
+        if ":" in backend:
+            rows += [_report(row, peak) for row in capped_rows(args, backend)]
+            continue
         for window in windows:
             for batch, streams in ((int(b), int(s)) for b in args.batches.split(",") for s in args.streams.split(",")):
                 if streams > batch:
                     continue
-                row = network(args.model, backend, window, batch, args.threads, args.iters, streams)
-                row["percent_of_peak"] = round(100 * row["gflops"] / peak["peak_gflops"], 1)
-                rows.append(row)
-                print(f"{backend:12s} window {'x'.join(map(str, window))} batch {batch} streams {streams}: "
-                      f"{row['gflops']:.1f} GFLOP/s "
-                      f"(median {row['median_s']:.3f} s per call) = {row['percent_of_peak']:.1f} % of the "
-                      f"{peak['peak_gflops']} GFLOP/s GEMM peak", flush=True)
-    m = this_machine(tuple(args.backends.split(",")))
+                rows.append(_report(network(args.model, backend, window, batch, args.threads, args.iters, streams), peak))
+    m = this_machine(tuple(b.split(":")[0] for b in args.backends.split(",")))
     result = {"machine": {"cpu": m.cpu, "flags": list(m.flags), "cores": m.cores, "versions": m.versions},
               "threads": args.threads, "gemm": peak, "network": rows, "load_avg": os.getloadavg()}
     if args.json:

@@ -22,6 +22,10 @@ def _machine(m: dict) -> str:
     return f"{m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}" + (f"; {versions}" if versions else "")
 
 
+def _hardware(m: dict) -> tuple:
+    return m["cpu"], tuple(m["flags"]), m["cores"]
+
+
 def tune_part(t: dict) -> list[str]:
     counts: dict[str, int] = {}
     for trial in t["trials"]:
@@ -279,5 +283,9 @@ def tuned_sections() -> list[str]:
     acceptance = acceptance_lines()
     lines += acceptance + ([""] if acceptance else [])
     for _, fn, data in found:
-        lines += fn(data) + [""]
+        part = fn(data)
+        other = data.get("machine")
+        if machine and other and "cores" in other and _hardware(other) != _hardware(machine) and part:
+            part = part[:1] + ["", f"*Measured on another machine: {_machine(other)}.*"] + part[1:]
+        lines += part + [""]
     return lines
