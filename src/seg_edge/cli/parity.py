@@ -64,6 +64,10 @@ def parity(
     else:
         out.print(_table(results, reference))
         for r in results:
+            if r.reference_ties:
+                out.print(f"{escape(r.case_id)} / {r.backend}: {r.reference_ties} of the {r.labels_changed} voxels≠ "
+                          "are ties in the reference's own output (its probability at a decision boundary, within its "
+                          "rounding); judged Dice without them " + "/".join(f"{r.dice_outside_ties[k]:.4f}" for k in REGIONS))
             for failure in r.failures:
                 out.print(f"[red]FAIL[/] {escape(r.case_id)} / {r.backend}: {escape(failure)}")
     if not all(r.passed for r in results):
