@@ -248,3 +248,16 @@ def test_read_labels_rejects_4d_and_missing(tmp_path):
     assert squeezed.shape == (3, 3, 3)
     with pytest.raises(InputError, match="not found"):
         read_labels(tmp_path / "nope.nii.gz", 4)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_blocked_copy_of_fortran_ordered_voxels(dtype):
+    # a NIfTI's voxels (Fortran order) into a C-ordered slot, the shape not a multiple of the block
+    from seg_edge.runtime.nifti import COPY_BLOCK, copy_into
+
+    src = np.asfortranarray(np.arange(75 * 41 * 23, dtype=np.float64).reshape(75, 41, 23) % 3001).astype(dtype)
+    assert src.shape[0] > 2 * COPY_BLOCK[0] and src.shape[1] % COPY_BLOCK[1]
+    out = np.empty((2,) + src.shape, dtype=np.float32)
+    copy_into(out[1], src)
+    np.testing.assert_array_equal(out[1], src.astype(np.float32))
+    assert out[1].flags.c_contiguous

@@ -9,7 +9,7 @@ import pytest
 
 from seg_edge.card import ETRule
 from seg_edge.errors import InputError
-from seg_edge.runtime.postprocess import apply_et_rule, sigmoid
+from seg_edge.runtime.postprocess import SLAB, apply_et_rule, sigmoid
 from seg_edge.runtime.regions import et_label, labels_to_regions, regions_to_labels
 
 T = (0.5, 0.5, 0.5)
@@ -290,3 +290,28 @@ def test_et_rule_matches_the_component_by_component_rule(seed):
     assert apply_et_rule(ours, prob, rule, 4) == _et_rule_one_component_at_a_time(ref, prob, rule, 4)
     assert np.array_equal(ours, ref)
     assert (ours != labels).any()  # random labels: small ET components exist and become NCR
+
+
+def test_sigmoid_of_a_strided_volume_larger_than_a_slab(rng):
+    # the crop of padded logits (a strided view) cut into several slabs: each voxel as float64 computes it
+    padded = rng.normal(-2.0, 6.0, size=(3, 44, 62, 72)).astype(np.float32)
+    padded[0, 5, 7, 1:5] = [-120.0, -88.5, 88.5, 120.0]  # view[0, 3, 4, :4]
+    view = padded[:, 2:42, 3:60, 1:70]
+    assert view[0].size > SLAB and not view.flags.c_contiguous  # two slabs per channel
+    y = sigmoid(view)
+    assert y.shape == view.shape and y.dtype == np.float32 and y.flags.c_contiguous
+    np.testing.assert_allclose(y, 1.0 / (1.0 + np.exp(-view.astype(np.float64))), rtol=2e-6, atol=1e-37)
+    assert y[0, 3, 4, 3] == 1.0 and y[0, 3, 4, 0] == 0.0
+
+
+def test_region_volumes_from_label_counts():
+    from seg_edge.runtime.segmenter import region_volumes
+
+    labels = np.zeros((10, 10, 10), dtype=np.uint8)
+    labels[0, 0, :3] = 1
+    labels[1, :5, 0] = 2
+    labels[2, :7, 1] = 3
+    vol = region_volumes(labels, 3, (1.0, 1.0, 2.0))  # 2 µL voxels
+    assert vol == pytest.approx({"WT": 15 * 0.002, "TC": 10 * 0.002, "ET": 7 * 0.002, "NCR": 3 * 0.002,
+                                 "ED": 5 * 0.002})
+    assert region_volumes(labels, 4, (1.0, 1.0, 1.0))["ET"] == 0.0  # label 3 is not ET under brats2021

@@ -181,7 +181,7 @@ def test_preprocess_dispatches_on_each_channels_normalization(rng, monkeypatch):
     unvalidated = base.replace(inputs=dataclasses.replace(base.inputs, channels=chans))  # as if the card check missed it
     with pytest.raises(ArtifactError, match="normalization 'minmax' is not implemented.*zscore_nonzero"):
         preprocess(images, unvalidated)  # never a silent z-score
-    monkeypatch.setitem(module.NORMALIZERS, "minmax", lambda c, mask: (c / c.max()).astype(np.float32))
+    monkeypatch.setitem(module.NORMALIZERS, "minmax", lambda c, mask, out: (c / c.max()).astype(np.float32))
     tensor, _ = preprocess(images, unvalidated)
     assert tensor[:4].max() == 1.0 and tensor[:4].min() == 0.0
 
@@ -249,3 +249,31 @@ def test_to_original_grid_drops_padding():
     net[3 + 9, 8 + 15, 5 + 36] = 3  # the last real voxel: original (x, y, z) = (2 + 36, 1 + 15, 0 + 9)
     back = to_original_grid(net, inverse)
     assert [tuple(int(i) for i in p) for p in np.argwhere(back)] == [(38, 16, 9)]
+
+
+def _gathered_zscore(channel, where, floor):
+    """The straightforward form: gather the selected voxels, standardise them in float64, scatter back."""
+    out = np.zeros(channel.shape, dtype=np.float32)
+    values = channel[where].astype(np.float64)
+    if values.size:
+        out[where] = ((values - values.mean()) / floor(values.std())).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_whole_array_zscores_equal_the_gathered_form(seed):
+    from seg_edge.runtime.preprocess import zscore_all, zscore_mask
+
+    rng = np.random.default_rng(seed)
+    channel = np.zeros((30, 26, 22), dtype=np.float32)
+    channel[4:27, 3:24, 2:20] = rng.normal(600.0, 150.0, size=(23, 21, 18)).round()
+    channel[channel < 300] = 0  # holes inside the brain, as skull-stripped images have
+    view = np.zeros((2, 34, 30, 26), dtype=np.float32)[1, 2:32, 2:28, 2:24]  # a slot of a padded tensor
+    for ours, ref in [(zscore_nonzero(channel, view), _gathered_zscore(channel, channel != 0, lambda s: s or 1.0)),
+                      (zscore_all(channel), _gathered_zscore(channel, np.ones(channel.shape, bool),
+                                                             lambda s: s or 1.0))]:
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=2e-6)
+    assert not view[channel == 0].any()  # written into the slot, zero outside the non-zero voxels
+    mask = rng.uniform(size=channel.shape) < 0.4  # a mask that cuts across zeros and non-zeros
+    np.testing.assert_allclose(zscore_mask(channel, mask), _gathered_zscore(channel, mask, lambda s: max(s, 1e-8)),
+                               rtol=1e-5, atol=2e-6)

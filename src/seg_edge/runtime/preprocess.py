@@ -8,6 +8,9 @@ cards choose per-channel normalisation, no cropping, another axis order (docs/CA
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -55,32 +58,48 @@ def from_network_axes(volume: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
 
 def nonzero_box(images: np.ndarray) -> tuple[slice, slice, slice]:
     """Bounding box of voxels where any channel is > 0; the whole grid if there is none."""
-    any_pos = (images > 0).any(axis=0)
+    any_pos = images[0] > 0
+    for channel in images[1:]:
+        any_pos |= channel > 0
+    xy = any_pos.any(axis=2)  # two passes over the volume for the three projections
     box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(any_pos.any(axis=other))
+    for axis, hits in enumerate((xy.any(axis=1), xy.any(axis=0), any_pos.any(axis=(0, 1)))):
+        hits = np.flatnonzero(hits)
         box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, any_pos.shape[axis]))
     return tuple(box)  # type: ignore[return-value]
 
 
-def zscore_nonzero(channel: np.ndarray) -> np.ndarray:
-    """Z-score the non-zero voxels of one channel in place-safe float32; zeros stay zero."""
-    out = np.zeros(channel.shape, dtype=np.float32)
-    nz = channel != 0
-    if not nz.any():
+def _zscore_where(channel: np.ndarray, where: np.ndarray | None, out: np.ndarray | None,
+                  divisor: Callable[[float], float]) -> np.ndarray:
+    """Z-score ``channel`` with the mean and std of its voxels in ``where`` (all if None) into ``out``
+    (float32, the channel's shape; new if None); voxels outside ``where`` are 0. Whole-array passes,
+    no gather or scatter of the selected voxels: the deviations are formed once in ``out``, their
+    squares summed in float64, then scaled in place. ``divisor`` maps the std to what is divided by."""
+    out = np.empty(channel.shape, dtype=np.float32) if out is None else out
+    count = channel.size if where is None else int(np.count_nonzero(where))
+    if count == 0:
+        out[...] = 0
         return out
-    values = channel[nz].astype(np.float64)
-    std = values.std()
-    out[nz] = ((values - values.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+    mean = float(np.sum(channel, where=True if where is None else where, dtype=np.float64)) / count
+    shift = np.float32(mean)
+    np.subtract(channel, shift, out=out, dtype=np.float32)
+    if where is not None:
+        np.copyto(out, np.float32(0), where=~where)
+    # variance about ``shift``, corrected to the mean (they differ by < 1 float32 ulp)
+    variance = float(np.sum(np.square(out), dtype=np.float64)) / count - (mean - float(shift)) ** 2
+    np.multiply(out, np.float32(1.0 / divisor(float(np.sqrt(max(variance, 0.0))))), out=out)
     return out
 
 
-def zscore_all(channel: np.ndarray) -> np.ndarray:
-    """Z-score over every voxel of the channel (float32)."""
-    values = channel.astype(np.float64)
-    std = values.std()
-    return ((values - values.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+def zscore_nonzero(channel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Z-score the non-zero voxels of one channel in float32 (into ``out`` if given); zeros stay zero.
+    A constant channel is divided by 1 (MONAI's ``NormalizeIntensity``)."""
+    return _zscore_where(channel, channel != 0, out, lambda std: std if std > 0 else 1.0)
+
+
+def zscore_all(channel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Z-score over every voxel of the channel (float32, into ``out`` if given)."""
+    return _zscore_where(channel, None, out, lambda std: std if std > 0 else 1.0)
 
 
 def foreground_mask(modalities: np.ndarray) -> np.ndarray:
@@ -90,21 +109,27 @@ def foreground_mask(modalities: np.ndarray) -> np.ndarray:
     return binary_fill_holes((modalities != 0).any(axis=0))
 
 
-def zscore_mask(channel: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def zscore_mask(channel: np.ndarray, mask: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """nnU-Net's ``ZScoreNormalization`` with ``use_mask_for_norm``: z-score inside ``mask``, zero outside."""
-    out = np.zeros(channel.shape, dtype=np.float32)
-    if not mask.any():
-        return out
-    values = channel[mask].astype(np.float64)
-    out[mask] = ((values - values.mean()) / max(float(values.std()), 1e-8)).astype(np.float32)
+    return _zscore_where(channel, mask, out, lambda std: max(std, 1e-8))
+
+
+def none(channel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The channel as float32 (into ``out`` if given)."""
+    if out is None:
+        return channel.astype(np.float32)
+    out[...] = channel
     return out
 
 
-# channel normalization → function of (channel, the mask of all modalities); the card refuses names
-# missing here (card.NORMALIZATIONS, a test keeps the two equal).
-NORMALIZERS: dict[str, Callable[[np.ndarray, Callable[[], np.ndarray]], np.ndarray]] = {
-    "zscore_nonzero": lambda c, mask: zscore_nonzero(c), "zscore_mask": lambda c, mask: zscore_mask(c, mask()),
-    "zscore": lambda c, mask: zscore_all(c), "none": lambda c, mask: c.astype(np.float32)}
+# channel normalization → function of (channel, the mask of all modalities, out) that writes the
+# normalised channel into ``out`` (float32, the channel's shape) and returns it; the card refuses
+# names missing here (card.NORMALIZATIONS, a test keeps the two equal).
+Normalizer = Callable[[np.ndarray, Callable[[], np.ndarray], np.ndarray], np.ndarray]
+NORMALIZERS: dict[str, Normalizer] = {
+    "zscore_nonzero": lambda c, mask, out: zscore_nonzero(c, out),
+    "zscore_mask": lambda c, mask, out: zscore_mask(c, mask(), out),
+    "zscore": lambda c, mask, out: zscore_all(c, out), "none": lambda c, mask, out: none(c, out)}
 
 
 def implemented(table: dict[str, Any], name: str, what: str, card: ModelCard) -> Any:
@@ -123,21 +148,42 @@ def nvidia_mask(modalities: list[np.ndarray]) -> np.ndarray:
 DERIVED: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {"nvidia_mask": nvidia_mask}
 
 
-def channels(cropped: np.ndarray, card: ModelCard) -> np.ndarray:
-    """(M, …) modalities in the card's modality order → (C, …) network channels in the card's order."""
-    normalised, masks = [], []
+def channels(cropped: np.ndarray, card: ModelCard, out: np.ndarray | None = None) -> np.ndarray:
+    """(M, …) modalities in the card's modality order → (C, …) float32 network channels in the card's
+    order, written into ``out`` (possibly a view into the padded network tensor) if given. The
+    modalities are normalised in parallel threads (numpy releases the GIL in its array loops)."""
+    if out is None:
+        out = np.empty((len(card.inputs.channels),) + cropped.shape[1:], dtype=np.float32)
+    masks: list[np.ndarray] = []
+    lock = threading.Lock()
 
     def mask() -> np.ndarray:  # computed once, only for normalizations that need it
-        if not masks:
-            masks.append(foreground_mask(cropped))
-        return masks[0]
+        with lock:
+            if not masks:
+                masks.append(foreground_mask(cropped))
+            return masks[0]
 
-    for image, channel in zip(cropped, (c for c in card.inputs.channels if c.derived is None)):
-        normalised.append(implemented(NORMALIZERS, channel.normalization, "normalization", card)(image, mask))
-    it = iter(normalised)
-    out = [implemented(DERIVED, c.derived, "derived channel", card)(normalised) if c.derived else next(it)
-           for c in card.inputs.channels]
-    return np.stack(out)
+    slots = [i for i, c in enumerate(card.inputs.channels) if c.derived is None]
+    normalizers = [implemented(NORMALIZERS, card.inputs.channels[i].normalization, "normalization", card)
+                   for i in slots]
+
+    def normalise(k: int) -> np.ndarray:
+        slot = out[slots[k]]
+        result = normalizers[k](cropped[k], mask, slot)
+        if result is not slot:  # a normalizer that returned a new array instead of filling ``slot``
+            slot[...] = result
+        return slot
+
+    workers = min(len(slots), os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            normalised = list(pool.map(normalise, range(len(slots))))
+    else:
+        normalised = [normalise(k) for k in range(len(slots))]
+    for i, c in enumerate(card.inputs.channels):
+        if c.derived is not None:
+            out[i] = implemented(DERIVED, c.derived, "derived channel", card)(normalised)
+    return out
 
 
 def pad_shape(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ...]:
@@ -177,20 +223,30 @@ def preprocess(images: np.ndarray, card: ModelCard, scale: tuple[float, ...] | N
                             f"{len(card.modalities)} modalities {list(card.modalities)}")
     box = nonzero_box(images) if card.inputs.crop == "nonzero" else tuple(slice(0, s) for s in images.shape[1:])
     cropped = images[(slice(None),) + box]
-    tensor = to_network_axes(channels(cropped, card), card.inputs.axes)
-    resampled = None
-    if scale is not None:
-        resampled = tuple(int(round(scale[a] * cropped.shape[1 + a])) for a in card.inputs.axes)
+    axes, resampled = tuple(card.inputs.axes), None
+    if scale is None:  # the channels are written straight into the padded tensor: no stack, no copies
+        spatial = tuple(cropped.shape[1 + a] for a in axes)
+        target, before = _padding(spatial, card, window)
+        tensor = np.zeros((len(card.inputs.channels),) + target, dtype=np.float32)
+        inside = tensor[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))]
+        channels(cropped, card, from_network_axes(inside, axes))
+    else:
+        tensor = to_network_axes(channels(cropped, card), axes)
+        resampled = tuple(int(round(scale[a] * cropped.shape[1 + a])) for a in axes)
         tensor = resize(tensor, resampled, order=3)
-    spatial = tensor.shape[1:]
+        target, before = _padding(resampled, card, window)
+        if target != resampled:
+            tensor = np.pad(tensor, [(0, 0)] + [(b, t - s - b) for b, t, s in zip(before, target, resampled)])
+    inverse = Inverse(tuple(images.shape[1:]), box, tuple(cropped.shape[1:]), axes, before, resampled)
+    return np.ascontiguousarray(tensor, dtype=np.float32), inverse
+
+
+def _padding(spatial: tuple[int, ...], card: ModelCard,
+             window: tuple[int, ...] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The padded spatial shape of a network tensor and the padding before each axis (3D models:
+    up to the tiling window, half before and half after; 2D models: none)."""
     target = pad_shape(spatial, tiling_window(spatial, card, window)) if card.inputs.spatial_dims == 3 else spatial
-    before = tuple((t - s) // 2 for t, s in zip(target, tensor.shape[1:]))
-    if target != tensor.shape[1:]:
-        pads = [(0, 0)] + [(b, t - s - b) for b, t, s in zip(before, target, tensor.shape[1:])]
-        tensor = np.pad(tensor, pads)
-    inverse = Inverse(tuple(images.shape[1:]), box, tuple(cropped.shape[1:]), tuple(card.inputs.axes), before,
-                      resampled)
-    return np.ascontiguousarray(tensor), inverse
+    return target, tuple((t - s) // 2 for t, s in zip(target, spatial))
 
 
 def crop_padding(volume: np.ndarray, inverse: Inverse) -> np.ndarray:

@@ -20,7 +20,7 @@ from seg_edge.runtime.io import Case
 from seg_edge.runtime.machine import mismatch
 from seg_edge.runtime.inference import Plan, network_logits
 from seg_edge.runtime.postprocess import ACTIVATIONS, apply_et_rule, et_probability, to_labels
-from seg_edge.runtime.regions import et_label, labels_to_regions
+from seg_edge.runtime.regions import et_label
 from seg_edge.runtime.preprocess import Inverse, crop_padding, implemented, preprocess, to_original_grid
 from seg_edge.runtime.resample import check_geometry, resize
 from seg_edge.runtime.sessions.base import Session, open_session
@@ -133,13 +133,11 @@ def describe_profile(p: InferenceProfile) -> str:
 
 
 def region_volumes(labels: np.ndarray, et: int, spacing: tuple[float, ...]) -> dict[str, float]:
-    """Volumes in mL of WT, TC, ET and of the NCR and ED labels."""
+    """Volumes in mL of WT, TC, ET and of the NCR and ED labels (one count per label value)."""
     voxel_ml = float(np.prod(spacing[:3])) / 1000.0
-    regions = labels_to_regions(labels, et)
-    out = {name: int(mask.sum()) * voxel_ml for name, mask in zip(("WT", "TC", "ET"), regions)}
-    out["NCR"] = int((labels == 1).sum()) * voxel_ml
-    out["ED"] = int((labels == 2).sum()) * voxel_ml
-    return out
+    ncr, ed, en = (int(np.count_nonzero(labels == value)) for value in (1, 2, et))
+    return {"WT": (ncr + ed + en) * voxel_ml, "TC": (ncr + en) * voxel_ml, "ET": en * voxel_ml,
+            "NCR": ncr * voxel_ml, "ED": ed * voxel_ml}
 
 
 class Segmenter:
