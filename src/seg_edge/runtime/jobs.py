@@ -184,6 +184,8 @@ def run_job(segmenter: Segmenter, job: Job, file_order: tuple[str, ...] | None =
     """
     check_targets(job.targets(segmenter.options.probabilities, preview), overwrite)
     t0 = time.perf_counter()
+    if loading is not None:
+        segmenter.warm_up()
     case = loading.result() if loading is not None else load_case(job.source, segmenter.card.modalities, file_order)
     case.case_id = job.case_id
     t1 = time.perf_counter()

@@ -76,6 +76,8 @@ def run_pipelined(segmenter: Segmenter, jobs: list[Job], file_order=None, overwr
                                                     ready, stop, first), daemon=True, name="seg-edge-loader")
     loader.start()
     pending: tuple[Job, Future] | None = None
+    if todo:
+        segmenter.warm_up()  # while the loader reads the first case
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="seg-edge-writer") as writer:
             for _ in todo:

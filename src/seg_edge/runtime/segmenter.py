@@ -198,6 +198,14 @@ class Segmenter:
         prepared = self.preprocess(images, scale)
         return self.network(prepared, on_window), prepared.inverse, prepared.timings
 
+    def warm_up(self) -> None:
+        """Import what postprocessing will need (the ET rule's scipy.ndimage, 0.1 s) while the first case
+        is read in another thread (``run_job``, ``run_pipelined``), not after its network has run.
+        Running the network once on a zero window here as well was measured and left out: on 2 cores
+        it slowed the read more than it saved (docs/BENCHMARKS.md)."""
+        if self.options.et_rule and self.card.et_rule.enabled:
+            import scipy.ndimage  # noqa: F401
+
     def preprocess(self, images: np.ndarray, scale: tuple[float, ...] | None = None) -> Prepared:
         """The network tensor of ``images`` (resampled by ``scale``) with its Inverse, timed."""
         t0 = time.perf_counter()
