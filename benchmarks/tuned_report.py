@@ -12,8 +12,8 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def _load(name: str):
-    path = DOCS / name
+def _load(name: str, folder: Path = DOCS):
+    path = folder / name
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -130,7 +130,7 @@ def _bf16(v: dict) -> list[str]:
         return ["", "The CPU has no BF16 instructions: the recipe's bf16 autocast was not run."]
     dice = ", ".join(f"{k} {x:.4f}" for k, x in (v.get("dice_monai_bf16_vs_fp32") or {}).items())
     return ["", f"PyTorch + MONAI under bf16 autocast (this CPU has BF16): process wall {arm['process_wall_s']:.2f} s, "
-            f"network {arm['stages_s']['inference']:.2f} s; seg-edge (tuned, FP32) is "
+            f"network {arm['stages_s']['inference']:.2f} s; seg-edge (tuned) is "
             f"**{v['ratio_process_wall_bf16']:.2f}×** faster process to process. Dice of the bf16 recipe's labels vs "
             f"its FP32 labels: {dice}."]
 
@@ -238,11 +238,12 @@ def _int8_verdict(d: dict, dropped: bool | None) -> str:
             "back to float until within budget) measured on OpenVINO.")
 
 
-def acceptance_lines() -> list[str]:
-    """Issue 13's acceptance figures side by side, from the JSON files (absent ones are left out)."""
+def acceptance_lines(folder: Path = DOCS) -> list[str]:
+    """Issue 13's acceptance figures side by side, from the JSON files in ``folder`` (absent ones are left out)."""
     out = []
-    t, a, v = _load("tune_example.json"), _load("profile_accuracy.json"), _load("benchmarks_vs_monai_tuned.json")
-    g, b = _load("gemm_peak.json"), _load("batch_pipeline.json")
+    t, a = _load("tune_example.json", folder), _load("profile_accuracy.json", folder)
+    v, g, b = _load("benchmarks_vs_monai_tuned.json", folder), _load("gemm_peak.json", folder), \
+        _load("batch_pipeline.json", folder)
     if v:
         out.append(f"- Process to process on `{Path(v['case']).name}` with the tuned profile: "
                    f"**{v['ratio_process_wall']:.2f}×** faster than the PyTorch + MONAI FP32 recipe (target ≥ 5×).")
@@ -266,6 +267,22 @@ def acceptance_lines() -> list[str]:
     return (["### Issue 13's targets on this machine", ""] + out) if out else []
 
 
+def other_machines() -> list[str]:
+    """Issue 13's targets as measured earlier on other machines (docs/machines/<name>/, the same JSON files
+    kept from those runs): the same code meets different hardware."""
+    lines = []
+    for folder in sorted(p for p in (DOCS / "machines").glob("*") if p.is_dir()):
+        found = acceptance_lines(folder)
+        machine = next((d["machine"] for name in ("tune_example.json", "gemm_peak.json")
+                        if (d := _load(name, folder)) and "cores" in d.get("machine", {})), None)
+        if found and machine:
+            found = [line.replace("table below", f"docs/machines/{folder.name}/profile_accuracy.json")
+                     for line in found[2:]]
+            lines += [f"### Issue 13's targets on an earlier machine: {machine['cpu']} (docs/machines/{folder.name}/)",
+                      "", f"Machine: {_machine(machine)}.", ""] + found + [""]
+    return lines
+
+
 def tuned_sections() -> list[str]:
     """The section's lines, or [] when no tuned measurement is in docs/."""
     parts = [("tune_example.json", tune_part), ("profile_accuracy.json", accuracy_part),
@@ -281,7 +298,7 @@ def tuned_sections() -> list[str]:
     if machine:
         lines += [f"Machine: {_machine(machine)}. Synthetic cases only.", ""]
     acceptance = acceptance_lines()
-    lines += acceptance + ([""] if acceptance else [])
+    lines += acceptance + ([""] if acceptance else []) + other_machines()
     for _, fn, data in found:
         part = fn(data)
         other = data.get("machine")
