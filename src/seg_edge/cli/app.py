@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -16,8 +17,20 @@ from seg_edge import __version__
 from seg_edge.errors import (ArtifactError, BackendUnavailable, InputError, ParityError, SegEdgeError,
                              SessionError)
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# Off a terminal (a CI log, a file, a pipe) rich lays out for 80 columns, and the parity, bench and
+# summary tables then cut their cells ("SynBraTS_3007_0…", "5.0e-…"): lay out for OFF_TERMINAL_WIDTH
+# instead, unless COLUMNS says otherwise. Tables stay as narrow as their contents.
+OFF_TERMINAL_WIDTH = 200
+
+
+def _width(stream: Any) -> int | None:
+    if os.environ.get("COLUMNS") or (hasattr(stream, "isatty") and stream.isatty()):
+        return None  # rich's own choice: the terminal's width, or COLUMNS
+    return OFF_TERMINAL_WIDTH
+
+
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
+out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
 BUG_HINT = " — this is a bug in seg-edge: rerun with --debug and report the traceback"
 
 
