@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -138,4 +140,32 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _terminate)
-    sys.exit(app())
+    try:
+        app()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    _exit(code)
+
+
+def _exit(code: object) -> NoReturn:
+    """End the process as a normal exit does — non-daemon threads joined, atexit handlers run (Ray's
+    shutdown, temporary files, logging), stdout and stderr flushed — but without the interpreter's
+    teardown of every module and object after that: 0.13 s (median of 8) after a single-case predict,
+    spent in the ML runtimes' destructors, for nothing the command still needs."""
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, status 1, as Python does
+        print(code, file=sys.stderr)
+        code = 1
+    # the first two steps of CPython's own finalisation (Py_FinalizeEx), by their (undocumented) names:
+    # threading's exit hooks (idle thread-pool workers are told to stop) and the join of non-daemon
+    # threads, then the atexit handlers
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`) or a closed stream
+            pass
+    os._exit(code)
