@@ -25,7 +25,7 @@ def _slabs(shape: tuple[int, ...]) -> Iterator[tuple]:
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Logistic function in float32 as 1 / (1 + exp(-x)) with numpy's vectorised exp, slab by slab
-    (about 3× faster than ``scipy.special.expit`` on a BraTS crop). exp(-x) overflows to inf for
+    (about 2× faster than ``scipy.special.expit`` on a BraTS crop: 20 vs 39 ms). exp(-x) overflows to inf for
     x < -88 and 1 / inf is exactly 0: expected, and not reported."""
     x = np.asarray(logits, dtype=np.float32)
     out = np.empty(x.shape, dtype=np.float32)
