@@ -315,3 +315,14 @@ def test_region_volumes_from_label_counts():
     assert vol == pytest.approx({"WT": 15 * 0.002, "TC": 10 * 0.002, "ET": 7 * 0.002, "NCR": 3 * 0.002,
                                  "ED": 5 * 0.002})
     assert region_volumes(labels, 4, (1.0, 1.0, 1.0))["ET"] == 0.0  # label 3 is not ET under brats2021
+
+
+@pytest.mark.parametrize("et", [3, 4])
+def test_region_counts_agree_with_the_region_masks(rng, et):
+    from seg_edge.runtime.regions import region_counts
+
+    labels = rng.choice(np.array([0, 1, 2, et], dtype=np.uint8), size=(20, 18, 16))
+    counts = region_counts(labels, et)
+    for name, mask in zip(("WT", "TC", "ET"), labels_to_regions(labels, et)):
+        assert counts[name] == int(mask.sum())
+    assert (counts["NCR"], counts["ED"]) == (int((labels == 1).sum()), int((labels == 2).sum()))

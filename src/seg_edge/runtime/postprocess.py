@@ -48,9 +48,9 @@ def apply_et_rule(labels: np.ndarray, et_prob: np.ndarray, rule: ETRule, et: int
         return 0
     from seg_edge.runtime.preprocess import nonzero_box
 
-    box = nonzero_box((labels == et)[None])
-    region = labels[box]  # a view: writes reach ``labels``
-    mask = region == et
+    is_et = labels == et
+    box = nonzero_box(is_et[None])
+    region, mask = labels[box], is_et[box]  # ``region`` is a view: writes reach ``labels``
     if not mask.any():
         return 0
     from scipy import ndimage

@@ -17,7 +17,7 @@ from seg_edge.runtime.io import is_case_folder, is_nifti, strip_nifti
 from seg_edge.runtime.preprocess import Inverse, to_network_axes
 
 __all__ = ["LABEL_HINT", "LABEL_SCHEMES", "LABEL_TAGS", "REGIONS", "case_folders", "dice", "et_label",
-           "find_label_file", "labels_to_regions", "regions_to_labels", "to_network_layout"]
+           "find_label_file", "labels_to_regions", "region_counts", "regions_to_labels", "to_network_layout"]
 
 # Label scheme → the label of enhancing tumour; NCR is 1 and ED is 2 in both.
 LABEL_SCHEMES = {"brats2021": 4, "brats2023": 3}
@@ -36,6 +36,13 @@ def et_label(scheme: str) -> int:
 def labels_to_regions(labels: np.ndarray, et: int) -> np.ndarray:
     """uint8 labels → bool (3, …) WT={1,2,ET}, TC={1,ET}, ET={ET}."""
     return np.stack([np.isin(labels, (1, 2, et)), np.isin(labels, (1, et)), labels == et])
+
+
+def region_counts(labels: np.ndarray, et: int) -> dict[str, int]:
+    """Voxels of WT, TC, ET (as ``labels_to_regions`` defines them) and of the NCR and ED labels, from one
+    count per label value instead of one mask per region."""
+    ncr, ed, en = (int(np.count_nonzero(labels == value)) for value in (1, 2, et))
+    return {"WT": ncr + ed + en, "TC": ncr + en, "ET": en, "NCR": ncr, "ED": ed}
 
 
 def regions_to_labels(probs: np.ndarray, thresholds: tuple[float, ...], et: int) -> np.ndarray:
