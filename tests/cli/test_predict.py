@@ -156,32 +156,51 @@ def test_brats2023_file_names_match_folder(baseline, case_dir, edge_onnx, tmp_pa
     assert (out_dir / f"{cid}.json").is_file()
 
 
-@pytest.mark.parametrize("order", [None, "t2,flair,t1,t1ce"], ids=["card-order", "modalities-option"])
+@pytest.mark.parametrize("order", ["t2,flair,t1,t1ce", "t1,t1ce,t2,flair", "flair,t1,t1ce,t2"])
 def test_4d_nifti_matches_folder(baseline, case_dir, edge_onnx, tmp_path, order):
-    file_order = tuple(order.split(",")) if order else MODALITIES
-    data, ref = stack(case_dir, file_order)
+    """A stack in any stated order (the card's among them) gives the labels of the four separate files."""
+    data, ref = stack(case_dir, tuple(order.split(",")))
     path = save_like(np.moveaxis(data, 0, -1), ref, tmp_path / "stack4d.nii.gz")
-    extra = ["--modalities", order] if order else []
-    result = predict(path, "--out", tmp_path / "out", *extra, model=edge_onnx)
+    result = predict(path, "--out", tmp_path / "out", "--modalities", order, model=edge_onnx)
     ok(result)
     out = tmp_path / "out" / "stack4d.nii.gz"
     np.testing.assert_array_equal(labels_of(out), baseline["labels"])
     np.testing.assert_allclose(nib.load(str(out)).affine, ref.affine, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["nifti", "npy"])
+def test_a_stack_without_its_order_is_refused(case_dir, edge_onnx, tmp_path, kind):
+    """Issue 21: a t1,t1ce,t2,flair stack without --modalities was read in the card's order (WT 761 mL
+    instead of ~36): now one line naming the file and --modalities, exit 2, nothing written."""
+    data, ref = stack(case_dir, ("t1", "t1ce", "t2", "flair"))
+    if kind == "npy":
+        path = tmp_path / "stack.npy"
+        np.save(path, data)
+    else:
+        path = save_like(np.moveaxis(data, 0, -1), ref, tmp_path / "stack4d.nii.gz")
+    result = predict(path, "--out", tmp_path / "out", model=edge_onnx)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert str(path) in lines[0] and "--modalities" in lines[0] and "not stated" in lines[0]
+    assert "Traceback" not in result.output and result.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
 def test_4d_nifti_in_wrong_order_differs(baseline, case_dir, edge_onnx, tmp_path):
     """Guard for the test above: the volume order does matter to the model."""
     data, ref = stack(case_dir, ("t2", "flair", "t1", "t1ce"))
     path = save_like(np.moveaxis(data, 0, -1), ref, tmp_path / "stack4d.nii.gz")
-    ok(predict(path, "--out", tmp_path / "out", model=edge_onnx))
+    ok(predict(path, "--out", tmp_path / "out", "--modalities", ",".join(MODALITIES), model=edge_onnx))
     assert not np.array_equal(labels_of(tmp_path / "out" / "stack4d.nii.gz"), baseline["labels"])
 
 
 def test_npy_stack_uses_identity_affine_and_warns(baseline, case_dir, edge_onnx, tmp_path):
-    data, _ = stack(case_dir, MODALITIES)
+    order = ("t1ce", "t2", "flair", "t1")
+    data, _ = stack(case_dir, order)
     path = tmp_path / "stack.npy"
     np.save(path, data)
-    result = predict(path, "--out", tmp_path / "out", model=edge_onnx)
+    result = predict(path, "--out", tmp_path / "out", "--modalities", ",".join(order), model=edge_onnx)
     ok(result)
     out = tmp_path / "out" / "stack.nii.gz"
     img = nib.load(str(out))

@@ -88,8 +88,9 @@ def _canvas_stats(png: bytes) -> tuple[float, float]:
 
 
 def _legend(page) -> dict[str, float]:
+    """Every legend row's volume: the labels (NCR, ED, ET) and the regions (TC, WT) in its footer."""
     return dict(page.eval_on_selector_all(
-        "#legend tbody tr", "rows => rows.map(r => [r.dataset.label, Number(r.querySelector('[data-volume-ml]')"
+        "#legend tr[data-label]", "rows => rows.map(r => [r.dataset.label, Number(r.querySelector('[data-volume-ml]')"
                             ".dataset.volumeMl)])"))
 
 
@@ -144,7 +145,16 @@ def test_page_uploads_segments_and_shows_the_labels(server, cases_dir, tmp_path)
         def choose_stack(pg) -> None:
             pg.click("#tab-stack")
             pg.set_input_files("#file-stack", str(stack))
-            pg.fill("#stack-order", "t2,flair,t1ce,t1")
+            order = ("t2", "flair", "t1ce", "t1")
+            # nothing is pre-filled: the run button stays disabled until each volume is chosen, distinct
+            assert [pg.input_value(f"#stack-order-{i}") for i in range(4)] == ["", "", "", ""]
+            assert not pg.is_enabled("#submit")
+            for i, m in enumerate(order[:3]):
+                pg.select_option(f"#stack-order-{i}", m)
+            pg.select_option("#stack-order-3", order[0])  # twice the same modality
+            assert not pg.is_enabled("#submit") and "one volume only" in pg.inner_text("#error")
+            pg.select_option("#stack-order-3", order[3])
+            assert pg.is_hidden("#error")
 
         stack_id, stack_shown = _segment(page, server, choose_stack)
         stack_canvas = page.locator("#gl").screenshot()
@@ -152,7 +162,8 @@ def test_page_uploads_segments_and_shows_the_labels(server, cases_dir, tmp_path)
     assert errors == [] and outside == []
     api = _api(server, f"/v1/cases/{job_id}")
     assert api["status"] == "done"
-    for name in ("NCR", "ED", "ET"):
+    assert set(shown) == {"NCR", "ED", "ET", "TC", "WT"}  # issue 21: TC was missing from the page
+    for name in shown:
         assert shown[name] == pytest.approx(api["volumes_ml"][name], rel=1e-9, abs=1e-9), name
     std, lit = _canvas_stats(canvas)
     assert std > 15 and lit > 0.1, (std, lit)  # the canvas shows images, not a blank

@@ -82,6 +82,23 @@ def test_load_npy_and_4d_with_file_order(case_dir, tmp_path):
     assert case4.case_id == "c4"
 
 
+def test_a_stack_without_its_order_is_refused_not_guessed(case_dir, tmp_path):
+    """Issue 21: ``load_case`` read a stack in the model's order when none was stated."""
+    ref = load_case(case_dir, ORDER)
+    np.save(tmp_path / "c.npy", ref.images)
+    nib.save(nib.Nifti1Image(np.moveaxis(ref.images, 0, -1), ref.affine), tmp_path / "c4.nii.gz")
+    for path in (tmp_path / "c.npy", tmp_path / "c4.nii.gz"):
+        with pytest.raises(InputError, match="--modalities") as caught:
+            load_case(path, ORDER)
+        assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+    # a file defect is still named first: the all-zero volume, by its place in the stack
+    zero = ref.images.copy()
+    zero[2] = 0
+    np.save(tmp_path / "z.npy", zero)
+    with pytest.raises(InputError, match="volume 3 is all zero"):
+        load_case(tmp_path / "z.npy", ORDER)
+
+
 def test_load_case_rejects_shape_mismatch(case_dir, tmp_path):
     files = {m: case_dir / f"{case_dir.name}_{m}.nii.gz" for m in ORDER}
     odd = tmp_path / "odd_t2.nii.gz"

@@ -71,8 +71,8 @@ def predict(
     t1: Path = typer.Option(None, "--t1", help="T1 NIfTI."),
     t1ce: Path = typer.Option(None, "--t1ce", help="T1ce NIfTI."),
     t2: Path = typer.Option(None, "--t2", help="T2 NIfTI."),
-    modalities: str = typer.Option(None, "--modalities", help="Volume order in a 4D NIfTI/.npy, e.g. t1,t1ce,t2,flair "
-                                   "(default: the model card's)."),
+    modalities: str = typer.Option(None, "--modalities", help="Volume order in a 4D NIfTI/.npy, e.g. t1,t1ce,t2,flair; "
+                                   "required for a stack (never guessed)."),
     label_scheme: LabelScheme = typer.Option(None, "--label-scheme", help="ET=4 (brats2021) or ET=3 (brats2023); "
                                              "default: the card's."),
     overlap: float = typer.Option(None, "--overlap", help="Sliding-window overlap, 0 <= o < 1 (default: the "

@@ -149,34 +149,49 @@ def stack_files(files: dict[str, Path], order: tuple[str, ...], case_id: str) ->
                 _geometry_warnings(ref, files[first]) + notes)
 
 
-def load_4d(path: Path, order: tuple[str, ...], file_order: tuple[str, ...]) -> Case:
-    """A 4D NIfTI whose last axis holds the modalities in ``file_order``."""
+def unstated_order(path: Path | str, how: str = "--modalities") -> InputError:
+    """The refusal of a stack whose volume order was not stated: it is never guessed from the model card."""
+    return InputError(f"{path}: a stack's volume order is not stated (give {how} with the order of its volumes, "
+                      "e.g. t1,t1ce,t2,flair; it is never guessed)")
+
+
+def _pick(path: Path, volumes: list[np.ndarray], order: tuple[str, ...],
+          file_order: tuple[str, ...] | None) -> np.ndarray:
+    """The stack's volumes in the model's ``order``; every volume is checked for signal first, so a defect
+    of the file is reported before a missing ``file_order`` (which is refused, never guessed)."""
+    for i, vol in enumerate(volumes):
+        _require_signal(path, vol, f"volume '{file_order[i]}'" if file_order else f"volume {i + 1}")
+    if file_order is None:
+        raise unstated_order(path)
+    return np.stack([volumes[file_order.index(m)] for m in order])
+
+
+def load_4d(path: Path, order: tuple[str, ...], file_order: tuple[str, ...] | None) -> Case:
+    """A 4D NIfTI whose last axis holds the modalities in ``file_order`` (None: refused, never guessed)."""
     notes: list[str] = []
     img = read_nifti(path, ndim=(4,), notes=notes)
     data = np.asarray(img.dataobj, dtype=np.float32)
-    if data.shape[3] != len(file_order):
-        raise InputError(f"{path}: 4D image has {data.shape[3]} volumes (expected {len(file_order)}: "
-                         f"{', '.join(file_order)})")
-    images = np.stack([data[..., file_order.index(m)] for m in order])
-    for m, vol in zip(order, images):
-        _require_signal(path, vol, f"volume '{m}'")
+    want = len(file_order or order)
+    if data.shape[3] != want:
+        named = f": {', '.join(file_order)}" if file_order else ""
+        raise InputError(f"{path}: 4D image has {data.shape[3]} volumes (expected {want}{named})")
+    images = _pick(path, [data[..., i] for i in range(want)], order, file_order)
     return Case(strip_nifti(path.name), images, img.affine, img.header, {m: path for m in order},
                 _geometry_warnings(img, path) + notes)
 
 
-def load_npy(path: Path, order: tuple[str, ...], file_order: tuple[str, ...]) -> Case:
-    """A (4, X, Y, Z) .npy stack in ``file_order``; the case gets an identity affine (1 mm)."""
+def load_npy(path: Path, order: tuple[str, ...], file_order: tuple[str, ...] | None) -> Case:
+    """A (4, X, Y, Z) .npy stack in ``file_order`` (None: refused, never guessed); identity affine (1 mm)."""
     data = read_npy(path)
-    if data.ndim != 4 or data.shape[0] != len(file_order):
+    want = len(file_order or order)
+    if data.ndim != 4 or data.shape[0] != want:
         raise InputError(f"{path}: array of shape {data.shape} and dtype {data.dtype} "
-                         f"(expected numeric ({len(file_order)}, X, Y, Z))")
+                         f"(expected numeric ({want}, X, Y, Z))")
     data = data.astype(np.float32)
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise InputError(f"{path}: {bad} voxels are NaN or Inf (expected finite intensities)")
-    images = np.stack([data[file_order.index(m)] for m in order])
-    for m, vol in zip(order, images):
-        _require_signal(path, vol, f"volume '{m}'")
+    images = _pick(path, list(data), order, file_order)
     note = f"{path.name}: .npy input has no geometry; the output uses an identity affine (1 mm voxels)"
     return Case(path.name[:-4], images, np.eye(4), None, {m: path for m in order}, [note])
 
@@ -186,10 +201,10 @@ def load_case(source: Path | dict[str, Path], order: tuple[str, ...],
     """Load a case folder, a dict of modality files, a 4D NIfTI or a .npy stack.
 
     ``order`` is the model's modality order; ``file_order`` the order of volumes inside a 4D
-    NIfTI or .npy (defaults to ``order``).
+    NIfTI or .npy: it must be stated for a stack (InputError naming the file and ``--modalities``
+    otherwise; the card's order is never assumed) and is not used for files named by modality.
     """
-    file_order = file_order or order
-    lacking = [m for m in order if m not in file_order]
+    lacking = [m for m in order if file_order and m not in file_order]
     if lacking:
         raise InputError(f"--modalities {','.join(file_order)}: lacks {', '.join(lacking)}, which the model reads "
                          f"(it needs {', '.join(order)})")

@@ -234,6 +234,7 @@ def _case_id(name: str) -> str:
 
 def submission(form: Form, needed: tuple[str, ...], model: str) -> Submission:
     """Check which fields a form holds against what the model reads; RequestError (422) otherwise."""
+    from seg_edge.runtime.io import unstated_order
     from seg_edge.runtime.regions import et_label
 
     scheme = form.text.get("label_scheme") or None
@@ -247,8 +248,7 @@ def submission(form: Form, needed: tuple[str, ...], model: str) -> Submission:
         if given:
             raise RequestError(f"fields stack and {', '.join(given)} given together (expected {FORM_HINT})")
         if not form.text.get("modalities"):
-            raise RequestError(f"{form.names['stack']}: a stack needs a modalities field (the order of its volumes, "
-                               "e.g. flair,t1,t1ce,t2)")
+            raise RequestError(str(unstated_order(form.names["stack"], "a modalities field")))
         return Submission(_case_id(form.names["stack"]), form.files["stack"], _order(form.text["modalities"]),
                           names, **options)
     if not given:

@@ -62,8 +62,28 @@ function refresh() {
     slot.classList.toggle("unused", !needed().includes(m));
   }
   $("pane-stack").querySelector(".name").textContent = state.stack ? state.stack.name : "";
-  const ready = state.mode === "files" ? needed().every((m) => state.files[m]) : Boolean(state.stack);
+  let ready = state.mode === "files" ? needed().every((m) => state.files[m]) : Boolean(state.stack);
+  if (state.mode === "stack") {
+    const problem = orderProblem();
+    if (problem && state.stack) showError(problem); else if (!problem && $("error").dataset.order) showError("");
+    $("error").dataset.order = problem && state.stack ? "true" : "";
+    ready = ready && !problem;
+  }
   $("submit").disabled = !ready || !state.model;
+}
+
+// The stack's volume order as the user chose it, one select per volume: never pre-filled or guessed.
+function stackOrder() {
+  return [...document.querySelectorAll("select.stack-order")].map((s) => s.value);
+}
+
+function orderProblem() {
+  const order = stackOrder();
+  const count = state.model ? state.model.modalities.length : MODALITIES.length;
+  const chosen = order.slice(0, count);
+  if (chosen.some((m) => !m)) return `choose the modality of each of the stack's ${count} volumes (it is never guessed)`;
+  if (new Set(chosen).size !== chosen.length) return "each modality can be chosen for one volume only";
+  return null;
 }
 
 function setMode(mode) {
@@ -97,7 +117,8 @@ function formData() {
     for (const m of needed()) data.append(m, state.files[m], state.files[m].name);
   } else {
     data.append("stack", state.stack, state.stack.name);
-    data.append("modalities", $("stack-order").value);
+    const count = state.model ? state.model.modalities.length : MODALITIES.length;
+    data.append("modalities", stackOrder().slice(0, count).join(","));
   }
   if ($("label-scheme").value) data.append("label_scheme", $("label-scheme").value);
   if ($("overlap").value !== "") data.append("overlap", $("overlap").value);
@@ -212,7 +233,7 @@ async function loadImages() {
     }
     return;
   }
-  const order = $("stack-order").value.split(",").map((s) => s.trim().toLowerCase());
+  const order = stackOrder().filter((m) => m);
   if (state.stack.name.toLowerCase().endsWith(".npy")) {
     state.images = await npyImages(state.stack, order);
     return;
@@ -271,7 +292,11 @@ function labelVolumes(volume) {
   for (const value of volume.img) counts.set(value, (counts.get(value) || 0) + 1);
   const pix = volume.hdr.pixDims;
   const voxelMl = Math.abs(pix[1] * pix[2] * pix[3]) / 1000;
-  return Object.fromEntries(state.legend.map((row) => [row.name, (counts.get(row.value) || 0) * voxelMl]));
+  const volumes = Object.fromEntries(state.legend.map((row) => [row.name, (counts.get(row.value) || 0) * voxelMl]));
+  // the regions, as regions.py defines them: TC = NCR + ET, WT = every tumour label
+  const count = (names) => state.legend.filter((row) => names.includes(row.name))
+    .reduce((sum, row) => sum + (counts.get(row.value) || 0), 0) * voxelMl;
+  return { labels: volumes, regions: { TC: count(["NCR", "ET"]), WT: count(state.legend.map((row) => row.name)) } };
 }
 
 // Put the crosshair on the labelled voxels' centre of mass (raw voxel order, x fastest; the header's affine to mm).
@@ -292,7 +317,7 @@ function centreOnLabels(volume) {
   state.nv.drawScene();
 }
 
-function drawLegend(volumes) {
+function drawLegend({ labels: volumes, regions }) {
   const body = $("legend").querySelector("tbody");
   body.replaceChildren();
   for (const row of state.legend) {
@@ -317,9 +342,10 @@ function drawLegend(volumes) {
     });
     body.append(tr);
   }
-  const total = Object.values(volumes).reduce((a, b) => a + b, 0);
-  $("legend").querySelector("tfoot").innerHTML =
-    `<tr><td></td><td>WT</td><td>whole tumour</td><td class="num" data-volume-ml="${total}">${total.toFixed(2)}</td></tr>`;
+  const meaning = { TC: "tumour core (NCR + ET)", WT: "whole tumour (NCR + ED + ET)" };
+  $("legend").querySelector("tfoot").innerHTML = ["TC", "WT"].map((name) =>
+    `<tr data-label="${name}"><td></td><td>${name}</td><td>${meaning[name]}</td>` +
+    `<td class="num" data-volume-ml="${regions[name]}">${regions[name].toFixed(2)}</td></tr>`).join("");
 }
 
 function fillDetails(job) {
@@ -385,6 +411,7 @@ async function start() {
   const stackInput = $("file-stack");
   stackInput.addEventListener("change", () => { state.stack = stackInput.files[0] || null; refresh(); });
   dropTarget($("stack-drop"), (files) => { state.stack = files[0] || null; refresh(); });
+  document.querySelectorAll("select.stack-order").forEach((select) => select.addEventListener("change", refresh));
   $("form").addEventListener("submit", submit);
   $("modality").addEventListener("change", (e) => showModality(e.target.value));
   $("layout").addEventListener("change", (e) => setLayout(e.target.value));
@@ -395,7 +422,9 @@ async function start() {
     state.model = await response.json();
     $("model-name").textContent = `model ${state.model.name} · ${state.model.backend}`;
     $("limit").textContent = `up to ${state.model.max_upload_mb} MB per file`;
-    $("stack-order").value = state.model.modalities.join(",");
+    document.querySelectorAll("select.stack-order").forEach((select, i) => {
+      select.closest("label").hidden = i >= state.model.modalities.length;  // a model reading fewer volumes
+    });
   } catch (err) {
     showError("cannot reach the server's API");
   }
