@@ -70,3 +70,24 @@ def test_bad_batches_are_input_errors(bad):
 def test_unknown_backend_is_an_input_error(edge_onnx):
     with pytest.raises(InputError, match="expected one of auto, onnxruntime"):
         open_session(load_artifact(edge_onnx), "cuda-magic")
+
+
+def test_auto_applies_streams_to_the_backend_it_chooses(edge_onnx, batch):
+    """Issue 21: ``--backend auto`` returned before looking at ``streams`` and ``url``: they were dropped."""
+    artifact = load_artifact(edge_onnx)
+    with open_session(artifact, "auto", threads=2, streams=2) as session:
+        chosen, skipped = session.auto_report
+        assert chosen in ("openvino", "onnxruntime") and session.streams == 2
+        assert {n for n, why in skipped if "parallel streams" in why} == {"tensorrt", "ort-trt", "ort-cuda"}
+        with open_session(artifact, chosen, threads=2) as plain:
+            np.testing.assert_allclose(session.run(np.repeat(batch, 2, 0)), plain.run(np.repeat(batch, 2, 0)),
+                                       atol=1e-5)
+    with open_session(artifact, "auto") as session:
+        assert session.auto_report.chosen in ("openvino", "onnxruntime") and session.streams == 1
+
+
+def test_auto_refuses_a_url_it_cannot_apply(edge_onnx):
+    with pytest.raises(InputError, match="--url localhost:8001 applies to --backend triton; --backend auto"):
+        open_session(load_artifact(edge_onnx), "auto", url="localhost:8001")
+    with pytest.raises(InputError, match="streams 0"):
+        open_session(load_artifact(edge_onnx), "auto", streams=0)

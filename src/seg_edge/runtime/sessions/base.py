@@ -5,12 +5,19 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from seg_edge.artifact import Artifact
 from seg_edge.errors import ArtifactError, InputError, SessionError
+
+class AutoReport(NamedTuple):
+    """What ``--backend auto`` chose and why each faster backend was skipped (the CLI prints it)."""
+
+    chosen: str
+    skipped: list[tuple[str, str]]
+
 
 # backend name → (module, class); modules are imported only when asked for.
 BACKENDS = {
@@ -55,6 +62,8 @@ class SessionBase:
     """
 
     name = "base"
+    # what --backend auto decided (chosen backend, skipped ones with their reasons); None when named
+    auto_report: AutoReport | None = None
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3):
         self.in_channels = in_channels
@@ -111,10 +120,15 @@ def open_session(artifact: Artifact, backend: str = "onnxruntime", threads: int 
 
     ``streams`` > 1 (CPU backends): the windows of a batch run in parallel, one per stream, the
     threads shared out among them. ``url``: the server of a remote backend (triton: HOST:PORT[/MODEL])."""
-    if backend == "auto":
+    if backend == "auto":  # checked like a named backend: nothing asked for is dropped
+        if url is not None:
+            raise InputError(f"--url {url} applies to --backend triton; --backend auto chooses among the local "
+                             "backends (give --backend triton to use the server)")
+        if streams < 1:
+            raise InputError(f"streams {streams} (expected 1 or more)")
         from seg_edge.runtime.sessions.auto import open_auto
 
-        return open_auto(artifact, threads, cache_dir, precision_hint)
+        return open_auto(artifact, threads, cache_dir, precision_hint, streams)
     if backend not in BACKENDS:
         raise InputError(f"backend '{backend}' (expected one of auto, {', '.join(BACKENDS)})")
     if precision_hint not in (None, "f32") and backend not in HINTED:
