@@ -128,7 +128,11 @@ def torch_module(
                            onnx=_onnx_options(opset, tolerance, check_shape, instance_norm))
     report = import_torch(network, weights, card, out_path, options)
     check, extra = _export_check(report)
-    _render(report.path, report.size_bytes, check, report.card, json_out, extra)
+    if report.removed_activation:
+        err.print(f"note: the network ends in {escape(report.removed_activation)}: removed from the export, so the "
+                  f"graph gives logits and the runtime applies the card's {report.card.outputs.kind} once")
+    _render(report.path, report.size_bytes, check, report.card, json_out,
+            {**extra, "removed_activation": report.removed_activation})
 
 
 @import_app.command("onnx")
@@ -145,6 +149,9 @@ def onnx_file(
     report = import_onnx(model, card, out_path)
     removed = f"; final {report.removed_activation} removed (the card's activation is applied by the runtime)"
     check = "card fits the graph's inputs and outputs" + (removed if report.removed_activation else "")
+    if report.removed_activation:
+        err.print(f"note: the graph ends in {report.removed_activation}: removed, so the graph gives logits and the "
+                  f"runtime applies the card's {report.card.outputs.kind} once")
     for warning in report.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     _render(report.path, report.size_bytes, check, report.card, json_out,

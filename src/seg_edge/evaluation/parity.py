@@ -48,8 +48,11 @@ HINT_TOLERANCES = {("openvino", "fp32"): (2e-2, 0.999), ("openvino-bf16", "fp32"
                    ("openvino", "int8"): (1.0, 0.97), ("openvino-bf16", "int8"): (1.0, 0.97)}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ParityResult:
+    """One backend on one case against the reference (``compare``), then judged (``judge``): keyword-only,
+    since its many numeric fields are easy to pass in the wrong order."""
+
     case_id: str
     backend: str
     max_abs: float
@@ -93,13 +96,13 @@ def load_reference(artifact: Artifact, reference: Reference | Path | None):
 
     ref = reference if isinstance(reference, Reference) else Reference(reference)
     card, prov = artifact.card, artifact.card.provenance
+    onnx_import = "onnx_producer" in prov  # the card was attached to a graph made elsewhere
+    if onnx_import and not ref.network:  # (said first: a default MODEL.pt that is missing is beside the point)
+        raise InputError(f"{artifact.path}: imported from ONNX; give the framework model it came from with "
+                         "--network PKG.MODULE:FACTORY and its weights with --reference")
     path = Path(ref.source) if ref.source else default_reference(artifact.path)
     if not path.is_file():
         raise InputError(f"{path}: reference not found (pass --reference with the file the model was made from)")
-    onnx_import = "onnx_producer" in prov  # the card was attached to a graph made elsewhere
-    if onnx_import and not ref.network:
-        raise InputError(f"{artifact.path}: imported from ONNX; give the framework model it came from with "
-                         "--network PKG.MODULE:FACTORY and its weights with --reference")
     expected = prov.get("source_sha256") or prov.get("checkpoint_sha256")
     # (an ONNX import's source is the graph; the reference is then the framework's weights, another file)
     if expected and not onnx_import and file_sha256(path) != expected:
@@ -113,26 +116,24 @@ def load_reference(artifact: Artifact, reference: Reference | Path | None):
         from seg_edge.importers.torch import load_torch
 
         kwargs = ref.network_kwargs if ref.network else prov.get("network_kwargs")
-        return _logits_of(load_torch(spec, path, card, kwargs)[0], prov.get("removed_output_activation"))
+        return _logits_of(load_torch(spec, path, card, kwargs)[0], prov.get("removed_output_activation"), path)
     from seg_edge.model.checkpoints import load_network
 
     return load_network(path, card.preset)[0]
 
 
-def _logits_of(net, removed: str | None):
-    """``net`` if it gives logits; else the inverse of the output activation the importer removed
-    from the graph (softmax → log p, whose softmax is p; sigmoid → logit p)."""
+def _logits_of(net, removed: str | None, source: Path):
+    """``net`` if it gives logits; else, when the import removed the network's final activation, its
+    logits as the network itself computes them: the input of that final softmax/sigmoid call.
+
+    Never ``log p`` of the probabilities: the clamp that keeps the log finite caps logit gaps at ~16,
+    and a linear step after it (window blending, TTA, a 2D resize back) then no longer matches the graph.
+    """
     if not removed:
         return net
-    import torch
+    from seg_edge.export.activation import LogitsOf
 
-    kind = "softmax" if "softmax" in str(removed).lower() else "sigmoid"
-
-    def run(x):
-        p = net(x).clamp(1e-7, 1 - 1e-7)
-        return torch.log(p) if kind == "softmax" else torch.log(p / (1 - p))
-
-    return run
+    return LogitsOf(net, str(source))
 
 
 def reference_segmentation(net, segmenter: Segmenter, case: Case) -> Segmentation:
@@ -190,9 +191,11 @@ def compare(case: Case, got: Segmentation, ref: Segmentation, backend: str, box,
         ties = int(tied.sum())
         if ties:
             outside = _region_scores(case, np.where(tied, ref.labels, got.labels), ref.labels, et)[0]
-    return ParityResult(case.case_id, backend, float(diff.max()), float(diff.mean()),
-                        float(np.percentile(diff, 99.9)), float(same.mean()), int((~same).sum()), scores, dist, vol,
-                        float(got.timings.get("inference", 0.0)), ref.timings.get("source"), ties, outside)
+    return ParityResult(case_id=case.case_id, backend=backend, max_abs=float(diff.max()), mean_abs=float(diff.mean()),
+                        p999_abs=float(np.percentile(diff, 99.9)), label_agreement=float(same.mean()),
+                        labels_changed=int((~same).sum()), dice=scores, hd95=dist, volume_diff_ml=vol,
+                        seconds=float(got.timings.get("inference", 0.0)), reference_seconds=ref.timings.get("source"),
+                        reference_ties=ties, dice_outside_ties=outside)
 
 
 def judge(result: ParityResult, max_prob_diff: float, min_dice: float) -> ParityResult:

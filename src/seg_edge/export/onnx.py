@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class OnnxOptions:
     """``export_network``'s settings; ``instance_norm`` is checked on construction (InputError)."""
 
     opset: int = DEFAULT_OPSET
-    tolerance: float = 1e-3  # max |logit| difference, ORT CPU vs torch, on the check input
+    tolerance: float = 1e-3  # max |logit| difference, ORT CPU vs torch, on the check input, x logit_scale
     check_shape: tuple[int, ...] | None = None  # spatial sizes of the check input; default: the card's patch
     seed: int = 0
     instance_norm: InstanceNorm = InstanceNorm.stable
@@ -75,6 +76,7 @@ class ExportReport:
     card: ModelCard
     max_abs_logit_error: float
     size_bytes: int
+    removed_activation: str | None = None  # the network's final softmax/sigmoid module, exported without it
 
 
 def _check_shape(card: ModelCard, shape: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -96,13 +98,16 @@ def check_input(card: ModelCard, shape: tuple[int, ...], seed: int) -> np.ndarra
     return x
 
 
-def _torch_reference(net, x: np.ndarray, card: ModelCard) -> np.ndarray:
-    """The network's logits on ``x``; InputError if it refuses the card's input or gives the wrong shape."""
+def _torch_reference(net, x: np.ndarray, card: ModelCard):
+    """(the network's output on ``x``, the final activation that made it or None, its logits); InputError if it
+    refuses the card's input or gives the wrong shape."""
     import torch
+
+    from seg_edge.export.activation import run_recording
 
     try:
         with torch.no_grad():
-            out = net(torch.from_numpy(x))
+            out, final, logits = run_recording(net, torch.from_numpy(x))
     except Exception as exc:  # a user's network can raise anything on a wrong input
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise InputError(f"network refuses the card's input {list(x.shape)} ({type(exc).__name__}: {first})") from exc
@@ -113,7 +118,37 @@ def _torch_reference(net, x: np.ndarray, card: ModelCard) -> np.ndarray:
     if tuple(out.shape) != expected:
         raise InputError(f"network output has shape {list(out.shape)} for input {list(x.shape)} (expected "
                          f"{list(expected)}: outputs.channels {list(card.outputs.channels)} at the input's size)")
-    return out.float().numpy()
+    return out.float().numpy(), final, logits.float().numpy()
+
+
+def _logits_network(net, x: np.ndarray, card: ModelCard):
+    """(a network that gives logits, its logits on ``x``, the final activation removed or None).
+
+    A network whose output is already its softmax/sigmoid would be activated twice by the runtime: a
+    final activation module is replaced by Identity (said in the report); one called inside forward()
+    cannot be removed and is refused, as is an output that is probabilities by its values.
+    """
+    from seg_edge.export.activation import looks_like_probabilities, without_final_module
+
+    out, final, logits = _torch_reference(net, x, card)
+    if final is None:
+        if looks_like_probabilities(out, card.out_channels):
+            raise InputError(f"network output on the check input is in [0, 1] and sums to 1 over its "
+                             f"{card.out_channels} channels: probabilities, not the logits the card promises "
+                             "(give --network a network that returns the values before its softmax)")
+        return net, out, None
+    what = final.describe()
+    if final.kind != card.outputs.kind:
+        raise ArtifactError(f"network ends in {what} but the card's outputs.kind is '{card.outputs.kind}' "
+                            f"(expected a {final.kind} card, or a network that returns logits)")
+    if final.kind == "softmax" and final.dim != 1:
+        raise ArtifactError(f"network ends in {what} over axis {final.dim} (expected a softmax over the "
+                            "channels, axis 1)")
+    if final.module is None:
+        raise InputError(f"network ends in {what}, called inside its forward(), which seg-edge cannot remove "
+                         "(the card's activation is applied by the runtime): give --network a network that "
+                         "returns the values before it")
+    return without_final_module(net, final), logits, what
 
 
 def _torch_to_onnx(net, card: ModelCard, opset: int, path: Path) -> None:
@@ -132,10 +167,15 @@ def _torch_to_onnx(net, card: ModelCard, opset: int, path: Path) -> None:
     level = chatter.level
     chatter.setLevel(logging.ERROR)  # "torchvision is not installed" lines say nothing about this model
     try:
-        program = torch.onnx.export(net, (dummy,), dynamo=True, input_names=[card.input_name],
-                                    output_names=[card.output_name], opset_version=opset, verbose=False,
-                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=256), **spatial},),
-                                    optimize=True)
+        with warnings.catch_warnings():
+            # torch's own deepcopy of the program's call graph warns that torch's pytree API is deprecated
+            # (torch 2.13): a note to torch, not to the user, who saw it on every import
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
+            program = torch.onnx.export(net, (dummy,), dynamo=True, input_names=[card.input_name],
+                                        output_names=[card.output_name], opset_version=opset, verbose=False,
+                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=256), **spatial},),
+                                        optimize=True)
     except Exception as exc:  # the exporter raises many types for graphs it cannot trace
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise ArtifactError(f"torch.onnx.export cannot export this network with spatial sizes that are multiples "
@@ -152,7 +192,17 @@ def _ort_logits(path: Path, card: ModelCard, x: np.ndarray) -> np.ndarray:
     return session.run([card.output_name], {card.input_name: x})[0]
 
 
-def _provenance(card: ModelCard, options: OnnxOptions, shape: tuple[int, ...], error: float) -> dict:
+def logit_scale(logits: np.ndarray) -> float:
+    """What the verification tolerance is relative to: the largest |logit|, at least 1.
+
+    float32 rounds relative to magnitude, so a deep network whose logits reach ±200 differs from
+    torch by more in absolute terms than one whose logits stay within ±2, with the same precision;
+    at ≤ 1 the tolerance is the absolute one (logits near 0 decide labels).
+    """
+    return max(1.0, float(np.abs(logits).max()))
+
+
+def _provenance(card: ModelCard, options: OnnxOptions, shape: tuple[int, ...], measured: tuple[float, float]) -> dict:
     import monai
     import onnx
     import torch
@@ -166,7 +216,8 @@ def _provenance(card: ModelCard, options: OnnxOptions, shape: tuple[int, ...], e
         "opset": options.opset,
         "instance_norm": options.instance_norm.value,
         "export_check": {"input_shape": [1, card.in_channels, *shape], "seed": options.seed,
-                         "max_abs_logit_error": error, "tolerance": options.tolerance},
+                         "max_abs_logit_error": measured[0], "logit_scale": measured[1],
+                         "tolerance": options.tolerance},
     }
 
 
@@ -175,7 +226,9 @@ def export_network(net, card: ModelCard, out: Path, options: OnnxOptions = OnnxO
 
     The card is validated first (ArtifactError), the network is run on the seeded check input
     (InputError if it does not take the card's channels or give its output channels), and the
-    ONNX graph must reproduce the logits within ``options.tolerance`` (ParityError).
+    ONNX graph must reproduce the logits within ``options.tolerance`` times ``logit_scale`` (ParityError).
+    A final softmax/sigmoid module is removed (``ExportReport.removed_activation``); one called inside
+    forward(), or an output that is probabilities by its values, is refused.
     """
     import onnx
 
@@ -184,24 +237,27 @@ def export_network(net, card: ModelCard, out: Path, options: OnnxOptions = OnnxO
     shape = _check_shape(card, options.check_shape)
     net = net.eval()
     x = check_input(card, shape, options.seed)
-    reference = _torch_reference(net, x, card)  # against torch's own InstanceNorm
+    net, reference, removed = _logits_network(net, x, card)  # against torch's own InstanceNorm
+    if removed:
+        card = card.replace(provenance={**card.provenance, "removed_output_activation": removed})
     net = copy.deepcopy(net)
     if options.instance_norm is InstanceNorm.stable:
-        stabilise_instance_norms(net)
+        stabilise_instance_norms(net, card.inputs.spatial_dims + 2)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as tmp:  # nothing reaches ``out`` unless verification passes
         _torch_to_onnx(net, card, options.opset, tmp)
         error = float(np.abs(_ort_logits(tmp, card, x) - reference).max())
-        if not error <= options.tolerance:
-            raise ParityError(f"{out}: ONNX Runtime differs from torch by {error:.3g} in logits "
-                              f"(tolerance {options.tolerance:g}); nothing written")
-        card = card.replace(provenance=_provenance(card, options, shape, error))
+        scale = logit_scale(reference)
+        if not error <= options.tolerance * scale:
+            raise ParityError(f"{out}: ONNX Runtime differs from torch by {error:.3g} in logits (tolerance "
+                              f"{options.tolerance:g} x the logits' scale {scale:.3g}); nothing written")
+        card = card.replace(provenance=_provenance(card, options, shape, (error, scale)))
         model = onnx.load(str(tmp))
         name_nodes_by_module(model)
         write_card(model, card)
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(tmp), save_as_external_data=False)
-    return ExportReport(out, card, error, out.stat().st_size)
+    return ExportReport(out, card, error, out.stat().st_size, removed)
 
 
 def export_onnx(checkpoint: Path, out: Path, options: ExportOptions = ExportOptions()) -> ExportReport:
