@@ -54,3 +54,37 @@ def test_missing_default_reference_names_the_option(tmp_path, edge_onnx, case_di
     lone.write_bytes(edge_onnx.read_bytes())
     result = _parity(lone, case_dir)
     assert result.exit_code == 2 and "--reference" in result.stderr
+
+
+def test_the_verdict_is_said_once(edge_onnx, edge_checkpoint, case_dir):
+    result = _parity(edge_onnx, case_dir, "--reference", edge_checkpoint)
+    assert result.exit_code == 0, result.output
+    said = [line for line in (result.stdout + result.stderr).splitlines() if "pass" in line.split()]
+    assert len(said) == 1, result.stdout + result.stderr  # the table's row; progress says "compared"
+    assert "compared" in result.stderr
+
+
+def test_onnx_import_without_reference_says_only_what_to_give(tmp_path, case_dir):
+    """No '<model>.pt: reference not found' first: an ONNX import needs --network, said in one line."""
+    import torch
+    from torch import nn
+
+    from seg_edge.importers.onnx import import_onnx
+
+    source = tmp_path / "graph.onnx"
+    torch.onnx.export(nn.Conv3d(4, 3, 1), (torch.zeros(1, 4, 8, 8, 8),), str(source), dynamo=False,
+                      input_names=["image"], output_names=["logits"], opset_version=17,
+                      dynamic_axes={"image": {0: "n", 2: "x", 3: "y", 4: "z"}, "logits": {0: "n", 2: "x", 3: "y", 4: "z"}})
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"schema": 2, "name": "g", "preset": "custom",
+                                "inputs": {"tensor": "image", "channels": [{"name": m} for m in
+                                                                           ("flair", "t1", "t1ce", "t2")]},
+                                "outputs": {"tensor": "logits", "kind": "sigmoid", "channels": ["WT", "TC", "ET"],
+                                            "thresholds": [0.5, 0.5, 0.5], "rule": "nested",
+                                            "order": [["WT", "ED"], ["TC", "NCR"], ["ET", "ET"]]},
+                                "inference": {"patch_size": [32, 32, 32], "size_divisor": 1}}))
+    model = import_onnx(source, card, tmp_path / "imported.onnx").path
+    result = _parity(model, case_dir)
+    line = result.stderr.strip()
+    assert result.exit_code == 2 and len(line.splitlines()) == 1, result.output
+    assert "imported from ONNX" in line and "--network" in line and "reference not found" not in line, line

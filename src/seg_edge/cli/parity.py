@@ -50,9 +50,10 @@ def parity(
     if ref is None:
         ref = Reference(Path(reference) if reference else None, network,
                         parse_kwargs(network_kwargs) if network else None)
+    # progress only: the verdict is the table's (or the JSON's), said once
     results = check_parity(model, cases, backends, ref, options, threads,
-                           on_result=lambda r: err.print(f"  {escape(r.case_id)} / {r.backend}: "
-                                                         f"{'pass' if r.passed else 'FAIL'}"), on_case=pictures)
+                           on_result=lambda r: err.print(f"  {escape(r.case_id)} / {r.backend}: compared"),
+                           on_case=pictures)
     if report is not None:
         from seg_edge.evaluation.html_report import parity_html, write_html
 
