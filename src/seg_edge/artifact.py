@@ -76,7 +76,13 @@ def load_artifact(path: str | Path) -> Artifact:
 _FLOAT = 1
 
 
-def _tensor_problems(info: TensorInfo, what: str, channel_field: str, channels: int, rank: int) -> list[str]:
+def channel_axis(layout: str, rank: int) -> int:
+    """The channel axis of a graph tensor of ``rank`` in the card's ``layout``."""
+    return rank - 1 if layout == "channels_last" else 1
+
+
+def _tensor_problems(info: TensorInfo, what: str, channel_field: str, channels: int, rank: int,
+                     layout: str = "channels_first") -> list[str]:
     problems = []
     if info.elem_type not in (0, _FLOAT):
         problems.append(f"graph {what} '{info.name}' is {ELEM_TYPES.get(info.elem_type, info.elem_type)} "
@@ -86,9 +92,11 @@ def _tensor_problems(info: TensorInfo, what: str, channel_field: str, channels: 
     if len(info.dims) != rank:
         problems.append(f"graph {what} '{info.name}' has rank {len(info.dims)} (expected {rank}: N, C and "
                         f"{rank - 2} spatial axes)")
-    elif isinstance(info.dims[1], int) and info.dims[1] != channels:
+    elif isinstance(info.dims[axis := channel_axis(layout, rank)], int) and info.dims[axis] != channels:
+        hint = "" if layout == "channels_last" or info.dims[-1] != channels else \
+            f" and {channels} in its last dim (a channels-last graph: state {what}s.layout \"channels_last\")"
         problems.append(f"{channel_field} gives {channels} {what} channels but graph {what} '{info.name}' "
-                        f"has {info.dims[1]} (dim 1)")
+                        f"has {info.dims[axis]} (dim {axis}){hint}")
     return problems
 
 
@@ -100,15 +108,15 @@ def check_card_graph(card: ModelCard, header: OnnxHeader, source: str) -> None:
     problems = []
     rank = card.inputs.spatial_dims + 2
     ends = (("input", "inputs.tensor", card.input_name, header.inputs,
-             f"inputs.channels {[c.name for c in card.inputs.channels]}", card.in_channels),
+             f"inputs.channels {[c.name for c in card.inputs.channels]}", card.in_channels, card.inputs.layout),
             ("output", "outputs.tensor", card.output_name, header.outputs,
-             f"outputs.channels {list(card.outputs.channels)}", card.out_channels))
-    for what, key, name, infos, channel_field, channels in ends:
+             f"outputs.channels {list(card.outputs.channels)}", card.out_channels, card.outputs.layout))
+    for what, key, name, infos, channel_field, channels, layout in ends:
         found = next((info for info in infos if info.name == name), None)
         if found is None:
             names = [info.name for info in infos][:8]
             problems.append(f"{key} '{name}' is not a graph {what} (graph {what}s: {names})")
         else:
-            problems += _tensor_problems(found, what, channel_field, channels, rank)
+            problems += _tensor_problems(found, what, channel_field, channels, rank, layout)
     if problems:
         raise ArtifactError(f"{source}: model card does not fit its graph: " + "; ".join(problems))

@@ -1,7 +1,8 @@
-"""The model card, schema 2 (docs/CARD.md): what a network expects and produces, in data.
+"""The model card, schema 2.1 (docs/CARD.md): what a network expects and produces, in data.
 
 Importers write cards; the runtime reads them and never branches on a preset. Schema-1 cards
-(flat fields) load as schema 2 with identical behaviour (``migrate_schema1``). Parsing checks the
+(flat fields) load as schema 2 with identical behaviour (``migrate_schema1``), schema-2.0 cards
+(no ``schema_minor``) as 2.1 with identical behaviour (``migrate_schema2_0``). Parsing checks the
 JSON type of every field against the dataclasses' annotations (``_build``), then the values
 (``validate_card``); any defect is an ArtifactError naming the source, the field, the value
 found and the value expected.
@@ -20,11 +21,15 @@ from seg_edge.errors import ArtifactError
 
 CARD_KEY = "seg_edge.card"
 CARD_SCHEMA = 2
+# 1: tensor layouts, the "max" normalisation, a 2D model's way back (labels or logits) and slice range
+CARD_SCHEMA_MINOR = 1
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 REGIONS = ("WT", "TC", "ET")
 LABELS = ("NCR", "ED", "ET")
 CLASSES = ("background",) + LABELS
-NORMALIZATIONS = ("zscore_nonzero", "zscore_mask", "zscore", "none")
+NORMALIZATIONS = ("zscore_nonzero", "zscore_mask", "zscore", "max", "none")
+LAYOUTS = ("channels_first", "channels_last")
+BACKS = ("logits", "labels")
 DERIVED = ("nvidia_mask",)
 CROPS = ("nonzero", "none")
 KINDS = ("sigmoid", "softmax")
@@ -73,11 +78,19 @@ class Channel:
 
 @dataclass(frozen=True)
 class SliceSpec:
-    """2D models: slices along network ``axis`` (after ``Inputs.axes``), resized in-plane to ``size``."""
+    """2D models: slices along network ``axis`` (after ``Inputs.axes``), resized in-plane to ``size``
+    with ``interpolation``. The way back (``back``): ``logits`` resized to the slice's size with
+    ``back_interpolation``, then activated and labelled there; or ``labels``: activated and labelled
+    at ``size``, then labels and probabilities resized back with ``back_interpolation`` (nearest).
+    ``range``: [start, stop) of the loaded array's indices along the slice axis the network sees
+    (None: every slice); slices outside it are background."""
 
     axis: int = 2
     size: tuple[int, ...] = (128, 128)
     interpolation: str = "linear"
+    back: str = "logits"
+    back_interpolation: str = "linear"
+    range: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,7 @@ class Inputs:
     slice: SliceSpec | None = None
     spacing: tuple[float, ...] | None = None
     orientation: str | None = None
+    layout: str = "channels_first"  # channels_last: the graph takes N, *spatial, C (Keras' default)
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,7 @@ class Outputs:
     order: tuple[tuple[str, ...], ...] = (("WT", "ED"), ("TC", "NCR"), ("ET", "ET"))
     tensor: str = "logits"
     source_labels: dict[str, str] = field(default_factory=dict)
+    layout: str = "channels_first"  # channels_last: the graph gives N, *spatial, K
 
 
 @dataclass(frozen=True)
@@ -186,6 +201,7 @@ class ModelCard:
     provenance: dict[str, Any] = field(default_factory=dict)
     profile: InferenceProfile | None = None
     schema: int = CARD_SCHEMA
+    schema_minor: int = CARD_SCHEMA_MINOR
 
     @property
     def in_channels(self) -> int:
@@ -239,7 +255,7 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str, source: str = "card") -> ModelCard:
-        """Parse, migrate (schema 1) and validate a card; ArtifactError naming ``source`` on any defect."""
+        """Parse, migrate (schema 1, 2.0) and validate a card; ArtifactError naming ``source`` on any defect."""
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -349,6 +365,22 @@ def migrate_schema1(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def migrate_schema2_0(raw: dict[str, Any]) -> dict[str, Any]:
+    """A schema-2.0 card (no ``schema_minor``) as the 2.1 dict with identical behaviour: its one
+    2D ``slice.interpolation`` resized both ways, the logits back; every slice was run."""
+    raw = dict(raw)
+    inputs = raw.get("inputs")
+    if isinstance(inputs, dict) and isinstance(inputs.get("slice"), dict):
+        spec = dict(inputs["slice"])
+        for key in ("back", "back_interpolation", "range"):
+            if key in spec:
+                raise ValueError(f"inputs.slice.{key} is a schema-2.1 field (expected \"schema_minor\": 1 with it)")
+        spec.update(back="logits", back_interpolation=spec.get("interpolation", "linear"), range=None)
+        raw["inputs"] = {**inputs, "slice": spec}
+    raw["schema_minor"] = CARD_SCHEMA_MINOR
+    return raw
+
+
 def card_from_dict(raw: dict[str, Any], source: str) -> ModelCard:
     """A validated ModelCard from a parsed JSON object (schema 1 migrated)."""
     # a card without "schema" is read by its layout: nested sections are schema 2, flat fields schema 1
@@ -364,6 +396,20 @@ def card_from_dict(raw: dict[str, Any], source: str) -> ModelCard:
             raw = migrate_schema1(raw)
         except ValueError as exc:
             raise ArtifactError(f"{source}: invalid model card (schema 1): {exc}") from None
+    minor = raw.get("schema_minor")
+    if minor is None:
+        try:
+            raw = migrate_schema2_0(raw)
+        except ValueError as exc:
+            raise ArtifactError(f"{source}: invalid model card (schema 2.0): {exc}") from None
+    elif not _is_int(minor) or minor < 0:
+        raise ArtifactError(f"{source}: invalid model card: schema_minor is {show(minor)} (expected an integer "
+                            f"0..{CARD_SCHEMA_MINOR})")
+    elif minor > CARD_SCHEMA_MINOR:
+        raise ArtifactError(f"{source}: model card schema {schema}.{minor} is newer than "
+                            f"{CARD_SCHEMA}.{CARD_SCHEMA_MINOR}; upgrade seg-edge to read it")
+    elif minor == 0:
+        raw = migrate_schema2_0({k: v for k, v in raw.items() if k != "schema_minor"})
     problems: list[str] = []
     card = _build_dataclass(ModelCard, raw, "", problems)
     if problems or card is None:

@@ -3,14 +3,30 @@ number in range, the parts consistent with each other. Types are checked by ``ca
 
 from __future__ import annotations
 
-from seg_edge.card import (BLENDS, CLASSES, CROPS, DERIVED, INTERPOLATIONS, KINDS, LABEL_SCHEMES, LABELS,
-                           MODALITIES, NORMALIZATIONS, PRECISION_HINTS, PRECISIONS, PROFILE_BACKENDS, REGIONS, RULES,
-                           STEPS, Inputs, ModelCard, Outputs, show)
+from seg_edge.card import (BACKS, BLENDS, CLASSES, CROPS, DERIVED, INTERPOLATIONS, KINDS, LABEL_SCHEMES, LABELS,
+                           LAYOUTS, MODALITIES, NORMALIZATIONS, PRECISION_HINTS, PRECISIONS, PROFILE_BACKENDS,
+                           REGIONS, RULES, STEPS, Inputs, ModelCard, Outputs, SliceSpec, show)
 from seg_edge.errors import ArtifactError
 
 
 def _choice(where: str, value: object, allowed: tuple) -> list[str]:
     return [] if value in allowed else [f"{where} {show(value)} (expected one of {list(allowed)})"]
+
+
+def _slice_problems(sl: SliceSpec) -> list[str]:
+    problems = _choice("inputs.slice.axis", sl.axis, (0, 1, 2))
+    if len(sl.size) != 2 or min(sl.size, default=0) < 1:
+        problems.append(f"inputs.slice.size {list(sl.size)} (expected 2 sizes >= 1)")
+    problems += _choice("inputs.slice.interpolation", sl.interpolation, INTERPOLATIONS)
+    problems += _choice("inputs.slice.back", sl.back, BACKS)
+    problems += _choice("inputs.slice.back_interpolation", sl.back_interpolation, INTERPOLATIONS)
+    if sl.back == "labels" and sl.back_interpolation != "nearest":
+        problems.append(f"inputs.slice.back_interpolation {show(sl.back_interpolation)} with back \"labels\" "
+                        "(expected \"nearest\": labels cannot be interpolated)")
+    if sl.range is not None and (len(sl.range) != 2 or not 0 <= sl.range[0] < sl.range[1]):
+        problems.append(f"inputs.slice.range {list(sl.range)} (expected null or [start, stop] with "
+                        "0 <= start < stop)")
+    return problems
 
 
 def _input_problems(inputs: Inputs) -> list[str]:
@@ -36,12 +52,10 @@ def _input_problems(inputs: Inputs) -> list[str]:
         if sl is None:
             problems.append("inputs.slice is null (expected {axis, size, interpolation} for a 2D model)")
         else:
-            problems += _choice("inputs.slice.axis", sl.axis, (0, 1, 2))
-            if len(sl.size) != 2 or min(sl.size, default=0) < 1:
-                problems.append(f"inputs.slice.size {list(sl.size)} (expected 2 sizes >= 1)")
-            problems += _choice("inputs.slice.interpolation", sl.interpolation, INTERPOLATIONS)
+            problems += _slice_problems(sl)
     elif inputs.slice is not None:
         problems.append("inputs.slice is set for a 3D model (expected null)")
+    problems += _choice("inputs.layout", inputs.layout, LAYOUTS)
     if not inputs.tensor:
         problems.append("inputs.tensor is empty (expected the graph input's name)")
     if inputs.spacing is not None and (len(inputs.spacing) != 3 or not all(0 < s < 100 for s in inputs.spacing)):
@@ -72,6 +86,7 @@ def _output_problems(outputs: Outputs) -> list[str]:
     for key, value in outputs.source_labels.items():
         if value not in CLASSES:
             problems.append(f"outputs.source_labels[{show(key)}] {show(value)} (expected one of {list(CLASSES)})")
+    problems += _choice("outputs.layout", outputs.layout, LAYOUTS)
     if not outputs.tensor:
         problems.append("outputs.tensor is empty (expected the graph output's name)")
     return problems

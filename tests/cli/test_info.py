@@ -43,7 +43,8 @@ def softmax_2d_card() -> ModelCard:
     return ModelCard(
         name="unet2d", preset="custom",
         inputs=Inputs((Channel("flair", "zscore"), Channel("t1ce", "none")), axes=(2, 1, 0), spatial_dims=2,
-                      slice=SliceSpec(axis=0, size=(160, 192), interpolation="nearest")),
+                      slice=SliceSpec(axis=0, size=(160, 192), interpolation="nearest",
+                                      back_interpolation="nearest")),
         outputs=Outputs(kind="softmax", channels=("background", "NCR", "ED", "ET"), thresholds=()),
         inference=Inference(patch_size=(160, 192), size_divisor=32, overlap=0.25, blend="constant"),
         label_scheme="brats2023", precision="fp16")
@@ -101,8 +102,9 @@ def test_2d_softmax_card_in_words():
     assert rows["input 'image'"].splitlines() == ["0: flair — z-score over all voxels",
                                                   "1: t1ce — as loaded (not normalised)"]
     assert rows["axes"] == "network axes = array Z, Y, X"
-    assert rows["2D slicing"] == ("2D network: slices along network axis 0 (array Z), each resized to 160×192 "
-                                  "(nearest) and the output resized back")
+    assert rows["2D slicing"] == ("2D network: slices along network axis 0 (array Z), all of them, each resized to "
+                                  "160×192 (nearest); the logits resized back to the slice (nearest) and "
+                                  "labelled there")
     assert rows["output 'logits'"] == "softmax over classes: 0 background, 1 NCR, 2 ED, 3 ET"
     assert rows["labels"] == "arg-max class: background → 0, NCR → 1, ED → 2, ET → 3"
     assert rows["label scheme"] == "brats2023: NCR = 1, ED = 2, ET = 3"

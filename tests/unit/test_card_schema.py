@@ -174,8 +174,9 @@ def test_round_trip(name):
     again = ModelCard.from_json(text, name)
     assert again == card and again.to_json() == text
     raw = json.loads(text)
-    assert raw["schema"] == 2 and set(raw) == {"schema", "name", "preset", "inputs", "outputs", "inference",
-                                               "label_scheme", "precision", "tolerances", "provenance"}
+    assert raw["schema"] == 2 and raw["schema_minor"] == 1
+    assert set(raw) == {"schema", "schema_minor", "name", "preset", "inputs", "outputs", "inference",
+                        "label_scheme", "precision", "tolerances", "provenance"}
 
 
 def test_round_trip_keeps_what_each_source_states():
@@ -277,7 +278,7 @@ def test_docs_example_is_the_edge_presets_card(validator):
 # Rules only the code checks (JSON Schema cannot compare one field with another, tell 32.0 from
 # 32, or see NaN, which JSON does not have); the schema's description lists them.
 NOT_EXPRESSIBLE = {"patch-not-divisible", "patch-floats", "thresholds-too-few", "modality-repeated",
-                   "et-rule-prob-nan"}
+                   "et-rule-prob-nan", "2d-range-reversed"}
 
 
 def test_json_schema_refuses_what_the_code_refuses(validator):
@@ -293,7 +294,8 @@ def test_json_schema_refuses_what_the_code_refuses(validator):
             slipped.add(name)
     assert slipped == NOT_EXPRESSIBLE
     description = json.loads(SCHEMA_FILE.read_text())["description"]
-    for words in ("multiple of inference.size_divisor", "distinct", "one entry per sigmoid channel", "32.0"):
+    for words in ("multiple of inference.size_divisor", "distinct", "one entry per sigmoid channel", "32.0",
+                  "start < stop"):
         assert words in description
 
 

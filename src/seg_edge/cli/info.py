@@ -27,8 +27,10 @@ ARRAY_AXES = "XYZ"  # the loaded array's axes, as nibabel gives them
 NORMALIZATION_WORDS = {
     "zscore_nonzero": "z-score over its non-zero voxels (zeros stay 0)",
     "zscore": "z-score over all voxels",
+    "max": "divided by its maximum",
     "none": "as loaded (not normalised)",
 }
+LAYOUT_WORDS = {"channels_first": "N, C, spatial", "channels_last": "N, spatial, C (channels last)"}
 DERIVED_WORDS = {"nvidia_mask": "1 where every normalised modality channel is > 0 (NVIDIA BraTS21 mask)"}
 CROP_WORDS = {"nonzero": "to the box where any modality is > 0 (pasted back after)", "none": "none (the whole volume)"}
 BLEND_WORDS = {"gaussian": "gaussian blend (σ = 0.125 × window)", "constant": "constant blend"}
@@ -95,11 +97,17 @@ def source_label_words(card: ModelCard) -> str:
 
 
 def slice_words(card: ModelCard) -> str:
+    """Which slices a 2D network sees, how they are resized, and the way back."""
     spec = card.inputs.slice
     if card.inputs.spatial_dims == 3 or spec is None:
         return "none (3D network)"
-    return (f"2D network: slices along network axis {spec.axis} (array {_array_axes(card, (spec.axis,))}), "
-            f"each resized to {'×'.join(map(str, spec.size))} ({spec.interpolation}) and the output resized back")
+    which = "all of them" if spec.range is None else \
+        f"those at indices {spec.range[0]}..{spec.range[1] - 1} (the others background)"
+    back = (f"the logits resized back to the slice ({spec.back_interpolation}) and labelled there"
+            if spec.back == "logits" else "labelled at that size, then labels and probabilities resized back to "
+            f"the slice ({spec.back_interpolation})")
+    return (f"2D network: slices along network axis {spec.axis} (array {_array_axes(card, (spec.axis,))}), {which}, "
+            f"each resized to {'×'.join(map(str, spec.size))} ({spec.interpolation}); {back}")
 
 
 def window_words(card: ModelCard) -> str:
@@ -139,15 +147,19 @@ def profile_words(card: ModelCard) -> str:
             f"{', '.join(f'{k} {v}' for k, v in m.versions.items())}" + (f"; {measured}" if measured else ""))
 
 
-def describe_card(card: ModelCard, stored_schema: int | None = None) -> list[tuple[str, str]]:
-    """The card as (field, words) rows, provenance last; ``stored_schema``: the number the file holds."""
+def describe_card(card: ModelCard, stored_schema: int | str | None = None) -> list[tuple[str, str]]:
+    """The card as (field, words) rows, provenance last; ``stored_schema``: the version the file holds
+    (``stored_version``: "1", "2.0", "2.1")."""
     inputs, inf, values = card.inputs, card.inference, _label_values(card)
     identity = tuple(inputs.axes) == (0, 1, 2)
-    migrated = stored_schema is not None and stored_schema != card.schema
+    version = f"{card.schema}.{card.schema_minor}"
+    migrated = stored_schema is not None and str(stored_schema) != version
     rows = [
         ("model", f"{card.name} (preset {card.preset})"),
-        ("card", f"schema {stored_schema}, read as schema {card.schema}" if migrated else f"schema {card.schema}"),
+        ("card", f"schema {stored_schema}, read as schema {version}" if migrated else f"schema {version}"),
         (f"input '{inputs.tensor}'", channel_words(card)),
+        ("tensor layout", f"input {LAYOUT_WORDS.get(inputs.layout, inputs.layout)}, output "
+                          f"{LAYOUT_WORDS.get(card.outputs.layout, card.outputs.layout)}"),
         ("crop", CROP_WORDS.get(inputs.crop, inputs.crop)),
         ("axes", f"network axes = array {_array_axes(card, range(3))}" + (" (as loaded)" if identity else "")),
         ("2D slicing", slice_words(card)),
@@ -176,8 +188,22 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def stored_version(artifact: Artifact) -> str | None:
+    """The card version the file stores ("1", "2.0": migrated on load; "2.1"), or None if it cannot be read again."""
+    raw = _stored_card(artifact)
+    if raw is None:
+        return None
+    schema = raw.get("schema", 1)
+    return str(schema) if schema == 1 else f"{schema}.{raw.get('schema_minor', 0)}"
+
+
 def stored_schema(artifact: Artifact) -> int | None:
     """The schema number the file stores (1: migrated on load), or None if it cannot be read again."""
+    raw = _stored_card(artifact)
+    return None if raw is None else raw.get("schema", 1)
+
+
+def _stored_card(artifact: Artifact) -> dict | None:
     from seg_edge.artifact import sidecar_path
     from seg_edge.onnxproto import read_onnx_metadata
 
@@ -186,7 +212,7 @@ def stored_schema(artifact: Artifact) -> int | None:
             raw = json.loads(read_onnx_metadata(artifact.path)[CARD_KEY])
         else:
             raw = json.loads(sidecar_path(artifact.path).read_text())["card"]
-        return raw.get("schema", 1)
+        return raw if isinstance(raw, dict) else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -211,7 +237,7 @@ def info(model: Path = typer.Argument(None, help="ONNX model or TensorRT plan (d
                   title_justify="left", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    rows = describe_card(artifact.card, stored)
+    rows = describe_card(artifact.card, stored_version(artifact))
     graph_rows = [("graph input", t.describe()) for t in artifact.inputs]
     graph_rows += [("graph output", t.describe()) for t in artifact.outputs]
     if artifact.kind != "onnx":

@@ -22,7 +22,7 @@ def parity(
     reference: str = typer.Option(None, "--reference", help="The file the model was made from: preset checkpoint "
                                   "(default: MODEL with suffix .pt), NVIDIA .ckpt, or PyTorch weights (its sha256 "
                                   "must match the card); or the framework's own predictor: nnunet:MODEL_FOLDER, "
-                                  "monai-bundle:BUNDLE_DIR."),
+                                  "monai-bundle:BUNDLE_DIR, MODEL.keras (the Keras tutorial's own pipeline)."),
     network: str = typer.Option(None, "--network", help="ONNX imports: the PyTorch module standing for the "
                                 "graph, PKG.MODULE:FACTORY or file.py:FACTORY."),
     network_kwargs: str = typer.Option(None, "--network-kwargs", help="JSON keyword arguments for --network."),
@@ -93,8 +93,9 @@ def _report_start(report: Path | None):
 
 def _against(reference: str | None) -> str:
     kind = str(reference).partition(":")[0] if reference else ""
-    return {"nnunet": "nnU-Net's nnUNetPredictor", "monai-bundle": "the MONAI bundle's own inference"}.get(
-        kind, "PyTorch + MONAI")
+    kind = "keras" if str(reference).endswith(".keras") else kind
+    return {"nnunet": "nnU-Net's nnUNetPredictor", "monai-bundle": "the MONAI bundle's own inference",
+            "keras": "the Keras model's own slice-by-slice prediction"}.get(kind, "PyTorch + MONAI")
 
 
 def _table(results, reference: str | None) -> Table:

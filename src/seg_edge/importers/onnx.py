@@ -7,8 +7,8 @@ Sigmoid or channel Softmax that turns the graph's output into probabilities is r
 the card promises logits and the runtime applies the card's activation itself (a Sigmoid on a
 softmax card, or the other way round, is refused). Nothing is written unless every check passes.
 
-Keras graphs are channels-last: convert with ``tf2onnx --inputs-as-nchw … --outputs-as-nchw …``
-so that the graph takes N, C, spatial and gives N, K, spatial.
+Keras graphs are channels-last: state it in the card (``inputs.layout`` / ``outputs.layout``
+"channels_last"), or convert with ``tf2onnx --inputs-as-nchw … --outputs-as-nchw …``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def check_graph_fits(card: ModelCard, header: OnnxHeader, source: str) -> list[s
     graph_input = next(t for t in header.inputs if t.name == card.input_name)
     warnings = []
     if graph_input.dims is not None:
-        batch, spatial = graph_input.dims[0], graph_input.dims[2:]
+        last = card.inputs.layout == "channels_last"  # N, spatial, C
+        batch, spatial = graph_input.dims[0], graph_input.dims[1:-1] if last else graph_input.dims[2:]
         for i, (got, want) in enumerate(zip(spatial, card.patch_size)):
             if isinstance(got, int) and got > 0 and got != want:
                 raise ArtifactError(f"{source}: model card does not fit its graph: graph input '{card.input_name}' "
@@ -61,14 +62,14 @@ def check_graph_fits(card: ModelCard, header: OnnxHeader, source: str) -> list[s
     return warnings
 
 
-def _final_activation(graph, output: str, rank: int):
+def _final_activation(graph, output: str, rank: int, channel_axis: int = 1):
     """(Sigmoid/Softmax node, the channel axis at its output), walking back from ``output`` over layout ops.
 
     tf2onnx's ``--outputs-as-nchw`` puts a Transpose after a Keras model's final activation.
     (None, axis) when the graph does not end in an activation.
     """
     producers = {name: node for node in graph.node for name in node.output}
-    axis, node = 1, producers.get(output)
+    axis, node = channel_axis, producers.get(output)
     while node is not None and node.op_type in ("Transpose", "Identity"):
         if node.op_type == "Transpose":
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(range(rank))[::-1])
@@ -80,7 +81,8 @@ def _final_activation(graph, output: str, rank: int):
 def _strip_activation(model, card: ModelCard, source: str) -> str | None:
     """Turn a final Sigmoid/channel Softmax into Identity so the graph gives logits; returns the op (or None)."""
     rank = card.inputs.spatial_dims + 2
-    act, channel_axis = _final_activation(model.graph, card.output_name, rank)
+    act, channel_axis = _final_activation(model.graph, card.output_name, rank,
+                                          rank - 1 if card.outputs.layout == "channels_last" else 1)
     if act is None:
         return None
     kind = _ACTIVATIONS[act.op_type]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seg_edge.card import ModelCard
+from seg_edge.errors import ArtifactError
 from seg_edge.runtime.preprocess import tiling_window, window_size
 from seg_edge.runtime.window import WindowPlan, blend_windows
 
@@ -52,37 +53,69 @@ def mirrored(predict: Predictor, axes: tuple[int, ...]) -> Predictor:
     return run
 
 
+def nearest_indices(source: int, target: int) -> np.ndarray:
+    """For each of ``target`` samples, the ``source`` index whose centre is nearest: floor((i + ½) ·
+    source / target) in integers (voxel centres aligned, as Keras' and PyTorch's "nearest-exact" and
+    scikit-image resize; no float rounding at ties)."""
+    return (2 * np.arange(target, dtype=np.int64) + 1) * source // (2 * target)
+
+
 def resize_plane(volume: np.ndarray, size: tuple[int, ...], interpolation: str) -> np.ndarray:
-    """(C, H, W) → (C, *size), ``linear`` or ``nearest`` as the card's slice spec says."""
-    if tuple(volume.shape[1:]) == tuple(size):
+    """(C, H, W) → (C, *size), ``linear`` (float32) or ``nearest`` (``nearest_indices``, dtype kept)
+    as the card's slice spec says; the last two axes are resized, any leading ones kept."""
+    if tuple(volume.shape[-2:]) == tuple(size):
         return volume
+    if interpolation == "nearest":
+        rows, cols = (nearest_indices(s, t) for s, t in zip(volume.shape[-2:], size))
+        return volume[..., rows[:, None], cols[None, :]]
     from scipy import ndimage  # imported on first use: scipy is ~0.2 s of a cold start
 
     order = INTERPOLATION_ORDER[interpolation]
-    zoom = (1.0,) + tuple(t / s for t, s in zip(size, volume.shape[1:]))
+    zoom = (1.0,) * (volume.ndim - 2) + tuple(t / s for t, s in zip(size, volume.shape[-2:]))
     return ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=True).astype(np.float32)
 
 
 def slicewise(tensor: np.ndarray, predict: Predictor, card: ModelCard, batch_size: int,
               on_window: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """2D models: (C, *3 spatial) → (K, *3 spatial) logits, slice by slice along the card's axis."""
+    """2D models: (C, *3 spatial) → (K, *3 spatial) logits, slice by slice along the card's axis.
+
+    The logits of each slice are resized back to its plane (``back`` "logits"), or kept at the
+    network's size for labelling there (``back`` "labels": in-plane sizes are the slice size)."""
     spec = card.inputs.slice
-    assert spec is not None  # the card check guarantees a slice spec for 2D cards
+    if spec is None:
+        raise ArtifactError(f"model card {card.name!r}: a 2D model without inputs.slice")
     moved = np.moveaxis(tensor, 1 + spec.axis, 1)  # (C, S, H, W)
-    count, plane = moved.shape[1], moved.shape[2:]
+    count = moved.shape[1]
+    plane = tuple(moved.shape[2:]) if spec.back == "logits" else tuple(spec.size)
     out: np.ndarray | None = None
     for start in range(0, count, batch_size):
         idx = range(start, min(start + batch_size, count))
         batch = np.stack([resize_plane(moved[:, i], spec.size, spec.interpolation) for i in idx])
         logits = predict(np.ascontiguousarray(batch, dtype=np.float32))
         if out is None:
-            out = np.zeros((logits.shape[1], count) + tuple(plane), dtype=np.float32)
+            out = np.zeros((logits.shape[1], count) + plane, dtype=np.float32)
         for i, item in zip(idx, logits):
-            out[:, i] = resize_plane(item, plane, spec.interpolation)
+            out[:, i] = resize_plane(item, plane, spec.back_interpolation)
         if on_window:
             on_window(idx[-1] + 1, count)
-    assert out is not None
+    if out is None:  # no slice in the card's slice range: nothing for the network to see
+        out = np.zeros((card.out_channels, 0) + plane, dtype=np.float32)
     return np.moveaxis(out, 1, 1 + spec.axis)
+
+
+def labels_back(labels: np.ndarray, probs: np.ndarray, shape: tuple[int, ...],
+                card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """2D models labelled at the network's size (``back`` "labels"): labels (*3 spatial) and probabilities
+    (K, *3 spatial) whose in-plane axes have the slice size → ``shape`` (network layout), resized with
+    ``back_interpolation`` (nearest: every voxel takes one network pixel's label and probabilities)."""
+    spec = card.inputs.slice
+    if spec is None:
+        raise ArtifactError(f"model card {card.name!r}: a 2D model without inputs.slice")
+    plane = tuple(s for a, s in enumerate(shape) if a != spec.axis)
+    labels = np.moveaxis(resize_plane(np.moveaxis(labels, spec.axis, 0), plane, spec.back_interpolation), 0, spec.axis)
+    moved = np.moveaxis(probs, 1 + spec.axis, 1)
+    probs = np.moveaxis(resize_plane(moved, plane, spec.back_interpolation), 1, 1 + spec.axis)
+    return np.ascontiguousarray(labels), np.ascontiguousarray(probs)
 
 
 def network_logits(tensor: np.ndarray, predict: Predictor, card: ModelCard, plan: Plan,

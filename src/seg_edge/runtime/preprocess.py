@@ -122,6 +122,16 @@ def none(channel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+def max_scaled(channel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The channel divided by its maximum in float32 (into ``out`` if given), as the Keras BraTS
+    tutorial scales a volume; a channel without a positive voxel is left as it is (no division by 0)."""
+    out = none(channel, out)
+    peak = out.max(initial=0.0)
+    if peak > 0:
+        np.divide(out, peak, out=out)  # a division, as the tutorial's x / max: x * (1 / max) rounds differently
+    return out
+
+
 # channel normalization → function of (channel, the mask of all modalities, out) that writes the
 # normalised channel into ``out`` (float32, the channel's shape) and returns it; the card refuses
 # names missing here (card.NORMALIZATIONS, a test keeps the two equal).
@@ -129,7 +139,8 @@ Normalizer = Callable[[np.ndarray, Callable[[], np.ndarray], np.ndarray], np.nda
 NORMALIZERS: dict[str, Normalizer] = {
     "zscore_nonzero": lambda c, mask, out: zscore_nonzero(c, out),
     "zscore_mask": lambda c, mask, out: zscore_mask(c, mask(), out),
-    "zscore": lambda c, mask, out: zscore_all(c, out), "none": lambda c, mask, out: none(c, out)}
+    "zscore": lambda c, mask, out: zscore_all(c, out), "max": lambda c, mask, out: max_scaled(c, out),
+    "none": lambda c, mask, out: none(c, out)}
 
 
 def implemented(table: dict[str, Any], name: str, what: str, card: ModelCard) -> Any:
@@ -224,21 +235,40 @@ def preprocess(images: np.ndarray, card: ModelCard, scale: tuple[float, ...] | N
     box = nonzero_box(images) if card.inputs.crop == "nonzero" else tuple(slice(0, s) for s in images.shape[1:])
     cropped = images[(slice(None),) + box]
     axes, resampled = tuple(card.inputs.axes), None
+    box, keep = _slice_range(box, card)
+    shape = tuple(b.stop - b.start for b in box)
     if scale is None:  # the channels are written straight into the padded tensor: no stack, no copies
         spatial = tuple(cropped.shape[1 + a] for a in axes)
         target, before = _padding(spatial, card, window)
         tensor = np.zeros((len(card.inputs.channels),) + target, dtype=np.float32)
         inside = tensor[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))]
         channels(cropped, card, from_network_axes(inside, axes))
+        tensor = tensor[keep]  # 2D models only, never padded
     else:
-        tensor = to_network_axes(channels(cropped, card), axes)
-        resampled = tuple(int(round(scale[a] * cropped.shape[1 + a])) for a in axes)
+        tensor = to_network_axes(channels(cropped, card), axes)[keep]
+        resampled = tuple(int(round(scale[a] * shape[a])) for a in axes)
         tensor = resize(tensor, resampled, order=3)
         target, before = _padding(resampled, card, window)
         if target != resampled:
             tensor = np.pad(tensor, [(0, 0)] + [(b, t - s - b) for b, t, s in zip(before, target, resampled)])
-    inverse = Inverse(tuple(images.shape[1:]), box, tuple(cropped.shape[1:]), axes, before, resampled)
+    inverse = Inverse(tuple(images.shape[1:]), box, shape, axes, before, resampled)
     return np.ascontiguousarray(tensor, dtype=np.float32), inverse
+
+
+def _slice_range(box: tuple[slice, ...], card: ModelCard) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The crop box narrowed to a 2D card's slice range, and the index that cuts a network tensor of the
+    whole box to it. Statistics of the normalisation are taken before the cut, over the whole box."""
+    spec = card.inputs.slice
+    if card.inputs.spatial_dims != 2 or spec is None or spec.range is None:
+        return box, (Ellipsis,)
+    array_axis = card.inputs.axes[spec.axis]
+    whole = box[array_axis]
+    start = min(max(spec.range[0], whole.start), whole.stop)
+    stop = max(min(spec.range[1], whole.stop), start)
+    narrowed = tuple(slice(start, stop) if a == array_axis else b for a, b in enumerate(box))
+    keep = [slice(None)] * 4
+    keep[1 + spec.axis] = slice(start - whole.start, stop - whole.start)
+    return narrowed, tuple(keep)
 
 
 def _padding(spatial: tuple[int, ...], card: ModelCard,

@@ -18,11 +18,11 @@ from seg_edge.artifact import Artifact, load_artifact
 from seg_edge.errors import InputError
 from seg_edge.runtime.io import Case
 from seg_edge.runtime.machine import mismatch
-from seg_edge.runtime.inference import Plan, network_logits
+from seg_edge.runtime.inference import Plan, labels_back, network_logits
 from seg_edge.runtime.postprocess import ACTIVATIONS, apply_et_rule, et_probability, to_labels
 from seg_edge.runtime.regions import et_label, region_counts
 from seg_edge.runtime.preprocess import Inverse, crop_padding, implemented, preprocess, to_original_grid
-from seg_edge.runtime.resample import check_geometry, resize
+from seg_edge.runtime.resample import check_geometry, check_slice_range, resize
 from seg_edge.runtime.sessions.base import Session, open_session
 
 
@@ -230,6 +230,12 @@ class Segmenter:
                                case.affine if case.header is not None else None, self.card, self.options.resample)
         if case.header is None and (self.card.inputs.spacing or self.card.inputs.orientation):
             case.warnings.append(f"{source}: no geometry in the file; assumed the model's spacing and orientation")
+        check_slice_range(source, case.images.shape[1:], self.card)
+        spec = self.card.inputs.slice
+        if scale is not None and spec is not None and (spec.back == "labels" or spec.range is not None):
+            raise InputError(f"{source}: --resample with model {self.card.name!r}, which labels slices at the "
+                             "network's size or reads a slice range (not implemented together: give the input "
+                             "on the model's grid)")
         if scale is not None:
             target = "×".join(f"{t:g}" for t in self.card.inputs.spacing or ())
             case.warnings.append(f"{source}: resampled to {target} mm for the network and back (--resample)")
@@ -246,11 +252,16 @@ class Segmenter:
         """Network-layout logits → Segmentation on the case's grid (also used for references)."""
         timings = dict(timings or {})
         t0 = time.perf_counter()
-        logits = crop_padding(logits, inverse)  # padding is dropped first: the rule must not see it
+        spec = self.card.inputs.slice
+        at_network_size = spec is not None and spec.back == "labels"  # 2D: labelled at the slice size
+        if not at_network_size:
+            logits = crop_padding(logits, inverse)  # padding is dropped first: the rule must not see it
         if inverse.resampled_shape is not None:  # logits back to the input's spacing, linear (as nnU-Net)
             logits = resize(logits, inverse.network_shape, order=1)
         probs = self.activate(logits)
         labels_net = to_labels(probs, self.card.outputs, self.et)
+        if at_network_size:
+            labels_net, probs = labels_back(labels_net, probs, inverse.network_shape, self.card)
         et_prob = et_probability(probs, self.card.outputs)
         relabelled = 0
         if self.options.et_rule and et_prob is not None:

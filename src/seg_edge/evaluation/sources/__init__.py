@@ -16,7 +16,7 @@ import numpy as np
 from seg_edge.card import ModelCard
 from seg_edge.errors import InputError
 
-KINDS = ("nnunet", "monai-bundle")
+KINDS = ("nnunet", "monai-bundle", "keras")
 
 
 @dataclass
@@ -34,14 +34,16 @@ class SourcePredictor(Protocol):
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """``--reference nnunet:FOLDER`` or ``--reference monai-bundle:DIR``."""
+    """``--reference nnunet:FOLDER``, ``--reference monai-bundle:DIR`` or ``--reference MODEL.keras``."""
 
     kind: str
     path: Path
 
 
 def parse_source(text: str) -> SourceSpec | None:
-    """The source spec in ``text``, or None when ``text`` is a plain file path."""
+    """The source spec in ``text``, or None when ``text`` is a plain file path (a ``.keras`` file is Keras')."""
+    if str(text).endswith(".keras") and not str(text).startswith("keras:"):
+        return SourceSpec("keras", Path(text))
     kind, sep, rest = str(text).partition(":")
     if not sep or kind not in KINDS:
         return None
@@ -60,6 +62,8 @@ def verify_source(spec: SourceSpec, card: ModelCard) -> None:
         checkpoint = prov.get("checkpoint", "checkpoint_final.pth")
         files = {spec.path / f"fold_{fold}" / checkpoint: sha for fold, sha in prov.get("checkpoint_sha256", {}).items()}
         files[spec.path / "plans.json"] = prov.get("plans_sha256")
+    elif spec.kind == "keras":  # the ONNX import's source is the exported graph; the card may name the .keras
+        files = {spec.path: prov.get("keras_sha256")}
     else:  # the bundle's weights
         files = {spec.path / "models" / "model.pt": prov.get("source_sha256")}
     for path, sha in files.items():
@@ -75,6 +79,10 @@ def open_source(spec: SourceSpec, card: ModelCard, tta: bool, threads: int | Non
         from seg_edge.evaluation.sources.nnunet import NnunetSource
 
         return NnunetSource(spec.path, card, tta=tta, threads=threads)
+    if spec.kind == "keras":
+        from seg_edge.evaluation.sources.keras import KerasSource
+
+        return KerasSource(spec.path, card, threads=threads)
     from seg_edge.evaluation.sources.monai_bundle import BundleSource
 
     return BundleSource(spec.path, card, threads=threads)

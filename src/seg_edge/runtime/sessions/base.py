@@ -10,6 +10,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from seg_edge.artifact import Artifact
+from seg_edge.card import ModelCard
 from seg_edge.errors import ArtifactError, InputError, SessionError
 
 class AutoReport(NamedTuple):
@@ -65,10 +66,14 @@ class SessionBase:
     # what --backend auto decided (chosen backend, skipped ones with their reasons); None when named
     auto_report: AutoReport | None = None
 
-    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3):
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3, *,
+                 channels_last: tuple[bool, bool] = (False, False)):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.spatial_dims = spatial_dims
+        # the graph's input / output is N, *spatial, C (a card's layout "channels_last"): ``run`` still
+        # takes and gives N, C, *spatial, like every session, and moves the axes for the graph
+        self.channels_last = channels_last
         self.closed = False
 
     def check_batch(self, batch: np.ndarray) -> None:
@@ -83,7 +88,10 @@ class SessionBase:
         if self.closed:
             raise SessionError(f"{self.name} session is closed; open a new one to run more batches")
         self.check_batch(batch)
-        out = self._run(batch)
+        last_in, last_out = self.channels_last
+        out = self._run(np.ascontiguousarray(np.moveaxis(batch, 1, -1)) if last_in else batch)
+        if last_out:
+            out = np.moveaxis(out, -1, 1)
         expected = (batch.shape[0], self.out_channels, *batch.shape[2:])
         if tuple(out.shape) != expected:
             # the backend loaded and ran: a wrong shape is the model's (or its card's) defect, not a missing backend
@@ -111,6 +119,11 @@ class SessionBase:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def graph_layout(card: ModelCard) -> tuple[bool, bool]:
+    """(input, output) of the card's graph channels-last: what ``SessionBase(channels_last=...)`` takes."""
+    return card.inputs.layout == "channels_last", card.outputs.layout == "channels_last"
 
 
 def open_session(artifact: Artifact, backend: str = "onnxruntime", threads: int | None = None,

@@ -10,7 +10,7 @@ import numpy as np
 from seg_edge.artifact import Artifact
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
 from seg_edge.runtime.machine import cores
-from seg_edge.runtime.sessions.base import SessionBase, cache_root
+from seg_edge.runtime.sessions.base import SessionBase, cache_root, graph_layout
 
 
 class OrtSession(SessionBase):
@@ -21,7 +21,8 @@ class OrtSession(SessionBase):
 
     def __init__(self, artifact: Artifact, threads: int | None = None, cache_dir: Path | None = None,
                  streams: int = 1):
-        super().__init__(artifact.card.in_channels, artifact.card.out_channels, artifact.card.inputs.spatial_dims)
+        super().__init__(artifact.card.in_channels, artifact.card.out_channels, artifact.card.inputs.spatial_dims,
+                         channels_last=graph_layout(artifact.card))
         self.streams = streams
         if streams > 1 and self.provider != "CPUExecutionProvider":
             raise InputError(f"{self.name}: streams {streams} (parallel windows are for the CPU providers)")

@@ -24,7 +24,7 @@ import numpy as np
 from seg_edge.artifact import Artifact
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
 from seg_edge.runtime.machine import ONEDNN_ISA_ENV as ISA_ENV, onednn_isa_cap
-from seg_edge.runtime.sessions.base import SessionBase, cache_root
+from seg_edge.runtime.sessions.base import SessionBase, cache_root, graph_layout
 from seg_edge.runtime.sessions.openvino_graph import fuse_instance_norms
 
 HINTS = ("f32", "bf16")
@@ -39,7 +39,8 @@ class OpenVINOSession(SessionBase):
 
     def __init__(self, artifact: Artifact, threads: int | None = None, cache_dir: Path | None = None,
                  precision_hint: str | None = None, streams: int = 1, fuse_norms: bool = True):
-        super().__init__(artifact.card.in_channels, artifact.card.out_channels, artifact.card.inputs.spatial_dims)
+        super().__init__(artifact.card.in_channels, artifact.card.out_channels, artifact.card.inputs.spatial_dims,
+                         channels_last=graph_layout(artifact.card))
         hint = precision_hint or "f32"
         if hint not in HINTS:
             raise InputError(f"--precision-hint {hint} (expected one of {', '.join(HINTS)})")

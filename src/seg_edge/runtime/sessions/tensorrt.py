@@ -13,7 +13,7 @@ import numpy as np
 
 from seg_edge.artifact import Artifact
 from seg_edge.errors import BackendUnavailable, SegEdgeError, SessionError
-from seg_edge.runtime.sessions.base import SessionBase
+from seg_edge.runtime.sessions.base import SessionBase, graph_layout
 from seg_edge.runtime.sessions.plans import cached_plan, gpu_device, import_tensorrt, plan_is_current
 
 
@@ -39,7 +39,8 @@ class TensorRTSession(SessionBase):
     name = "tensorrt"
 
     def __init__(self, artifact: Artifact, threads: int | None = None, cache_dir: Path | None = None):
-        super().__init__(artifact.card.in_channels, artifact.card.out_channels, artifact.card.inputs.spatial_dims)
+        super().__init__(artifact.card.in_channels, artifact.card.out_channels, artifact.card.inputs.spatial_dims,
+                         channels_last=graph_layout(artifact.card))
         trt = import_tensorrt()
         device = gpu_device()
         plan = artifact.path if artifact.kind == "tensorrt" else cached_plan(artifact.path, cache_dir)

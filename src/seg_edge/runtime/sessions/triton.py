@@ -24,7 +24,7 @@ import numpy as np
 
 from seg_edge.artifact import Artifact
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError, SessionError
-from seg_edge.runtime.sessions.base import SessionBase
+from seg_edge.runtime.sessions.base import SessionBase, graph_layout
 
 CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 600.0  # one request is at most max_batch_size windows
@@ -97,7 +97,8 @@ class TritonSession(SessionBase):
 
     def __init__(self, artifact: Artifact, url: str):
         card = artifact.card
-        super().__init__(card.in_channels, card.out_channels, card.inputs.spatial_dims)
+        super().__init__(card.in_channels, card.out_channels, card.inputs.spatial_dims,
+                         channels_last=graph_layout(card))
         self.address, self.model, shared = parse_url(url, triton_model_name(card.name))
         try:
             import tritonclient.grpc as grpcclient
