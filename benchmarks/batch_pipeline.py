@@ -20,10 +20,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from seg_edge.runtime.jobs import Job, run_batch  # noqa: E402
+from seg_edge.runtime.jobs import Job  # noqa: E402
 from seg_edge.runtime.machine import this_machine  # noqa: E402
-from seg_edge.runtime.pipeline import run_pipelined  # noqa: E402
+from seg_edge.runtime.runner import OutputPolicy, run_cases  # noqa: E402
 from seg_edge.runtime.segmenter import Segmenter  # noqa: E402
+
+
+def run_batch(seg, jobs, policy):
+    """One case after another: ``run_cases`` of one job never pipelines."""
+    return [next(run_cases([job], seg, policy)) for job in jobs]
+
+
+def run_pipelined(seg, jobs, policy):
+    return list(run_cases(jobs, seg, policy))
 
 
 def process_run(args, out: Path) -> dict:
@@ -59,7 +68,7 @@ def in_process(args, tmp: Path) -> dict:
         for _ in range(args.repeats):
             for name, run in (("sequential", run_batch), ("pipelined", run_pipelined)):
                 t0 = time.perf_counter()
-                results = run(seg, jobs(tmp / name), overwrite=True)
+                results = run(seg, jobs(tmp / name), OutputPolicy(overwrite=True))
                 wall = time.perf_counter() - t0
                 network = sum(r.timings["inference"] for r in results)
                 rows[name].append({"wall_s": round(wall, 2), "network_s": round(network, 2),

@@ -68,16 +68,16 @@ def test_signal_during_full_size_predict_leaves_nothing(sig, tmp_path, edge_onnx
 
 def test_interrupt_while_writing_removes_staged_files(monkeypatch, tmp_path, case_dir, edge_onnx):
     """Ctrl-C after the probabilities and the report were staged: none of them is left."""
-    from seg_edge.runtime import jobs
+    from seg_edge.runtime import outputs as jobs  # the one writer of a case's outputs
 
     real = jobs.write_volume
     calls = []
 
-    def interrupted_on_label_map(data, case, out):
+    def interrupted_on_label_map(data, case, out, *rest):
         calls.append(out)
         if data.dtype == np.uint8:
             raise KeyboardInterrupt
-        return real(data, case, out)
+        return real(data, case, out, *rest)
 
     monkeypatch.setattr(jobs, "write_volume", interrupted_on_label_map)
     out = tmp_path / "preds"

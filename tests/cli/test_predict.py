@@ -328,3 +328,48 @@ def test_overlap_changes_the_windows_on_a_multi_window_case(case_dir, edge_onnx,
     wt = [p[..., 0] > 0.5 for p in probs.values()]
     dice = 2 * np.count_nonzero(wt[0] & wt[1]) / max(np.count_nonzero(wt[0]) + np.count_nonzero(wt[1]), 1)
     assert dice > 0.9
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "softmax"])
+def test_probabilities_name_their_channels(case_dir, edge_onnx, tmp_path, kind):
+    """Issue 21: --probabilities was documented as WT/TC/ET, but a softmax card writes its classes and
+    neither the file nor the report said which. Both name the channels now, in the file's order."""
+    import dataclasses
+
+    from seg_edge.artifact import load_artifact
+    from seg_edge.card import CARD_KEY
+    from seg_edge.onnxproto import with_metadata
+
+    model = edge_onnx
+    channels = ["WT", "TC", "ET"]
+    if kind == "softmax":  # the same 3-channel graph, read as classes
+        card = load_artifact(edge_onnx).card
+        channels = ["background", "ED", "ET"]
+        card = card.replace(outputs=dataclasses.replace(card.outputs, kind="softmax", channels=tuple(channels)))
+        model = tmp_path / "softmax.onnx"
+        model.write_bytes(with_metadata(edge_onnx, CARD_KEY, card.to_json()))
+    ok(predict(case_dir, "--out", tmp_path / "out", "--probabilities", model=model))
+    report = json.loads((tmp_path / "out" / f"{case_dir.name}.json").read_text())
+    prob_path = tmp_path / "out" / f"{case_dir.name}_probabilities.nii.gz"
+    assert report["probabilities"] == {"file": str(prob_path), "kind": kind, "channels": channels}
+    img = nib.load(str(prob_path))
+    assert img.shape[-1] == len(channels)
+    assert img.header["descrip"].item().decode() == f"seg-edge {kind} probabilities: {','.join(channels)}"
+
+
+def test_the_console_names_the_files_written(case_dir, cases_dir, edge_onnx, tmp_path, monkeypatch):
+    """Issue 21: the console did not say where a run wrote; the default folder is predictions/."""
+    monkeypatch.chdir(tmp_path)
+    result = predict(case_dir, "--probabilities", model=edge_onnx)
+    ok(result)
+    written = [line.removeprefix("wrote ") for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    name = case_dir.name
+    assert written == [f"predictions/{name}_probabilities.nii.gz", f"predictions/{name}.json",
+                       f"predictions/{name}.nii.gz"]
+    assert all((tmp_path / p).is_file() for p in written)
+    batch = predict(cases_dir, "--out", "preds", model=edge_onnx)
+    n = len([p for p in cases_dir.iterdir() if p.is_dir()])
+    ok(batch)
+    assert f"{n} done, 0 skipped, 0 failed; outputs in preds/" in batch.stdout
+    data = json.loads(predict(case_dir, "--out", "again", "--json", model=edge_onnx).stdout)
+    assert data["files"] == [f"again/{name}.json", f"again/{name}.nii.gz"]

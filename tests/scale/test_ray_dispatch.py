@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from seg_edge.engines.ray import CaseRun, _dispatch
-from seg_edge.runtime.jobs import Job, JobResult
+from seg_edge.engines.ray import _dispatch
+from seg_edge.runtime.jobs import Job
+from seg_edge.runtime.runner import CaseResult, OutputPolicy
 
 
 class RayError(Exception):
@@ -27,7 +28,7 @@ class FakeRay:
         self.lost, self.queued, self.peak = lost, {}, 0
 
     def actor(self, index: int):
-        def submit(job: Job, run: CaseRun):
+        def submit(job: Job, policy: OutputPolicy):
             self.queued[index] = self.queued.get(index, 0) + 1
             self.peak = max(self.peak, self.queued[index])
             return Ref(index, job)
@@ -40,7 +41,7 @@ class FakeRay:
         self.queued[ref.index] -= 1
         if ref.job.case_id in self.lost:
             raise RayError("The actor died unexpectedly before finishing this task. Worker exit type: SYSTEM_ERROR")
-        return JobResult(ref.job, "done")
+        return CaseResult(ref.job, "done")
 
 
 def test_dispatch_bounds_the_queue_keeps_order_and_isolates_a_lost_worker(tmp_path):
@@ -49,9 +50,10 @@ def test_dispatch_bounds_the_queue_keeps_order_and_isolates_a_lost_worker(tmp_pa
     jobs[4].out.write_bytes(b"finished earlier")
     ray = FakeRay(lost={"c6"})
     seen = []
-    results = _dispatch(ray, [ray.actor(0), ray.actor(1)], jobs, CaseRun(), 2, seen.append)
+    results = _dispatch(ray, [ray.actor(0), ray.actor(1)], jobs, OutputPolicy(), 2, seen.append)
     assert [r.job for r in results] == jobs
     assert [r.status for r in results] == ["done"] * 4 + ["skipped", "done", "failed", "done", "done"]
-    assert results[6].error.startswith("Ray worker lost while on this case (RayError: The actor died")
+    assert results[4].reason == "output exists (use --overwrite)"
+    assert results[6].reason.startswith("Ray worker lost while on this case (RayError: The actor died")
     assert ray.peak == 2 and all(n == 0 for n in ray.queued.values())
     assert sorted(r.job.case_id for r in seen) == sorted(j.case_id for j in jobs)

@@ -198,3 +198,31 @@ def test_delete_a_queued_job_and_a_running_one(edge_onnx, case_dir, tmp_path):
     finally:
         pool.close()
         store.close()
+
+
+def test_the_server_runs_the_tuned_profile_as_predict_does(edge_onnx, case_dir, tmp_path):
+    """Issue 21: the server's workers opened the model without its tuned profile, so the page ran another
+    (slower) configuration than predict. Now the same one, said in the job's record and report."""
+    from seg_edge.artifact import load_artifact
+    from seg_edge.card import CARD_KEY, InferenceProfile
+    from seg_edge.onnxproto import with_metadata
+    from seg_edge.runtime.machine import this_machine
+
+    card = load_artifact(edge_onnx).card
+    profile = InferenceProfile(this_machine(("onnxruntime",)), "onnxruntime", threads=1, overlap=0.25,
+                               batch_size=2, tta=False)
+    tuned = tmp_path / "tuned.onnx"
+    tuned.write_bytes(with_metadata(edge_onnx, CARD_KEY, card.replace(profile=profile).to_json()))
+    with TestClient(create_app(ServeConfig(model=tuned, data=tmp_path / "data"))) as client:
+        record = wait_done(client, client.post("/v1/cases", files=upload(case_files(case_dir))).json()["id"])
+        report = client.get(f"/v1/cases/{record['id']}/report.json").json()
+        labels = labels_of(client.get(f"/v1/cases/{record['id']}/labels.nii.gz").content)
+    assert record["status"] == "done", record
+    assert record["configuration"].startswith("tuned profile: onnxruntime, window card patch, overlap 0.25")
+    assert report["configuration"] == record["configuration"]
+    expected, cli_report = cli_predict(case_dir, tuned, tmp_path / "cli" / "case.nii.gz")
+    assert cli_report["configuration"] == record["configuration"]
+    assert np.array_equal(labels, expected)
+    with TestClient(create_app(ServeConfig(model=tuned, data=tmp_path / "ref", use_profile=False))) as client:
+        record = wait_done(client, client.post("/v1/cases", files=upload(case_files(case_dir))).json()["id"])
+    assert record["configuration"].startswith("tuned profile not used (--reference)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import typer
@@ -22,14 +21,14 @@ def _progress() -> Progress:
 
 
 def _case_table(result) -> Table:
-    seg = result.segmentation
-    table = Table(title=escape(f"{seg.case_id} → {result.job.out}"), title_justify="left")
+    report = result.report
+    table = Table(title=escape(f"{report['case_id']} → {result.job.out}"), title_justify="left")
     table.add_column("region")
     table.add_column("volume (mL)", justify="right")
     for name in ("WT", "TC", "ET", "NCR", "ED"):
-        table.add_row(name, f"{seg.volumes_ml[name]:.2f}")
+        table.add_row(name, f"{result.volumes_ml[name]:.2f}")
     table.add_section()
-    for stage, seconds in seg.timings.items():
+    for stage, seconds in result.timings.items():
         table.add_row(f"[dim]{stage} (s)[/]", f"[dim]{seconds:.2f}[/]")
     return table
 
@@ -39,31 +38,29 @@ def _summary_table(results) -> Table:
     for col in ("case", "status", "WT mL", "TC mL", "ET mL", "seconds", "note"):
         table.add_column(col, justify="right" if "mL" in col or col == "seconds" else "left")
     for r in results:
-        seg = r.segmentation
-        vols = [f"{seg.volumes_ml[k]:.2f}" for k in ("WT", "TC", "ET")] if seg else ["", "", ""]
-        secs = f"{r.timings.get('total', 0):.1f}" if seg else ""
-        note = r.error or ("output exists (use --overwrite)" if r.status == "skipped" else "")
-        table.add_row(escape(r.job.case_id), r.status, *vols, secs, escape(note))
+        done = r.status == "done"
+        vols = [f"{r.volumes_ml[k]:.2f}" for k in ("WT", "TC", "ET")] if done else ["", "", ""]
+        secs = f"{r.timings.get('total', 0):.1f}" if done else ""
+        table.add_row(escape(r.job.case_id), r.status, *vols, secs, escape(r.reason or ""))
     return table
 
 
-def _result_json(r, segmenter) -> dict:
-    from seg_edge.runtime.jobs import report_dict
-
+def _result_json(r) -> dict:
     data = {"case_id": r.job.case_id, "status": r.status, "output": str(r.job.out)}
-    if r.segmentation is not None:  # a case run on a Ray actor brings its report back
-        data.update(r.report if r.report is not None else report_dict(r.segmentation, r.job, segmenter))
-        data["timings_s"] = {k: round(v, 4) for k, v in r.segmentation.timings.items()}
+    if r.report is not None:  # the same report wherever the case ran (this process or a Ray actor)
+        data.update(r.report)
         data["status"] = r.status
-    if r.error:
-        data["error"] = r.error
+        data["files"] = [str(f) for f in r.files]
+    if r.status == "failed":
+        data["error"] = r.reason
     return data
 
 
 @guarded
 def predict(
     input: Path = typer.Argument(None, help="Case folder, folder of case folders, 4D NIfTI, or (4,X,Y,Z) .npy."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output .nii.gz, or a folder (default: predictions/)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output .nii.gz, or a folder (default: the folder "
+                             "predictions/ in the current directory)."),
     model: Path = typer.Option(None, "--model", "-m", help="ONNX model with a seg-edge card (default: shipped)."),
     backend: Backend = typer.Option(None, "--backend", help="Inference backend (default: the tuned profile's on "
                                     "the machine it was measured on, else onnxruntime)."),
@@ -87,7 +84,9 @@ def predict(
     resample: bool = typer.Option(False, "--resample", help="Resample inputs whose voxel spacing differs from the "
                                   "model's (card inputs.spacing) to it and back; without it they are refused."),
     et_rule: bool = typer.Option(True, "--et-rule/--no-et-rule", help="Apply the card's small-ET clean-up."),
-    probabilities: bool = typer.Option(False, "--probabilities", help="Also write WT/TC/ET probabilities."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write <case>_probabilities.nii.gz: one "
+                                       "channel per model output, in the card's order (WT, TC, ET for a sigmoid "
+                                       "card; the classes for a softmax one), named in the report and the header."),
     preview: bool = typer.Option(False, "--preview", help="Also write <case>_preview.png: FLAIR and T1ce with the "
                                  "labels, three planes through the tumour, legend and volumes (needs Pillow)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
@@ -106,17 +105,13 @@ def predict(
                                      "--threads defaults to it)."),
 ) -> None:
     """Segment a BraTS-style case: writes a uint8 label map (NCR=1, ED=2, ET=4 or 3) and a JSON report."""
-    from seg_edge.runtime.jobs import plan_jobs, start_loading  # not the segmenter's imports: see below
+    from seg_edge.runtime.jobs import finished, plan_jobs, start_loading  # not the segmenter's imports: see below
 
     if overlap is not None and not 0.0 <= overlap < 1.0:  # also NaN
         raise InputError(f"--overlap {overlap} (expected 0 <= overlap < 1)")
     files = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v is not None}
-    jobs, batch = plan_jobs(input, files or None, out)
+    jobs, batch = plan_jobs(input, files or None, out, parse_modalities(modalities))
     ray_options = _ray_options(engine, batch, address, actors, actor_cpus)
-    file_order = parse_modalities(modalities)
-    if file_order is not None and not _is_stack(input):
-        raise InputError(f"--modalities {modalities}: applies to a 4D NIfTI or a .npy stack, not to "
-                         f"{input or 'separate modality files'} (whose files are named by modality)")
     if not batch:
         from seg_edge.runtime.outputs import check_targets
 
@@ -125,42 +120,38 @@ def predict(
         from seg_edge.runtime.pictures import require_pillow
 
         require_pillow()
-    hint = precision_hint.value if precision_hint else None
-    first = _first_to_run(jobs, batch, overwrite, ray_options)
-    loading = None
-    if first is not None:  # the first case is read while the segmenter's modules import and the model loads
-        from seg_edge.artifact import load_artifact
+    from seg_edge.artifact import load_artifact
 
-        loading = start_loading(first, load_artifact(model_path(model)).card.modalities, file_order)
-    from seg_edge.runtime.jobs import run_job
-    from seg_edge.runtime.pipeline import run_pipelined
+    artifact = load_artifact(model_path(model))  # read once; a bad model is refused here, before any work
+    first = None if ray_options is not None else next((j for j in jobs if not finished(j, overwrite)), None)
+    # the first case is read while the segmenter's modules import and the model loads (Ray's actors read their own)
+    loading = start_loading(first, artifact.card.modalities) if first is not None else None
+    from seg_edge.runtime.runner import OutputPolicy
     from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 
     options = SegmenterOptions(overlap=overlap, blend=blend.value if blend else None, batch_size=batch_size, tta=tta,
                                label_scheme=label_scheme.value if label_scheme else None, et_rule=et_rule,
                                probabilities=probabilities, resample=resample)
+    policy = OutputPolicy(overwrite=overwrite, preview=preview)
     if ray_options is not None:
         from seg_edge.engines.ray import ModelSpec
 
-        spec = ModelSpec(model_path(model), backend.value if backend else None,
-                         threads or (None if url else max(1, int(ray_options.cpus_per_actor))), options, hint,
-                         not reference, url)
-        return _predict_on_ray(spec, jobs, file_order, overwrite, preview, ray_options, json_out)
-    with Segmenter.open_profiled(model_path(model), backend.value if backend else None, threads, options, hint,
-                                 not reference, url) as segmenter:
-        report_auto(segmenter.session, err)
-        if segmenter.profile_note:
-            err.print(segmenter.profile_note, markup=False, highlight=False)
-        if batch:
-            results = _run_batch(segmenter, jobs, file_order, overwrite,
-                                 functools.partial(run_pipelined, preview=preview, first=loading))
-        else:
-            with _progress() as bar:
-                task = bar.add_task(f"segmenting {jobs[0].case_id}", total=None)
-                results = [run_job(segmenter, jobs[0], file_order, overwrite,
-                                   lambda done, total: bar.update(task, completed=done, total=total), preview,
-                                   loading)]
-        _render(results, batch, json_out, segmenter)
+        spec = ModelSpec(model=artifact.path, backend=backend.value if backend else None,
+                         threads=threads or (None if url else max(1, int(ray_options.cpus_per_actor))),
+                         options=options, precision_hint=precision_hint.value if precision_hint else None,
+                         use_profile=not reference, url=url)
+        results = _run_on_ray(spec, jobs, policy, ray_options)
+    else:
+        with Segmenter.open_profiled(artifact, backend.value if backend else None, threads, options,
+                                     precision_hint.value if precision_hint else None, not reference,
+                                     url) as segmenter:
+            report_auto(segmenter.session, err)
+            if segmenter.profile_note:
+                err.print(segmenter.profile_note, markup=False, highlight=False)
+            results = _run_here(segmenter, jobs, batch, policy, loading)
+    if not batch and results[0].error is not None:
+        raise results[0].error  # one case: its error as the CLI says any error (one line, its exit code)
+    _render(results, batch, json_out, jobs[0].out.parent)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 
@@ -180,60 +171,50 @@ def _ray_options(engine: Engine, batch: bool, address: str | None, actors: int |
     return RayOptions(address=address, actors=actors or 2, cpus_per_actor=1.0 if actor_cpus is None else actor_cpus)
 
 
-def _predict_on_ray(spec, jobs, file_order, overwrite: bool, preview: bool, ray_options, json_out: bool) -> None:
-    """The batch on Ray actors: the same progress bar, summary table and JSON as the local engine."""
-    from seg_edge.artifact import load_artifact
-    from seg_edge.engines.ray import CaseRun, run_on_ray
+def _run_here(segmenter, jobs, batch: bool, policy, loading) -> list:
+    """The cases in this process (``runner.run_cases``), with a progress bar: cases, or one case's windows."""
+    from seg_edge.runtime.runner import run_cases
 
-    load_artifact(spec.model)  # a bad model is refused here, before Ray starts
+    with _progress() as bar:
+        if batch:
+            task = bar.add_task("cases", total=len(jobs))
+            results = []
+            for result in run_cases(jobs, segmenter, policy, first=loading):
+                results.append(result)
+                bar.advance(task)
+            return results
+        task = bar.add_task(f"segmenting {jobs[0].case_id}", total=None)
+        return list(run_cases(jobs, segmenter, policy, first=loading,
+                              on_window=lambda done, total: bar.update(task, completed=done, total=total)))
+
+
+def _run_on_ray(spec, jobs, policy, ray_options) -> list:
+    """The batch on Ray actors (each calls ``runner.run_cases``), with the local engine's progress bar."""
+    from seg_edge.engines.ray import run_on_ray
+
     with _progress() as bar:
         task = bar.add_task("cases", total=len(jobs))
-        results = run_on_ray(spec, jobs, CaseRun(file_order, overwrite, preview), ray_options,
-                             lambda r: bar.advance(task),
-                             lambda line: err.print(escape(line), markup=True, highlight=False))
-    _render(results, True, json_out, None)
-    if any(r.status == "failed" for r in results):
-        raise typer.Exit(1)
+        return run_on_ray(spec, jobs, policy, ray_options, lambda r: bar.advance(task),
+                          lambda line: err.print(escape(line), markup=True, highlight=False))
 
 
-def _first_to_run(jobs, batch: bool, overwrite: bool, ray_options):
-    """The job whose case is read while the model loads: the single case, or the batch's first to run
-    (none on Ray, whose actors read their own cases)."""
-    if ray_options is not None:
-        return None
-    if not batch:
-        return jobs[0]
-    from seg_edge.runtime.jobs import to_run
-
-    todo = to_run(jobs, overwrite)
-    return todo[0] if todo else None
-
-
-def _is_stack(source: Path | None) -> bool:
-    return source is not None and not source.is_dir() and source.name.lower().endswith((".nii", ".nii.gz", ".npy"))
-
-
-def _run_batch(segmenter, jobs, file_order, overwrite, run_batch):
-    with _progress() as bar:
-        task = bar.add_task("cases", total=len(jobs))
-        return run_batch(segmenter, jobs, file_order, overwrite, lambda r: bar.advance(task))
-
-
-def _render(results, batch: bool, json_out: bool, segmenter) -> None:
+def _render(results, batch: bool, json_out: bool, folder: Path) -> None:
     if json_out:
-        data = [_result_json(r, segmenter) for r in results]
+        data = [_result_json(r) for r in results]
         out.print_json(dumps({"cases": data, "summary": _counts(results)} if batch else data[0]))
         return
     for r in results:
-        if r.segmentation is not None:
-            for warning in r.segmentation.warnings:
-                err.print(f"[yellow]warning:[/] {escape(warning)}")
+        for warning in (r.report or {}).get("warnings", []):
+            err.print(f"[yellow]warning:[/] {escape(warning)}")
     if batch:
         out.print(_summary_table(results))
         counts = _counts(results)
-        out.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+        out.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; outputs in "
+                  f"{escape(str(folder))}/", highlight=False)
     else:
         out.print(_case_table(results[0]))
+        for path in results[0].files:  # the label map last, as they were renamed into place
+            out.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 def _counts(results) -> dict[str, int]:

@@ -32,7 +32,10 @@ def _require_extra() -> None:
 @guarded
 def serve(
     model: Path = typer.Option(None, "--model", "-m", help="ONNX model with a seg-edge card (default: shipped)."),
-    backend: Backend = typer.Option(Backend.onnxruntime, "--backend", help="Inference backend."),
+    backend: Backend = typer.Option(None, "--backend", help="Inference backend (default: as predict chooses, the "
+                                    "tuned profile's on the machine it was measured on, else onnxruntime)."),
+    reference: bool = typer.Option(False, "--reference", help="Run the card's own configuration, not its tuned "
+                                   "profile (seg-edge tune)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (the API has no authentication: "
                              "keep it on localhost or behind a proxy that has)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
@@ -54,9 +57,12 @@ def serve(
     folder = data or default_data()
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder}: exists and is not a folder (expected a folder for the job store)")
-    config = ServeConfig(model=model_path(model), data=folder, backend=backend.value, threads=threads,
-                         workers=workers, max_upload_mb=max_upload_mb)
+    config = ServeConfig(model=model_path(model), data=folder, backend=backend.value if backend else None,
+                         threads=threads, workers=workers, max_upload_mb=max_upload_mb, use_profile=not reference)
     app = create_app(config)
+    note = app.state.pool.segmenters[0].profile_note
+    if note:  # the same line predict prints: which configuration the jobs run
+        err.print(note, markup=False, highlight=False)
     err.print(f"seg-edge serve: http://{host}:{port}/  (API docs /docs; jobs in {folder}; "
               f"{workers} worker{'s' if workers > 1 else ''}; synthetic-data model, not for clinical use)",
               markup=False, highlight=False)

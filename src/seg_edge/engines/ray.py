@@ -1,12 +1,12 @@
 """A folder of cases on Ray actors (extra 'ray'): one Segmenter per actor, outputs written by the actors.
 
-Each actor opens the model once and runs whole cases with the local batch's own ``run_batch``, so a
-case's outputs follow the same rules as on one machine: checked before any work, staged, renamed
-into place with the label map last (its presence marks a finished case), one case's failure recorded
-and the others run. The driver only lists the cases, skips the finished ones, hands the others out
-and collects small results (volumes, timings, the report): images and label maps never travel
-through Ray, so the output folder must be one that every node sees (shared storage), and so must the
-model and the cases.
+Each actor opens the model once and runs whole cases with ``runner.run_cases``, the one function every
+caller runs cases with, so a case's outputs follow the same rules as on one machine: checked before any
+work, staged, renamed into place with the label map last (its presence marks a finished case), one case's
+failure recorded and the others run. The driver only lists the cases, skips the finished ones (by the
+same rule, ``jobs.finished``), hands the others out and collects the actors' ``CaseResult``s (the report,
+volumes, the files written): images and label maps never travel through Ray, so the output folder
+must be one that every node sees (shared storage), and so must the model and the cases.
 
 Backpressure: at most ``in_flight`` cases are queued per actor (one running, the next waiting), the
 rest stay in the driver's listing; an actor holds one case's arrays at a time.
@@ -31,8 +31,10 @@ import numpy as np
 
 from seg_edge import errors
 from seg_edge.errors import BackendUnavailable, InputError
-from seg_edge.runtime.jobs import Job, JobResult, failure_reason, report_dict, run_batch
+from seg_edge.runtime.jobs import Job, failure_reason, finished
 from seg_edge.runtime.machine import cores
+from seg_edge.runtime import runner
+from seg_edge.runtime.runner import SKIPPED, CaseResult, OutputPolicy
 from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ CONNECT_TIMEOUT_S = 5.0
 ACTORS_START_TIMEOUT_S = 600.0  # placing the actors and loading a model on each
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """How each actor opens its Segmenter (``Segmenter.open_profiled``'s arguments)."""
 
@@ -56,15 +58,6 @@ class ModelSpec:
     def open(self) -> Segmenter:
         return Segmenter.open_profiled(self.model, self.backend, self.threads, self.options, self.precision_hint,
                                        self.use_profile, url=self.url)
-
-
-@dataclass(frozen=True)
-class CaseRun:
-    """What every case of the batch is run with."""
-
-    file_order: tuple[str, ...] | None = None
-    overwrite: bool = False
-    preview: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,24 +93,18 @@ class SegmenterActor:
         """The model's state on this actor: an error, or its backend and the node it runs on."""
         import ray
 
-        if self.error is not None:
+        if self.error is not None or self.segmenter is None:
             return {"error": self.error}
         return {"backend": self.segmenter.session.name, "node": ray.get_runtime_context().get_node_id(),
                 "host": socket.gethostname(), "note": self.segmenter.profile_note}
 
-    def run(self, job: Job, run: CaseRun) -> JobResult:
-        """One case through load → network → write; failures come back as a failed result."""
-        [result] = run_batch(self.segmenter, [job], run.file_order, run.overwrite, preview=run.preview)
-        return slim(result, self.segmenter)
-
-
-def slim(result: JobResult, segmenter: Segmenter) -> JobResult:
-    """``result`` without its arrays (they are on disk), with its report: what travels back to the driver."""
-    seg = result.segmentation
-    if seg is None:
-        return result
-    small = dataclasses.replace(seg, labels=np.zeros(0, np.uint8), probabilities=None)
-    return dataclasses.replace(result, segmentation=small, report=report_dict(seg, result.job, segmenter))
+    def run(self, job: Job, policy: OutputPolicy) -> CaseResult:
+        """One case through ``run_cases``; a failure comes back as a failed result (its reason, not the
+        exception object, which need not survive pickling)."""
+        if self.segmenter is None:  # the driver stops at ready()'s error before handing out cases
+            return CaseResult(job, "failed", f"this actor's model did not load: {self.error}")
+        [result] = runner.run_cases([job], self.segmenter, policy)
+        return dataclasses.replace(result, error=None)
 
 
 def _import_ray(local: bool):
@@ -200,9 +187,9 @@ def start_actors(ray, spec: ModelSpec, options: RayOptions, note: Callable[[str]
     return actors
 
 
-def run_on_ray(spec: ModelSpec, jobs: list[Job], run: CaseRun, options: RayOptions,
-               on_case: Callable[[JobResult], None] | None = None,
-               note: Callable[[str], None] = log.info) -> list[JobResult]:
+def run_on_ray(spec: ModelSpec, jobs: list[Job], policy: OutputPolicy, options: RayOptions,
+               on_case: Callable[[CaseResult], None] | None = None,
+               note: Callable[[str], None] = log.info) -> list[CaseResult]:
     """Every job on Ray actors; results in job order, finished cases skipped, failures recorded."""
     ray = _import_ray(options.address is None)
     started = connect(ray, options, note)
@@ -210,7 +197,7 @@ def run_on_ray(spec: ModelSpec, jobs: list[Job], run: CaseRun, options: RayOptio
     try:
         _check_room(ray, options)
         actors = start_actors(ray, spec, options, note)
-        return _dispatch(ray, actors, jobs, run, options.in_flight, on_case)
+        return _dispatch(ray, actors, jobs, policy, options.in_flight, on_case)
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
@@ -218,39 +205,39 @@ def run_on_ray(spec: ModelSpec, jobs: list[Job], run: CaseRun, options: RayOptio
             ray.shutdown()
 
 
-def _dispatch(ray, actors: list, jobs: list[Job], run: CaseRun, in_flight: int,
-              on_case: Callable[[JobResult], None] | None) -> list[JobResult]:
+def _dispatch(ray, actors: list, jobs: list[Job], policy: OutputPolicy, in_flight: int,
+              on_case: Callable[[CaseResult], None] | None) -> list[CaseResult]:
     """Keep each actor ``in_flight`` cases deep until the listing is done; collect as they finish."""
-    results: dict[Job, JobResult] = {}
-    todo = deque()
-    for job in jobs:
-        if job.out.exists() and not run.overwrite:
-            results[job] = JobResult(job, "skipped")
+    results: dict[int, CaseResult] = {}
+    todo: deque[int] = deque()
+    for i, job in enumerate(jobs):
+        if finished(job, policy.overwrite):
+            results[i] = CaseResult(job, "skipped", SKIPPED)
             if on_case:
-                on_case(results[job])
+                on_case(results[i])
         else:
-            todo.append(job)
-    pending: dict = {}  # ObjectRef → (job, actor index)
+            todo.append(i)
+    pending: dict = {}  # ObjectRef → (index of the job, actor index)
     queued = [0] * len(actors)
     while todo or pending:
-        for i, actor in enumerate(actors):
-            while queued[i] < in_flight and todo:
-                job = todo.popleft()
-                pending[actor.run.remote(job, run)] = (job, i)
-                queued[i] += 1
+        for a, actor in enumerate(actors):
+            while queued[a] < in_flight and todo:
+                i = todo.popleft()
+                pending[actor.run.remote(jobs[i], policy)] = (i, a)
+                queued[a] += 1
         [ref], _ = ray.wait(list(pending), num_returns=1)
-        job, i = pending.pop(ref)
-        queued[i] -= 1
-        results[job] = _collect(ray, ref, job)
+        i, a = pending.pop(ref)
+        queued[a] -= 1
+        results[i] = _collect(ray, ref, jobs[i])
         if on_case:
-            on_case(results[job])
-    return [results[j] for j in jobs]
+            on_case(results[i])
+    return [results[i] for i in range(len(jobs))]
 
 
-def _collect(ray, ref, job: Job) -> JobResult:
+def _collect(ray, ref, job: Job) -> CaseResult:
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as exc:  # the actor died (killed, out of memory) while on this case
         log.debug("case %s lost", job.case_id, exc_info=True)
         first = failure_reason(exc).split(". ")[0]
-        return JobResult(job, "failed", error=f"Ray worker lost while on this case ({first[:200]})")
+        return CaseResult(job, "failed", f"Ray worker lost while on this case ({first[:200]})")

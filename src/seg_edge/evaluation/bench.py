@@ -19,7 +19,8 @@ import numpy as np
 from seg_edge.artifact import load_artifact
 from seg_edge.card import ModelCard
 from seg_edge.errors import InputError
-from seg_edge.runtime.jobs import Job, run_job
+from seg_edge.runtime.jobs import Job
+from seg_edge.runtime.runner import OutputPolicy, run_cases
 from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 from seg_edge.runtime.sessions.base import open_session
 from seg_edge.runtime.sessions.plans import network_window
@@ -151,7 +152,10 @@ def bench_pipeline(model: Path, backend: str, case: Path, runs: int = 3, threads
         label = seg.session.name
         for i in range(runs):
             job = Job(case.name, case, Path(tmp) / f"run{i}.nii.gz")
-            all_runs.append(run_job(seg, job, overwrite=True).timings)
+            [result] = run_cases([job], seg, OutputPolicy(overwrite=True))
+            if result.error is not None:
+                raise result.error
+            all_runs.append(result.timings)
     stages = {k: float(np.median([r[k] for r in all_runs])) for k in all_runs[0]}
     result = PipelineResult(str(model), label, case.name, stages, runs=all_runs)
     if with_cold_start:

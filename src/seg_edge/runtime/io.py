@@ -204,8 +204,8 @@ def load_case(source: Path | dict[str, Path], order: tuple[str, ...],
     NIfTI or .npy: it must be stated for a stack (InputError naming the file and ``--modalities``
     otherwise; the card's order is never assumed) and is not used for files named by modality.
     """
-    lacking = [m for m in order if file_order and m not in file_order]
-    if lacking:
+    lacking = [m for m in order if m not in file_order] if file_order else []
+    if file_order and lacking:
         raise InputError(f"--modalities {','.join(file_order)}: lacks {', '.join(lacking)}, which the model reads "
                          f"(it needs {', '.join(order)})")
     if isinstance(source, dict):
@@ -226,8 +226,9 @@ def load_case(source: Path | dict[str, Path], order: tuple[str, ...],
     return load_4d(path, order, file_order)
 
 
-def write_volume(data: np.ndarray, case: Case, out: Path) -> None:
-    """Save ``data`` to ``out`` on the case's grid with its affine, header and qform/sform codes.
+def write_volume(data: np.ndarray, case: Case, out: Path, description: str | None = None) -> None:
+    """Save ``data`` to ``out`` on the case's grid with its affine, header and qform/sform codes;
+    ``description``: the header's ``descrip`` (at most 80 bytes), e.g. what a probability map's channels are.
 
     ``out`` is written in place: callers stage it (``runtime.outputs``) or use ``atomic_write``.
     """
@@ -237,11 +238,13 @@ def write_volume(data: np.ndarray, case: Case, out: Path) -> None:
         header = case.header.copy()
         header.set_data_dtype(data.dtype)
         # the output keeps the input's format (a NIfTI-2 header in a NIfTI-1 image makes nibabel complain)
-        klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        klass: type[nib.Nifti1Image] = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
         img = klass(data, case.affine, header=header)
         img.set_qform(case.header.get_qform(), code=int(case.header["qform_code"]))
         img.set_sform(case.header.get_sform(), code=int(case.header["sform_code"]))
         img.header.set_slope_inter(1.0, 0.0)
+    if description is not None:
+        img.header["descrip"] = description.encode()[:80]
     try:
         nib.save(img, str(out))
     except (nib.spatialimages.HeaderDataError, ValueError) as exc:

@@ -12,11 +12,21 @@ set created are removed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from seg_edge.errors import InputError
 from seg_edge.runtime.atomic import TEMP_PREFIX, default_file_mode, make_temp
+from seg_edge.runtime.io import write_volume
+
+if TYPE_CHECKING:  # the segmenter's imports (scipy.ndimage, backends) are not needed to check outputs
+    from seg_edge.runtime.io import Case
+    from seg_edge.runtime.jobs import Job
+    from seg_edge.runtime.segmenter import Segmentation, Segmenter
 
 NIFTI_NAMES = (".nii.gz", ".nii")
 
@@ -120,7 +130,7 @@ class StagedOutputs:
                 del self._staged[target]
         self._created.clear()  # they now hold results
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, *exc: object) -> None:
         for tmp in self._staged.values():
             tmp.unlink(missing_ok=True)
         self._staged.clear()
@@ -172,3 +182,65 @@ def _stale(lock: Path) -> bool:
     except OSError:  # EPERM: it exists, owned by someone else
         return False
     return False
+
+
+def probability_channels(segmenter: Segmenter) -> dict[str, Any]:
+    """What the probability map's last axis holds, in order: the card's output channels (sigmoid
+    regions such as WT, TC, ET, or a softmax card's classes such as background, NCR, ED, ET)."""
+    outputs = segmenter.card.outputs
+    return {"kind": outputs.kind, "channels": list(outputs.channels)}
+
+
+def report_dict(seg: Segmentation, job: Job, segmenter: Segmenter, preview: bool = False) -> dict[str, Any]:
+    """A case's report: inputs, outputs, model and configuration, volumes, timings, warnings."""
+    card = segmenter.card
+    report: dict[str, Any] = {
+        "case_id": seg.case_id,
+        "output": str(job.out),
+        "inputs": {m: str(p) for m, p in (job.source.items() if isinstance(job.source, dict)
+                                          else [("input", job.source)])},
+        "model": {"name": card.name, "path": str(segmenter.artifact.path), "precision": card.precision,
+                  "source_sha256": card.provenance.get("source_sha256") or card.provenance.get("checkpoint_sha256"),
+                  "backend": segmenter.session.name},
+        "configuration": segmenter.profile_note or "the card's configuration",
+        "label_scheme": seg.label_scheme,
+        "labels": {"NCR": 1, "ED": 2, "ET": segmenter.et},
+        "volumes_ml": {k: round(v, 3) for k, v in seg.volumes_ml.items()},
+        "et_relabelled_voxels": seg.et_relabelled_voxels,
+        "timings_s": {k: round(v, 4) for k, v in seg.timings.items()},
+        "warnings": seg.warnings,
+    }
+    if seg.probabilities is not None:
+        report["probabilities"] = {"file": str(job.probabilities), **probability_channels(segmenter)}
+    if preview:
+        report["preview"] = str(job.preview)
+    return report
+
+
+def preview_png(seg: Segmentation, case: Case, segmenter: Segmenter) -> bytes:
+    """The case's preview picture (FLAIR and T1ce with the labels; needs Pillow) as PNG bytes."""
+    from seg_edge.runtime.pictures import encode_png, preview_image
+
+    images = dict(zip(segmenter.card.modalities, case.images))
+    title = f"{seg.case_id}: {segmenter.card.name}, {segmenter.session.name}"
+    return encode_png(preview_image(images, seg.labels, case.affine, case.spacing, seg.volumes_ml,
+                                    segmenter.et, title))
+
+
+def write_case(seg: Segmentation, case: Case, job: Job, segmenter: Segmenter, report: dict[str, Any], *,
+               overwrite: bool, preview: bool) -> list[Path]:
+    """The one place a case's outputs are written: probabilities, preview, report and label map staged,
+    then renamed into place as a set, the label map last. Returns the files written, in that order."""
+    targets = job.targets(seg.probabilities is not None, preview)
+    with StagedOutputs(targets, overwrite) as staged:
+        if seg.probabilities is not None:
+            channels = probability_channels(segmenter)
+            write_volume(np.moveaxis(seg.probabilities, 0, -1).astype(np.float32), case,
+                         staged.temp(job.probabilities),
+                         f"seg-edge {channels['kind']} probabilities: {','.join(channels['channels'])}")
+        if preview:
+            staged.temp(job.preview).write_bytes(preview_png(seg, case, segmenter))
+        staged.temp(job.report).write_text(json.dumps(report, indent=2))
+        write_volume(seg.labels.astype(np.uint8), case, staged.temp(job.out))
+        staged.commit()
+    return targets

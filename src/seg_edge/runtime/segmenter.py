@@ -151,6 +151,7 @@ class Segmenter:
         self.activate = implemented(ACTIVATIONS, self.card.outputs.kind, "outputs.kind", self.card)
         self.plan = self.options.plan(self.card)
         self.profile_note: str | None = None  # what open_profiled decided about the card's tuned profile
+        self.profile: InferenceProfile | None = None  # the tuned profile in force (open_profiled), if any
         self._background: dict = {}  # the network's logits for an all-zero window, per window shape
 
     @classmethod
@@ -161,13 +162,14 @@ class Segmenter:
         return cls(artifact, session, options)
 
     @classmethod
-    def open_profiled(cls, model: str | Path, backend: str | None = None, threads: int | None = None,
+    def open_profiled(cls, model: str | Path | Artifact, backend: str | None = None, threads: int | None = None,
                       options: SegmenterOptions | None = None, precision_hint: str | None = None,
                       use_profile: bool = True, url: str | None = None) -> Segmenter:
         """Like ``open``, with the card's tuned profile in force where it applies (this machine, the
         profile's backend): its backend, threads and window settings fill what was not given.
-        ``profile_note`` says whether it was used and why not. ``url``: the server of ``--backend triton``."""
-        artifact = load_artifact(model)
+        ``profile_note`` says whether it was used and why not. ``url``: the server of ``--backend triton``.
+        ``model``: a path, or an Artifact already loaded (the file is read once)."""
+        artifact = model if isinstance(model, Artifact) else load_artifact(model)
         options = options or SegmenterOptions()
         profile, note = profile_in_force(artifact.card, backend, use_profile)
         streams = 1
@@ -178,7 +180,7 @@ class Segmenter:
         session = open_session(artifact, backend or "onnxruntime", threads=threads, precision_hint=precision_hint,
                                streams=streams, url=url)
         segmenter = cls(artifact, session, options)
-        segmenter.profile_note = note
+        segmenter.profile_note, segmenter.profile = note, profile
         return segmenter
 
     def close(self) -> None:
@@ -198,7 +200,7 @@ class Segmenter:
 
     def warm_up(self) -> None:
         """Import what postprocessing will need (the ET rule's scipy.ndimage, 0.1 s) while the first case
-        is read in another thread (``run_job``, ``run_pipelined``), not after its network has run.
+        is read in another thread (``runner.run_cases``), not after its network has run.
         Running the network once on a zero window here as well was measured and left out: on 2 cores
         it slowed the read more than it saved (single case 1.94-2.11 s against 1.75-1.99 s; a batch
         of 10 9.25/9.43 s against 8.95/9.12 s, commit 29a9cbf)."""

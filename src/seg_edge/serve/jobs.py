@@ -1,101 +1,88 @@
 """The server's queue: worker threads, each holding one loaded Segmenter, taking one job at a time.
 
-A worker runs a job's case through the same pieces as ``seg-edge predict`` (``load_case``,
-``Segmenter.predict``, ``write_volume``, ``report_dict``) and stages the results in the job's
-folder, the label map last. One session per worker and one job per worker at a time: never two
-cases on a network at once. Stopping the server interrupts a running job between windows; it
-stays queued on disk and runs again after a restart.
+A worker runs a job's case with ``runner.run_cases``, the function ``seg-edge predict`` and the Ray actors
+run cases with, on a Segmenter opened as ``predict`` opens it (the card's tuned profile in force where it
+applies, said in the job's report), and its outputs go to the job's folder, staged and renamed as a set,
+the label map last. One session per worker and one job per worker at a time: never two cases on a network
+at once. Stopping the server interrupts a running job between windows; it stays queued on disk and runs
+again after a restart.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import queue
 import shutil
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from seg_edge.runtime.io import load_case, write_volume
-from seg_edge.runtime.jobs import Job, failure_reason, preview_png, report_dict
-from seg_edge.runtime.outputs import StagedOutputs
+from seg_edge.runtime.jobs import Job
+from seg_edge.runtime import runner
+from seg_edge.runtime.runner import CaseResult, OutputPolicy, Stop
 from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 from seg_edge.serve.store import JobStore, now
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ServeConfig:
-    """How ``seg-edge serve`` runs: the model and backend, the workers, the data folder, the upload limit."""
+    """How ``seg-edge serve`` runs: the model and backend (None: as ``predict`` chooses, the tuned profile's
+    where it applies, else onnxruntime), the workers, the data folder, the upload limit."""
 
     model: Path
     data: Path
-    backend: str = "onnxruntime"
+    backend: str | None = None
     threads: int | None = None
     workers: int = 1
     max_upload_mb: float = 200.0
+    use_profile: bool = True
 
 
-class Interrupted(Exception):
+class Interrupted(Stop):
     """A running job stopped between windows: the server is stopping, or the job was deleted."""
 
 
-def job_options(record: dict) -> SegmenterOptions:
+def job_options(record: dict, base: Segmenter) -> SegmenterOptions:
+    """The job's options over the worker's configuration (the tuned profile's, where one is in force)."""
     opts = record["options"]
-    return SegmenterOptions(overlap=opts.get("overlap"), label_scheme=opts.get("label_scheme"),
-                            probabilities=bool(opts.get("probabilities")))
+    options = SegmenterOptions(overlap=opts.get("overlap"), label_scheme=opts.get("label_scheme"),
+                               probabilities=bool(opts.get("probabilities")))
+    return options.with_profile(base.profile) if base.profile is not None else options
 
 
-def job_source(record: dict, folder: Path) -> tuple[dict[str, Path] | Path, tuple[str, ...] | None]:
-    """Where a job's stored inputs are (paths are kept relative to its folder in the record)."""
+def job_of(record: dict, folder: Path) -> Job:
+    """The job's case (its stored inputs; paths are kept relative to its folder in the record) and outputs."""
     inputs = record["inputs"]
     if "stack" in inputs:
-        return folder / inputs["stack"], tuple(record["options"]["modalities"])
-    return {m: folder / rel for m, rel in inputs.items()}, None
+        source: Path | dict[str, Path] = folder / inputs["stack"]
+        order: tuple[str, ...] | None = tuple(record["options"]["modalities"])
+    else:
+        source, order = {m: folder / rel for m, rel in inputs.items()}, None
+    return Job(record["case_id"], source, folder / "labels.nii.gz", order, plain_names=True)
 
 
-def public_report(report: dict, record: dict, model_name: str) -> dict:
-    """The predict report with server paths replaced by the clients' file names."""
-    report["inputs"] = dict(record["names"])
-    report["output"] = "labels.nii.gz"
-    report["model"]["path"] = model_name
-    report["job_id"] = record["id"]
+def public_report(report: dict, job: Job, record: dict, model_name: str) -> dict:
+    """The report with server paths replaced by the clients' file names."""
+    folder = job.out.parent
+    report = {**report, "inputs": dict(record["names"]), "output": job.out.name, "job_id": record["id"],
+              "model": {**report["model"], "path": model_name},
+              "warnings": [_public(w, record, folder) for w in report["warnings"]]}
+    for key in ("probabilities", "preview"):
+        if key in report:
+            report[key] = ({**report[key], "file": Path(report[key]["file"]).name} if isinstance(report[key], dict)
+                           else Path(report[key]).name)
     return report
 
 
-def run_case(segmenter: Segmenter, record: dict, folder: Path, on_window) -> dict:
-    """Segment a job's case and stage its results in ``folder``; the record's new fields."""
-    t0 = time.perf_counter()
-    source, file_order = job_source(record, folder)
-    case = load_case(source, segmenter.card.modalities, file_order)
-    case.case_id = record["case_id"]
-    t1 = time.perf_counter()
-    seg = segmenter.predict(case, on_window)
-    seg.timings = {"load": t1 - t0, **seg.timings}
-    t2 = time.perf_counter()
-    job = Job(record["case_id"], source, folder / "labels.nii.gz")
-    names = ["probabilities.nii.gz"] if seg.probabilities is not None else []
-    targets = [folder / n for n in (*names, "preview.png", "report.json", "labels.nii.gz")]
-    with StagedOutputs(targets, overwrite=True) as staged:
-        if seg.probabilities is not None:
-            write_volume(np.moveaxis(seg.probabilities, 0, -1).astype(np.float32), case,
-                         staged.temp(folder / "probabilities.nii.gz"))
-        staged.temp(folder / "preview.png").write_bytes(preview_png(seg, case, segmenter))
-        seg.timings["write"] = time.perf_counter() - t2
-        seg.timings["total"] = time.perf_counter() - t0
-        report = public_report(report_dict(seg, job, segmenter), record, segmenter.artifact.path.name)
-        staged.temp(folder / "report.json").write_text(json.dumps(report, indent=2))
-        write_volume(seg.labels.astype(np.uint8), case, staged.temp(folder / "labels.nii.gz"))
-        staged.commit()
-    return {"volumes_ml": seg.volumes_ml, "timings_s": {k: round(v, 4) for k, v in seg.timings.items()},
-            "warnings": [_public(w, record, folder) for w in seg.warnings], "label_scheme": seg.label_scheme,
-            "labels": report["labels"], "et_relabelled_voxels": seg.et_relabelled_voxels,
-            "files": ["labels.nii.gz", "report.json", "preview.png", *names]}
+def record_fields(result: CaseResult) -> dict:
+    """A done job's new record fields, from the runner's result."""
+    report = result.report or {}
+    fields = {k: report[k] for k in ("timings_s", "warnings", "label_scheme", "labels", "et_relabelled_voxels",
+                                     "configuration")}
+    return {**fields, "volumes_ml": result.volumes_ml, "files": [p.name for p in result.files]}
 
 
 def _public(text: str, record: dict, folder: Path) -> str:
@@ -111,8 +98,9 @@ class WorkerPool:
         self.store, self.config = store, config
         self.segmenters: list[Segmenter] = []
         try:
-            for _ in range(config.workers):
-                self.segmenters.append(Segmenter.open(config.model, config.backend, config.threads))
+            for _ in range(config.workers):  # opened as predict opens it: the same configuration
+                self.segmenters.append(Segmenter.open_profiled(config.model, config.backend, config.threads,
+                                                               use_profile=config.use_profile))
         except BaseException:
             self.close()
             raise
@@ -173,8 +161,13 @@ class WorkerPool:
             self.store.update(job_id, persist=False, progress=round(done / max(total, 1), 4))
 
         base = self.segmenters[index]
+        segmenter = Segmenter(base.artifact, base.session, job_options(record, base))
+        segmenter.profile_note, segmenter.profile = base.profile_note, base.profile
+        job = job_of(record, folder)
+        policy = OutputPolicy(overwrite=True, preview=True, public=functools.partial(
+            public_report, record=record, model_name=base.artifact.path.name))
         try:
-            result = run_case(Segmenter(base.artifact, base.session, job_options(record)), record, folder, on_window)
+            [result] = runner.run_cases([job], segmenter, policy, on_window=on_window)
         except Interrupted:
             if job_id in self.cancelled:
                 self.store.remove(job_id)
@@ -182,12 +175,13 @@ class WorkerPool:
             else:
                 self.store.update(job_id, status="queued", stage="queued", progress=0.0)
             return
-        except Exception as exc:  # a job's failure is recorded; the worker goes on with the next
-            log.warning("job %s failed", job_id, exc_info=True)
+        if result.status == "failed":  # recorded; the worker goes on with the next
+            log.warning("job %s failed", job_id, exc_info=result.error)
             self.store.update(job_id, status="failed", stage="failed", finished=now(),
-                              error=_public(failure_reason(exc), record, folder))
+                              error=_public(result.reason or "", record, folder))
         else:
-            self.store.update(job_id, status="done", stage="done", progress=1.0, finished=now(), **result)
+            self.store.update(job_id, status="done", stage="done", progress=1.0, finished=now(),
+                              **record_fields(result))
         shutil.rmtree(folder / "inputs", ignore_errors=True)
         if job_id in self.cancelled:  # deleted while its results were being written
             self.store.remove(job_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
@@ -63,7 +64,7 @@ class FormReceiver:
         self._field = b""
         self._value = b""
         self._part: tuple[str, str | None] | None = None
-        self._sink = None
+        self._sink: BinaryIO | None = None
         self._text = bytearray()
         self.complete = False
         self.parser = MultipartParser(boundary, {
@@ -153,7 +154,8 @@ class FormReceiver:
         if self.form.sizes[name] > self.limit:
             raise RequestError(f"{self.form.names[name]}: upload exceeds the limit of {self.limit / 2**20:g} MB "
                                "per file (the server's --max-upload-mb)", 413)
-        self._sink.write(data[start:end])
+        if self._sink is not None:
+            self._sink.write(data[start:end])
 
     def _part_end(self) -> None:
         name, filename = self._part or ("", None)
@@ -240,8 +242,8 @@ def submission(form: Form, needed: tuple[str, ...], model: str) -> Submission:
     scheme = form.text.get("label_scheme") or None
     if scheme is not None:
         et_label(scheme)  # InputError naming the schemes
-    options = {"label_scheme": scheme, "overlap": _overlap(form.text.get("overlap")),
-               "probabilities": _flag(form.text.get("probabilities"), "probabilities")}
+    options: dict[str, Any] = {"label_scheme": scheme, "overlap": _overlap(form.text.get("overlap")),
+                               "probabilities": _flag(form.text.get("probabilities"), "probabilities")}
     names = {str(form.files[f]): form.names[f] for f in form.files}
     given = [m for m in MODALITIES if m in form.files]
     if "stack" in form.files:

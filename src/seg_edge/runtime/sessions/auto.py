@@ -12,14 +12,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from seg_edge.artifact import Artifact
 from seg_edge.errors import BackendUnavailable
+
+if TYPE_CHECKING:  # base imports this module when auto is asked for
+    from seg_edge.runtime.sessions.base import Session
 
 ORDER = ("tensorrt", "ort-trt", "ort-cuda", "openvino", "onnxruntime")
 
 
 def open_auto(artifact: Artifact, threads: int | None, cache_dir: Path | None, precision_hint: str | None,
-              streams: int = 1):
+              streams: int = 1) -> Session:
     """The first backend of ``ORDER`` that loads here (and runs ``streams`` parallel streams), with its report."""
     from seg_edge.runtime.sessions.base import HINTED, STREAMED, AutoReport, open_session
 

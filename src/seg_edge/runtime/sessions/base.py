@@ -45,6 +45,7 @@ class Session(Protocol):
     """run(float32[N, C, X, Y, Z]) → float32[N, K, X, Y, Z] logits; a context manager."""
 
     name: str
+    auto_report: AutoReport | None
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -155,10 +156,11 @@ def open_session(artifact: Artifact, backend: str = "onnxruntime", threads: int 
         if threads or streams != 1 or cache_dir is not None:
             raise InputError(f"--threads/streams apply to local backends; the {backend} server sets its own")
         module_name, class_name = BACKENDS[backend]
-        return getattr(importlib.import_module(module_name), class_name)(artifact, url)
+        remote: Session = getattr(importlib.import_module(module_name), class_name)(artifact, url)
+        return remote
     module_name, class_name = BACKENDS[backend]
     cls = getattr(importlib.import_module(module_name), class_name)
     extra = {"streams": streams} if streams != 1 else {}
-    if backend in HINTED:
-        return cls(artifact, threads=threads, cache_dir=cache_dir, precision_hint=precision_hint, **extra)
-    return cls(artifact, threads=threads, cache_dir=cache_dir, **extra)
+    hint = {"precision_hint": precision_hint} if backend in HINTED else {}
+    session: Session = cls(artifact, threads=threads, cache_dir=cache_dir, **hint, **extra)
+    return session
