@@ -127,6 +127,7 @@ def test_page_uploads_segments_and_shows_the_labels(server, cases_dir, tmp_path)
                                           else (outside.append(route.request.url), route.abort())))
         job_id, shown = _segment(page, server, lambda pg: pg.set_input_files(
             "#drop-input", [str(p) for p in case_files(case).values()]))  # the drop zone's input: sorted by name
+        timings = page.inner_text("#timings")
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         canvas = page.locator("#gl").screenshot()
         colours = _label_pixels(canvas)
@@ -163,6 +164,7 @@ def test_page_uploads_segments_and_shows_the_labels(server, cases_dir, tmp_path)
     api = _api(server, f"/v1/cases/{job_id}")
     assert api["status"] == "done"
     assert set(shown) == {"NCR", "ED", "ET", "TC", "WT"}  # issue 21: TC was missing from the page
+    assert api["configuration"] and timings.endswith(api["configuration"])  # the configuration run, said
     for name in shown:
         assert shown[name] == pytest.approx(api["volumes_ml"][name], rel=1e-9, abs=1e-9), name
     std, lit = _canvas_stats(canvas)

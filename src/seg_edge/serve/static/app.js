@@ -361,7 +361,8 @@ function fillDetails(job) {
   }));
   const t = job.timings_s;
   $("timings").textContent = `${job.case_id}: ${state.model.name} on ${state.model.backend}; ` +
-    `load ${t.load.toFixed(2)} s, inference ${t.inference.toFixed(2)} s, total ${t.total.toFixed(2)} s`;
+    `load ${t.load.toFixed(2)} s, inference ${t.inference.toFixed(2)} s, total ${t.total.toFixed(2)} s` +
+    (job.configuration ? `; ${job.configuration}` : "");  // the configuration run, as predict says it
 }
 
 async function showResult(job) {
