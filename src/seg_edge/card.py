@@ -1,8 +1,8 @@
 """The model card, schema 2.1 (docs/CARD.md): what a network expects and produces, in data.
 
 Importers write cards; the runtime reads them and never branches on a preset. Schema-1 cards
-(flat fields) load as schema 2 with identical behaviour (``migrate_schema1``), schema-2.0 cards
-(no ``schema_minor``) as 2.1 with identical behaviour (``migrate_schema2_0``). Parsing checks the
+(flat fields) and schema-2.0 cards (no ``schema_minor``) load as 2.1 with identical behaviour
+(``cardmigrate``). Parsing checks the
 JSON type of every field against the dataclasses' annotations (``_build``), then the values
 (``validate_card``); any defect is an ArtifactError naming the source, the field, the value
 found and the value expected.
@@ -329,58 +329,6 @@ def _build_dataclass(cls: type, value: Any, where: str, problems: list[str]) -> 
         return None
 
 
-def migrate_schema1(raw: dict[str, Any]) -> dict[str, Any]:
-    """A schema-1 card (flat fields) as the schema-2 dict with identical behaviour."""
-    raw = dict(raw)
-    known = {"name", "preset", "modalities", "mask_channel", "regions", "activation", "thresholds",
-             "label_scheme", "patch_size", "size_divisor", "normalization", "axis_order", "et_rule",
-             "precision", "input_name", "output_name", "tolerances", "provenance", "schema"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"has unknown schema-1 fields {unknown}")
-    for key, kind, check in (("axis_order", "a string", lambda v: isinstance(v, str)),
-                             ("mask_channel", "a string", lambda v: isinstance(v, str)),
-                             ("activation", "a string", lambda v: isinstance(v, str)),
-                             ("modalities", "a list", lambda v: isinstance(v, list))):
-        if key in raw and not check(raw[key]):
-            raise ValueError(f"{key} is {show(raw[key])} (expected {kind})")
-    norm = raw.get("normalization", "zscore_nonzero")
-    channels = [{"name": m, "normalization": norm} for m in raw.get("modalities", MODALITIES)]
-    if raw.get("mask_channel", "nvidia") == "nvidia":
-        channels.append({"name": "mask", "normalization": "none", "derived": "nvidia_mask"})
-    elif raw.get("mask_channel") != "none":
-        raise ValueError(f"mask_channel {show(raw.get('mask_channel'))} (expected 'nvidia' or 'none')")
-    if raw.get("activation", "sigmoid") != "sigmoid":
-        raise ValueError(f"activation {show(raw.get('activation'))} (expected 'sigmoid')")
-    axes = {"xyz": [0, 1, 2], "zyx": [2, 1, 0]}.get(raw.get("axis_order", "xyz"))
-    if axes is None:
-        raise ValueError(f"axis_order {show(raw.get('axis_order'))} (expected 'xyz' or 'zyx')")
-    out = {k: raw[k] for k in ("name", "preset", "label_scheme", "precision", "tolerances", "provenance") if k in raw}
-    out["inputs"] = {"tensor": raw.get("input_name", "image"), "channels": channels, "crop": "nonzero", "axes": axes}
-    out["outputs"] = {"tensor": raw.get("output_name", "logits"), "kind": "sigmoid",
-                      "channels": raw.get("regions", list(REGIONS)), "thresholds": raw.get("thresholds", [0.5] * 3),
-                      "rule": "nested", "order": [["WT", "ED"], ["TC", "NCR"], ["ET", "ET"]]}
-    out["inference"] = {k: raw[k] for k in ("patch_size", "size_divisor", "et_rule") if k in raw}
-    out["schema"] = CARD_SCHEMA
-    return out
-
-
-def migrate_schema2_0(raw: dict[str, Any]) -> dict[str, Any]:
-    """A schema-2.0 card (no ``schema_minor``) as the 2.1 dict with identical behaviour: its one
-    2D ``slice.interpolation`` resized both ways, the logits back; every slice was run."""
-    raw = dict(raw)
-    inputs = raw.get("inputs")
-    if isinstance(inputs, dict) and isinstance(inputs.get("slice"), dict):
-        spec = dict(inputs["slice"])
-        for key in ("back", "back_interpolation", "range"):
-            if key in spec:
-                raise ValueError(f"inputs.slice.{key} is a schema-2.1 field (expected \"schema_minor\": 1 with it)")
-        spec.update(back="logits", back_interpolation=spec.get("interpolation", "linear"), range=None)
-        raw["inputs"] = {**inputs, "slice": spec}
-    raw["schema_minor"] = CARD_SCHEMA_MINOR
-    return raw
-
-
 def card_from_dict(raw: dict[str, Any], source: str) -> ModelCard:
     """A validated ModelCard from a parsed JSON object (schema 1 migrated)."""
     # a card without "schema" is read by its layout: nested sections are schema 2, flat fields schema 1
@@ -391,6 +339,8 @@ def card_from_dict(raw: dict[str, Any], source: str) -> ModelCard:
     if schema > CARD_SCHEMA:
         raise ArtifactError(f"{source}: model card schema {schema} is newer than {CARD_SCHEMA}; "
                             "upgrade seg-edge to read it")
+    from seg_edge.cardmigrate import migrate_schema1, migrate_schema2_0  # older layouts, in their own module
+
     if schema == 1:
         try:
             raw = migrate_schema1(raw)

@@ -232,7 +232,8 @@ def preprocess(images: np.ndarray, card: ModelCard, scale: tuple[float, ...] | N
     if images.shape[0] != len(card.modalities):
         raise ArtifactError(f"model card {card.name!r}: {images.shape[0]} images for "
                             f"{len(card.modalities)} modalities {list(card.modalities)}")
-    box = nonzero_box(images) if card.inputs.crop == "nonzero" else tuple(slice(0, s) for s in images.shape[1:])
+    x, y, z = images.shape[1:]
+    box = nonzero_box(images) if card.inputs.crop == "nonzero" else (slice(0, x), slice(0, y), slice(0, z))
     cropped = images[(slice(None),) + box]
     axes, resampled = tuple(card.inputs.axes), None
     box, keep = _slice_range(box, card)
@@ -255,7 +256,8 @@ def preprocess(images: np.ndarray, card: ModelCard, scale: tuple[float, ...] | N
     return np.ascontiguousarray(tensor, dtype=np.float32), inverse
 
 
-def _slice_range(box: tuple[slice, ...], card: ModelCard) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+def _slice_range(box: tuple[slice, slice, slice],
+                 card: ModelCard) -> tuple[tuple[slice, slice, slice], tuple[Any, ...]]:
     """The crop box narrowed to a 2D card's slice range, and the index that cuts a network tensor of the
     whole box to it. Statistics of the normalisation are taken before the cut, over the whole box."""
     spec = card.inputs.slice
@@ -265,10 +267,11 @@ def _slice_range(box: tuple[slice, ...], card: ModelCard) -> tuple[tuple[slice, 
     whole = box[array_axis]
     start = min(max(spec.range[0], whole.start), whole.stop)
     stop = max(min(spec.range[1], whole.stop), start)
-    narrowed = tuple(slice(start, stop) if a == array_axis else b for a, b in enumerate(box))
+    parts = list(box)
+    parts[array_axis] = slice(start, stop)
     keep = [slice(None)] * 4
     keep[1 + spec.axis] = slice(start - whole.start, stop - whole.start)
-    return narrowed, tuple(keep)
+    return (parts[0], parts[1], parts[2]), tuple(keep)
 
 
 def _padding(spatial: tuple[int, ...], card: ModelCard,
