@@ -8,6 +8,7 @@ import pytest
 from seg_edge.artifact import load_artifact
 from seg_edge.errors import ArtifactError, BackendUnavailable, InputError, SegEdgeError
 from seg_edge.errors import SessionError
+from seg_edge.runtime.sessions.auto import ORDER
 from seg_edge.runtime.sessions.base import SessionBase, open_session
 
 
@@ -82,8 +83,8 @@ def test_auto_applies_streams_to_the_backend_it_chooses(edge_onnx, batch):
         with open_session(artifact, chosen, threads=2) as plain:
             np.testing.assert_allclose(session.run(np.repeat(batch, 2, 0)), plain.run(np.repeat(batch, 2, 0)),
                                        atol=1e-5)
-    with open_session(artifact, "auto") as session:
-        assert session.auto_report.chosen in ("openvino", "onnxruntime") and session.streams == 1
+    with open_session(artifact, "auto") as session:  # a GPU backend may win here: no streams asked
+        assert session.auto_report.chosen in ORDER and getattr(session, "streams", 1) == 1
 
 
 def test_auto_refuses_a_url_it_cannot_apply(edge_onnx):
