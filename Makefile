@@ -8,7 +8,7 @@ EXAMPLE := examples/SynBraTS_3007_000
 MODEL := src/seg_edge/assets/seg-edge-edge.onnx
 SE := $(VENV)/bin/seg-edge
 
-.PHONY: demo test test-all install-runtime install-dev install-pytriton eval-synthetic bench bench-vs-monai bench-gpu figures clean
+.PHONY: demo test test-all lint reduced-precision install-runtime install-dev install-pytriton eval-synthetic bench bench-vs-monai bench-gpu figures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,19 @@ demo: install-runtime
 	$(VENV)/bin/seg-edge predict $(EXAMPLE) --out out/demo/ --overwrite
 	$(VENV)/bin/seg-edge evaluate out/demo/ examples/
 
+# ruff (pyflakes, pycodestyle, bugbear), mypy (strict on the card, its checks and the runtime) and the import
+# layers (.importlinter); settings in pyproject.toml. make test runs it first and stops when it fails.
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
 test: install-dev install-pytriton
+	$(MAKE) lint
 	$(PY) -m pytest -q
 
 test-all: install-dev install-pytriton
+	$(MAKE) lint
 	$(PY) -m pytest -q -m ''
 
 # Accuracy of the shipped model on synthetic cases from seeds never used in training
@@ -68,6 +77,26 @@ bench-gpu:
 	$(SE) build-engine $(MODEL) --out out/engines/edge_fp32.plan --precision fp32 --timing-cache out/engines/timing.cache
 	$(SE) build-engine $(MODEL) --out out/engines/edge_fp16.plan --precision fp16 --timing-cache out/engines/timing.cache
 	$(SE) bench out/engines/edge_fp32.plan out/engines/edge_fp16.plan --backend tensorrt --case $(EXAMPLE) --compare
+
+# The shipped INT8 and FP16 files and their cards, from the shipped FP32 ONNX, with the calibration and held-out
+# cases the INT8 card records (synthetic: seeds 4000 MNI152 + 4100 procedural, 4 each; 5000 + 5100, 5 each); the
+# reports are the figures docs/MODEL_CARD.md quotes; parity on the example against the shipped .pt is what
+# tests/parity/test_shipped_model.py holds each file to. Rerun after a change to quantize or the FP16 converter.
+ASSETS := src/seg_edge/assets
+QDATA := data/quantize
+reduced-precision:
+	$(SE) synth --out $(QDATA)/calib --n 4 --seed 4000 --anatomy mni152 --workers 2
+	$(SE) synth --out $(QDATA)/calib --n 4 --seed 4100 --workers 2
+	$(SE) synth --out $(QDATA)/qeval --n 5 --seed 5000 --anatomy mni152 --workers 2
+	$(SE) synth --out $(QDATA)/qeval --n 5 --seed 5100 --workers 2
+	$(SE) quantize $(MODEL) --calibration $(QDATA)/calib --eval $(QDATA)/qeval \
+	    --out $(ASSETS)/seg-edge-edge-int8.onnx --json > docs/quantize_int8.json
+	$(SE) quantize $(MODEL) --calibration $(QDATA)/calib --eval $(QDATA)/qeval \
+	    --out $(ASSETS)/seg-edge-edge-fp16.onnx --precision fp16 --json > docs/quantize_fp16.json
+	$(SE) parity $(ASSETS)/seg-edge-edge-fp16.onnx $(EXAMPLE) --reference $(ASSETS)/seg-edge-edge.pt \
+	    --json > docs/parity_example_fp16.json
+	$(SE) parity $(ASSETS)/seg-edge-edge-int8.onnx $(EXAMPLE) --reference $(ASSETS)/seg-edge-edge.pt \
+	    --backend onnxruntime --backend openvino --precision-hint f32 --precision-hint bf16 --json > docs/parity_example_int8.json
 
 figures: install-dev
 	$(PY) -m seg_edge.evaluation.report $(EXAMPLE) --out docs/synthetic_case.png

@@ -169,7 +169,8 @@ def main() -> None:
             for batch, streams in ((int(b), int(s)) for b in args.batches.split(",") for s in args.streams.split(",")):
                 if streams > batch:
                     continue
-                rows.append(_report(network(args.model, backend, window, batch, args.threads, args.iters, streams), peak))
+                rows.append(_report(network(args.model, backend, window, batch, args.threads, args.iters, streams),
+                                    peak))
     m = this_machine(tuple(b.split(":")[0] for b in args.backends.split(",")))
     result = {"machine": {"cpu": m.cpu, "flags": list(m.flags), "cores": m.cores, "versions": m.versions},
               "threads": args.threads, "gemm": peak, "network": rows, "load_avg": os.getloadavg()}

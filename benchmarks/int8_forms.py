@@ -108,7 +108,7 @@ def model_forms(models: dict[str, Path], threads: int, repeats: int) -> list[dic
                 session.run(x)
                 runs[(label, backend, streams)] = (session, [])
     for _ in range(repeats):
-        for key, (session, times) in runs.items():
+        for session, times in runs.values():
             t0 = time.perf_counter()
             session.run(x)
             times.append((time.perf_counter() - t0) / x.shape[0])

@@ -74,7 +74,8 @@ def engine_row(name: str, extra: list[str], cases: Path, out: Path, model: Path,
     stages = {k: round(statistics.mean(r["timings_s"][k] for r in rows), 3)
               for k in ("load", "preprocess", "inference", "postprocess", "write")}
     return {"engine": name, "cases": n, "wall_s": round(wall, 2), "fixed_s": round(fixed, 2),
-            "cases_per_min": round(60 * n / wall, 2), "cases_per_min_after_start": round(60 * n / (wall - fixed), 2) if wall > fixed else None,
+            "cases_per_min": round(60 * n / wall, 2),
+            "cases_per_min_after_start": round(60 * n / (wall - fixed), 2) if wall > fixed else None,
             "stages_per_case_s": stages, "load_1min_before": before, "load_1min_after": load()}
 
 

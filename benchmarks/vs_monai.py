@@ -133,8 +133,8 @@ def main() -> None:
               "load_avg_1min": {name: [round(r[1]["load_avg_1min"], 2) for r in rs] for name, rs in runs.items()},
               "ratio_process_wall": summary["monai"]["process_wall_s"] / summary["seg-edge"]["process_wall_s"],
               "ratio_pipeline": pipe_theirs / pipe_ours,
-              "ratio_process_wall_bf16": (summary["monai-bf16"]["process_wall_s"] / summary["seg-edge"]["process_wall_s"]
-                                          if bf16 else None),
+              "ratio_process_wall_bf16": (summary["monai-bf16"]["process_wall_s"]
+                                          / summary["seg-edge"]["process_wall_s"] if bf16 else None),
               "seg_edge_non_network_share": 1 - ours_stages["inference"] / pipe_ours}
     args.json.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

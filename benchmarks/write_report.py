@@ -199,8 +199,8 @@ def model_card() -> list[str]:
               "- Synthetic anatomy (a procedural brain, or the MNI152 template under small random similarity "
               "transforms) and synthetic tumours; real scanners, protocols, post-operative cavities, "
               "multifocal disease and registration errors are not represented.",
-              "- Inputs must be skull-stripped and co-registered at the model's spacing; seg-edge refuses other spacings "
-              "and resamples only when asked (`--resample`).", ""]
+              "- Inputs must be skull-stripped and co-registered at the model's spacing; seg-edge refuses other "
+              "spacings and resamples only when asked (`--resample`).", ""]
     return lines
 
 

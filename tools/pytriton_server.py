@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     def infer(**inputs):
         return {outp.name: session.run([outp.name], {inp.name: inputs[inp.name]})[0]}
 
-    config = TritonConfig(grpc_address="127.0.0.1", http_address="127.0.0.1", metrics_address="127.0.0.1", grpc_port=args.grpc_port,
-                          http_port=args.http_port, metrics_port=args.metrics_port, log_verbose=0)
+    config = TritonConfig(grpc_address="127.0.0.1", http_address="127.0.0.1", metrics_address="127.0.0.1",
+                          grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
+                          log_verbose=0)
     security = None
     if args.shared_memory:
         security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS

@@ -209,5 +209,5 @@ def with_metadata(path: Path, key: str, value: str) -> bytes:
             kept.append(buf[start:stop])
     except (ValueError, UnicodeDecodeError, OSError) as exc:
         raise ArtifactError(f"{path}: not a readable ONNX model ({exc})") from exc
-    entry = _string_field(1, key.encode("utf-8")) + _string_field(2, value.encode("utf-8"))
-    return b"".join(kept) + _string_field(_MODEL_METADATA_PROPS, entry)
+    prop = _string_field(1, key.encode("utf-8")) + _string_field(2, value.encode("utf-8"))
+    return b"".join(kept) + _string_field(_MODEL_METADATA_PROPS, prop)

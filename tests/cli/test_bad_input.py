@@ -8,8 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from badfiles import (MODALITIES, Spec, check_bad_input, console_script, copy_case, identity_onnx, invoke,
-                      load, registry, replace, runner, save, snapshot, stack4d)
+from badfiles import (MODALITIES, Spec, check_bad_input, console_script, copy_case, identity_onnx, load,
+                      registry, replace, runner, save, snapshot, stack4d)
 from seg_edge.cli.app import app
 from seg_edge.errors import InputError
 

@@ -34,7 +34,8 @@ def make_batch(root: Path, cases_dir: Path) -> Path:
     return root
 
 
-def seg_edge(*args, timeout: float = 300, prefix: list[str] = (), env: dict | None = None) -> subprocess.CompletedProcess:
+def seg_edge(*args, timeout: float = 300, prefix: list[str] = (),
+             env: dict | None = None) -> subprocess.CompletedProcess:
     """``seg-edge ARGS`` in its own process (Ray and gRPC keep threads and signal handlers); ``prefix``:
     what runs it (e.g. ``ip netns exec NAME``)."""
     return subprocess.run([*prefix, *SE, *map(str, args)], capture_output=True, text=True, timeout=timeout,

@@ -20,7 +20,8 @@ def test_graph_gflop_counts_conv_and_conv_transpose(tmp_path):
     w2 = numpy_helper.from_array(np.zeros((3, 2, 2, 2, 2), np.float32), "w2")
     nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1] * 6),
              helper.make_node("ConvTranspose", ["h", "w2"], ["y"], strides=[2, 2, 2])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, "a", "b", "c"])],
+    graph = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, "a", "b", "c"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w1, w2])
     path = tmp_path / "g.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)

@@ -115,7 +115,8 @@ def assert_refused(path, prefix: str, words) -> str:
 
 def test_walker_field_numbers_are_onnx_protos():
     fields = {
-        (onnx.ModelProto, "graph"): walker._MODEL_GRAPH, (onnx.ModelProto, "metadata_props"): walker._MODEL_METADATA_PROPS,
+        (onnx.ModelProto, "graph"): walker._MODEL_GRAPH,
+        (onnx.ModelProto, "metadata_props"): walker._MODEL_METADATA_PROPS,
         (onnx.GraphProto, "input"): walker._GRAPH_INPUT, (onnx.GraphProto, "output"): walker._GRAPH_OUTPUT,
         (onnx.ValueInfoProto, "name"): walker._VALUE_NAME, (onnx.ValueInfoProto, "type"): walker._VALUE_TYPE,
         (onnx.TypeProto, "tensor_type"): walker._TYPE_TENSOR, (onnx.TypeProto.Tensor, "elem_type"): walker._TENSOR_ELEM,
@@ -169,7 +170,9 @@ def test_initializers_are_skipped_not_parsed(tmp_path):
     model.ClearField("graph")
     bad = tmp_path / "garbage_weights.onnx"
     bad.write_bytes(model.SerializeToString() + _delimited(7, graph))
-    with pytest.raises(Exception):
+    from google.protobuf.message import DecodeError
+
+    with pytest.raises(DecodeError):
         onnx.load(str(bad))
     artifact = load_artifact(bad)
     assert artifact.inputs[0].name == "image" and artifact.outputs[0].dims == tuple(GOOD_OUT)
@@ -246,7 +249,8 @@ MALFORMED = {
     "patch-floats": ({"inference.patch_size": [32.0, 32, 32]}, ["inference.patch_size[0] is 32.0",
                                                                 "expected an integer"]),
     "overlap-one": ({"inference.overlap": 1}, ["inference.overlap 1.0", "expected 0 <= overlap < 1"]),
-    "blend-unknown": ({"inference.blend": "median"}, ['inference.blend "median"', "['gaussian', 'constant', 'nnunet_gaussian']"]),
+    "blend-unknown": ({"inference.blend": "median"},
+                      ['inference.blend "median"', "['gaussian', 'constant', 'nnunet_gaussian']"]),
     "tta-axis-3": ({"inference.tta_axes": [0, 3]}, ["inference.tta_axes [0, 3]", "network axes in 0..2"]),
     "tta-axis-twice": ({"inference.tta_axes": [1, 1]}, ["inference.tta_axes [1, 1]", "distinct"]),
     "ensemble-zero": ({"inference.ensemble": 0}, ["inference.ensemble 0", "expected an integer >= 1"]),

@@ -178,7 +178,8 @@ def test_preprocess_dispatches_on_each_channels_normalization(rng, monkeypatch):
     base = card(patch_size=(32, 32, 32))
     chans = tuple(dataclasses.replace(c, normalization="minmax") if c.derived is None else c
                   for c in base.inputs.channels)
-    unvalidated = base.replace(inputs=dataclasses.replace(base.inputs, channels=chans))  # as if the card check missed it
+    # as if the card check missed it
+    unvalidated = base.replace(inputs=dataclasses.replace(base.inputs, channels=chans))
     with pytest.raises(ArtifactError, match="normalization 'minmax' is not implemented.*zscore_nonzero"):
         preprocess(images, unvalidated)  # never a silent z-score
     monkeypatch.setitem(module.NORMALIZERS, "minmax", lambda c, mask, out: (c / c.max()).astype(np.float32))

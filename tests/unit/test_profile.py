@@ -24,8 +24,8 @@ SCHEMA_FILE = Path(__file__).resolve().parents[2] / "src" / "seg_edge" / "assets
 
 def profile(**changes) -> InferenceProfile:
     base = InferenceProfile(Machine("Some CPU", ("avx2", "fma"), 2, {"onnxruntime": "1.0"}), "onnxruntime", None,
-                            threads=2, streams=2, window=(128, 128, 128), overlap=0.25, blend="gaussian", steps="nnunet",
-                            batch_size=2, tta=True, budget=0.01, measured={"seconds_per_case": 3.2})
+                            threads=2, streams=2, window=(128, 128, 128), overlap=0.25, blend="gaussian",
+                            steps="nnunet", batch_size=2, tta=True, budget=0.01, measured={"seconds_per_case": 3.2})
     return dataclasses.replace(base, **changes)
 
 
@@ -99,7 +99,8 @@ def test_cpu_generations_behind_one_model_name_are_told_apart(tmp_path):
         path.write_text(text)
         return machine_module._cpuinfo(str(path))
 
-    x86 = "processor\t: {n}\ncpu family\t: {f}\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu avx2 avx512f\n\n"
+    x86 = ("processor\t: {n}\ncpu family\t: {f}\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\n"
+           "flags\t\t: fpu avx2 avx512f\n\n")
     zen4, flags = cpu(x86.format(n=0, f=25) + x86.format(n=1, f=25))
     zen5, _ = cpu(x86.format(n=0, f=26))
     assert zen4 == "AMD EPYC (family 25, model 17, stepping 1)" and zen5 != zen4

@@ -11,8 +11,7 @@ from seg_edge.card import ModelCard, schema1_card
 from seg_edge.errors import InputError
 from seg_edge.runtime import postprocess
 from seg_edge.runtime.preprocess import preprocess, to_original_grid
-from seg_edge.runtime.regions import (REGIONS, case_folders, dice, et_label, find_label_file, labels_to_regions,
-                                      regions_to_labels, to_network_layout)
+from seg_edge.runtime.regions import REGIONS, case_folders, dice, et_label, find_label_file, to_network_layout
 
 GRID = (20, 18, 15)
 # the brain box of brain_images(): 13 × 10 × 7 voxels

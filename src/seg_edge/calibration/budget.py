@@ -50,7 +50,7 @@ class Evaluator:
 
     def change(self, model: Path) -> DiceChange:
         labels = [s.labels for s in self._segment(model)]
-        vs_fp32, fp_t, cand_t = ({r: [] for r in REGIONS} for _ in range(3))
+        vs_fp32, fp_t, cand_t = ({r: list[float]() for r in REGIONS} for _ in range(3))
         for cand, ref, truth in zip(labels, self.fp32, self.truth):
             rc, rr = labels_to_regions(cand, self.et), labels_to_regions(ref, self.et)
             rt = labels_to_regions(truth, self.et) if truth is not None else None

@@ -15,7 +15,7 @@ import numpy as np
 from seg_edge import __version__
 from seg_edge.runtime.atomic import write_text_atomic
 from seg_edge.runtime.io import find_modalities, is_case_folder, read_labels, read_nifti
-from seg_edge.runtime.pictures import comparison_image, encode_png, legend
+from seg_edge.runtime.pictures import Line, comparison_image, encode_png, legend
 from seg_edge.runtime.regions import REGIONS
 
 STYLE = """
@@ -112,7 +112,8 @@ def worst_case_figure(case: dict, pred: Path, truth: Path, et: int) -> bytes:
     p_labels, _ = read_labels(pred, et)
     t_labels, t_img = read_labels(truth, et)
     spacing = tuple(float(z) for z in t_img.header.get_zooms()[:3])
-    lines = [(None, "region", "Dice")] + [(None, r, f"{case[r]['dice']:.4f}") for r in REGIONS] + [(None, "", "")]
+    lines: list[Line] = [(None, "region", "Dice")]
+    lines += [(None, r, f"{case[r]['dice']:.4f}") for r in REGIONS] + [(None, "", "")]
     voxel_ml = float(np.prod(spacing)) / 1000
     lines.append((None, "label", "pred / truth mL"))
     for row in legend(et):
@@ -135,10 +136,12 @@ def evaluation_html(result: dict, et: int, worst: int = 3) -> str:
             f"TC = 1, {et}; ET = {et}).</p>",
             f"<table><tr><th>metric (mean ± std)</th>{''.join(f'<th>{r}</th>' for r in REGIONS)}</tr>{summary}</table>",
             "<h2>Dice per region</h2>", boxplot_svg({r: [c[r]["dice"] for c in cases] for r in REGIONS}),
-            "<h2>Cases</h2>", _case_table(cases), f"<h2>The {min(worst, len(cases))} worst cases (lowest mean Dice)</h2>"]
+            "<h2>Cases</h2>", _case_table(cases),
+            f"<h2>The {min(worst, len(cases))} worst cases (lowest mean Dice)</h2>"]
     for case in sorted(cases, key=_mean_dice)[:worst]:
         cid = case["case_id"]
-        png = worst_case_figure(case, *result["files"][cid], et)
+        pred, truth = result["files"][cid]
+        png = worst_case_figure(case, pred, truth, et)
         body.append(f"<figure>{img_tag(png, cid)}<figcaption>{html.escape(cid)}: mean Dice "
                     f"{_mean_dice(case):.4f}</figcaption></figure>")
     if result.get("unmatched"):
@@ -165,7 +168,7 @@ class ParityPictures:
         changed = int(np.count_nonzero(reference.labels != got.labels))
         names = list(case.sources)
         shown = "t1ce" if "t1ce" in names else names[0]
-        lines = [(HIGHLIGHT, "label differs", f"{changed} voxels"), (None, "", ""),
+        lines: list[Line] = [(HIGHLIGHT, "label differs", f"{changed} voxels"), (None, "", ""),
                  (None, "label", "ref / backend mL")]
         et = et_label(got.label_scheme)
         for row in legend(et):

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -214,7 +215,7 @@ def predict_seconds(engine: Engine, card: ModelCard, shapes: list[tuple[int, ...
 
 
 def open_engines(families: list[Family], options: TuneOptions, progress: Progress):
-    engines, skipped, report = {}, [], {}
+    engines, skipped, report = {}, [], dict[str, Any]()
     for i, family in enumerate(families):
         progress(f"probe {family.label()}", i, len(families))
         try:

@@ -20,8 +20,9 @@ from typing import Any
 from seg_edge.card import ModelCard
 
 from seg_edge.artifact import load_artifact
+from seg_edge.choices import EnginePrecision
 from seg_edge.errors import ArtifactError, InputError
-from seg_edge.runtime.sessions.plans import (BuildSpec, EnginePrecision, Profile, build_plan, import_tensorrt,
+from seg_edge.runtime.sessions.plans import (BuildSpec, Profile, build_plan, import_tensorrt,
                                              make_profile, native_precision, trt_major)
 
 logger = logging.getLogger(__name__)

@@ -78,7 +78,8 @@ def tensor_dims(artifact: Artifact, options: TritonOptions) -> tuple[list[int], 
         profile = json.loads(sidecar_path(artifact.path).read_text()).get("tensorrt", {}).get("profile", {})
         lo, hi = profile.get("min"), profile.get("max")
         if not lo or not hi:
-            raise InputError(f"{artifact.path}: its sidecar has no TensorRT profile (rebuild it with seg-edge build-engine)")
+            raise InputError(f"{artifact.path}: its sidecar has no TensorRT profile "
+                             "(rebuild it with seg-edge build-engine)")
         window = [a if a == b else -1 for a, b in zip(lo[2:], hi[2:])]
         if options.max_batch > hi[0]:
             raise InputError(f"--max-batch {options.max_batch}: the plan's profile allows batches up to {hi[0]} "

@@ -92,7 +92,7 @@ def _dataset137_like(labels: dict[str, Any], order: list[int] | None) -> bool:
 
 
 def label_map(labels: dict[str, Any], order: list[int] | None, given: dict[str, str] | None,
-              where: str) -> tuple[dict[str, str], str | None]:
+              where: str) -> tuple[dict[str, str], str]:
     """nnU-Net label value → BraTS label name, and a note saying where the mapping came from."""
     values = sorted({int(v) for r in labels.values() for v in (r if isinstance(r, (list, tuple)) else [r])} - {0})
     if given is None:

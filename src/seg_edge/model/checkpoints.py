@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seg_edge.artifact import file_sha256 as sha256
+from seg_edge.artifact import file_sha256 as sha256  # noqa: F401  (export.onnx imports it from here)
 from seg_edge.errors import InputError
 from seg_edge.model.networks import build_network, get_preset
 

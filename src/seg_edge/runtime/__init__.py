@@ -14,7 +14,7 @@ _LAZY = {"Case": "seg_edge.runtime.io", "load_case": "seg_edge.runtime.io",
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(import_module(_LAZY[name]), name)

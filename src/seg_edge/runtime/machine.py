@@ -31,7 +31,7 @@ GENERATION_KEYS = (("cpu family", "family"), ("model", "model"), ("stepping", "s
 
 
 def _cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
-    name, flags, generation = "", set(), {}
+    name, flags, generation = "", set[str](), dict[str, str]()
     try:
         with open(path, encoding="utf-8") as f:
             for line in f:

@@ -31,6 +31,7 @@ import stat
 import struct
 import warnings
 import zlib
+from typing import Any, cast
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def _expected_bytes(path: Path, head: bytes, file_size: int, gz: bool) -> int:
         raise InputError(f"{path}: header declares {shape} voxels (expected at most {MAX_VOXELS:,} voxels "
                          "per volume and 16 volumes)")
     offset = int(header["vox_offset"])
-    need = offset + volume * volumes * header.get_data_dtype().itemsize
+    need = offset + volume * volumes * int(header.get_data_dtype().itemsize)
     if gz and need > file_size * DEFLATE_MAX_RATIO:
         raise InputError(f"{path}: header declares {shape} voxels ({need:,} bytes), more than a "
                          f"{file_size:,}-byte gzip file can hold")
@@ -143,7 +144,7 @@ def _expected_bytes(path: Path, head: bytes, file_size: int, gz: bool) -> int:
     return need
 
 
-def parse_header(path: Path, head: bytes):
+def parse_header(path: Path, head: bytes) -> nib.Nifti1Header:
     """The NIfTI-1/2 header in ``head``, checked field by field (no nibabel chatter)."""
     if len(head) < 348:
         raise InputError(f"{path}: too short for a NIfTI header ({len(head)} bytes; expected ≥ 348)")
@@ -161,7 +162,7 @@ def parse_header(path: Path, head: bytes):
     return header
 
 
-def _check_header(path: Path, header) -> None:
+def _check_header(path: Path, header: nib.Nifti1Header) -> None:
     dim = [int(d) for d in header["dim"]]
     if not 1 <= dim[0] <= 7:
         raise InputError(f"{path}: header dim[0]={dim[0]} (expected the number of dimensions, 3 or 4)")
@@ -229,7 +230,7 @@ def read_image(path: Path, notes: list[str], raw: bytes | None = None) -> nib.Ni
 
 def _unscaled_integers(img: nib.Nifti1Image) -> bool:
     """Integers on disk without intensity scaling: float32 copies are exact and finite by construction."""
-    proxy = img.dataobj
+    proxy: Any = img.dataobj  # an ArrayProxy when the image is on disk
     if not hasattr(proxy, "get_unscaled"):  # data already in memory, not a file proxy
         return False
     return img.get_data_dtype().kind in "iu" and float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0
@@ -240,7 +241,7 @@ def image_data(path: Path, img: nib.Nifti1Image, notes: list[str], out: np.ndarr
     a trailing 1) when given; InputError on non-finite values."""
     with captured(path, notes):
         if _unscaled_integers(img):  # one pass: the stored integers cast into the float32 result
-            raw = np.asarray(img.dataobj.get_unscaled())
+            raw = np.asarray(cast(Any, img.dataobj).get_unscaled())
             if out is None:
                 return raw.astype(np.float32)
             copy_into(out, raw.reshape(out.shape))
@@ -295,6 +296,7 @@ def read_npy(path: Path) -> np.ndarray:
         raise InputError(f"{path}: header declares shape {shape} ({need:,} bytes) but the file holds "
                          f"{size - offset:,} bytes of data")
     try:
-        return np.load(path, allow_pickle=False)
+        array: np.ndarray = np.load(path, allow_pickle=False)
+        return array
     except (OSError, ValueError, EOFError) as exc:
         raise InputError(f"{path}: unreadable .npy ({exc})") from None

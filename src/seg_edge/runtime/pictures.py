@@ -4,8 +4,9 @@ Drawn with Pillow alone (the ``preview`` extra). Pillow rather than matplotlib b
 pictures are a few resampled slices, coloured masks and text: Pillow (22 MB installed, 0.05 s to
 import) does that with no further dependencies, where matplotlib needs Pillow as well plus 74 MB
 of its own (fonttools, kiwisolver, contourpy, pyparsing, ...) and 0.7 s to import (measured on the
-project's 2-core machine) in a runtime that sits on scanner-side boxes and in a web server. Images are reoriented to RAS for display only
-(neurological view: the patient's left on the picture's left); nothing written is reoriented.
+project's 2-core machine) in a runtime that sits on scanner-side boxes and in a web server. Images are
+reoriented to RAS for display only (neurological view: the patient's left on the picture's left);
+nothing written is reoriented.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from seg_edge.errors import SegEdgeError
+from seg_edge.errors import MissingExtra
+
+if TYPE_CHECKING:  # Pillow is the preview extra: imported where a picture is drawn
+    from PIL import Image, ImageFont
 
 # label → (short name, meaning, RGB). The page's legend and the API's take them from here.
 LABEL_INFO = {1: ("NCR", "necrotic tumour core", (230, 25, 25)),
@@ -32,10 +37,10 @@ def require_pillow() -> None:
     try:
         import PIL  # noqa: F401
     except ImportError:
-        raise SegEdgeError("pictures need Pillow, which is not installed: pip install 'seg-edge[preview]'") from None
+        raise MissingExtra("PIL", needed_for="drawing pictures") from None
 
 
-def legend(et: int) -> list[dict]:
+def legend(et: int) -> list[dict[str, Any]]:
     """Each label's value, name, meaning and colour (``#rrggbb``) for a label scheme's ET label."""
     rows = []
     for value, (name, meaning, rgb) in LABEL_INFO.items():
@@ -63,7 +68,9 @@ class Volume3D:
         import nibabel as nib
 
         ornt = nib.orientations.io_orientation(affine)
-        turn = (lambda a: nib.orientations.apply_orientation(a, ornt))  # noqa: E731
+
+        def turn(a: np.ndarray) -> np.ndarray:
+            return np.asarray(nib.orientations.apply_orientation(a, ornt))
         order = [int(ax) for ax in ornt[:, 0]]
         ras_spacing = [1.0, 1.0, 1.0]
         for src, dst in enumerate(order):
@@ -98,7 +105,7 @@ def tumour_centre(labels: np.ndarray, fallback: np.ndarray | None = None) -> tup
     elif fallback is not None and np.any(fallback != 0):
         mask = fallback != 0
     else:
-        return tuple(s // 2 for s in labels.shape)  # type: ignore[return-value]
+        return tuple(s // 2 for s in labels.shape)
     return tuple(int(round(float(c.mean()))) for c in np.nonzero(mask))  # type: ignore[return-value]
 
 
@@ -128,7 +135,7 @@ def plane_spacing(spacing: tuple[float, float, float], name: str) -> tuple[float
 
 
 def panel(gray: np.ndarray, labels: np.ndarray | None, et: int, size: tuple[int, int], alpha: float = 0.45,
-          changed: np.ndarray | None = None, span: tuple[float, float] = (0.0, 1.0)):
+          changed: np.ndarray | None = None, span: tuple[float, float] = (0.0, 1.0)) -> Image.Image:
     """A PIL image of one slice: grey levels in ``span``, labels blended in, ``changed`` voxels outlined."""
     from PIL import Image
 
@@ -142,7 +149,7 @@ def panel(gray: np.ndarray, labels: np.ndarray | None, et: int, size: tuple[int,
     if changed is not None and changed.any():
         rgb[changed] = HIGHLIGHT
     img = Image.fromarray(rgb.astype(np.uint8), "RGB")
-    return img.resize(size, Image.NEAREST)
+    return img.resize(size, Image.Resampling.NEAREST)
 
 
 def panel_size(shape: tuple[int, int], spacing: tuple[float, float], scale: float) -> tuple[int, int]:
@@ -150,19 +157,19 @@ def panel_size(shape: tuple[int, int], spacing: tuple[float, float], scale: floa
     return max(1, int(round(shape[1] * spacing[1] * scale))), max(1, int(round(shape[0] * spacing[0] * scale)))
 
 
-def font(size: int):
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     from PIL import ImageFont
 
     return ImageFont.load_default(size=size)
 
 
-def encode_png(image) -> bytes:
+def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
-def save_png(image, out: Path) -> None:
+def save_png(image: Image.Image, out: Path) -> None:
     """Write ``image`` as a PNG at ``out`` atomically."""
     from seg_edge.runtime.atomic import write_bytes_atomic
 
@@ -182,15 +189,15 @@ class Row:
 def busiest_slices(mask: np.ndarray) -> tuple[int, int, int]:
     """For each axis, the slice holding most of ``mask`` (the middle if it is empty)."""
     if not mask.any():
-        return tuple(s // 2 for s in mask.shape)  # type: ignore[return-value]
+        return tuple(s // 2 for s in mask.shape)
     return tuple(int(np.argmax(mask.sum(axis=tuple(a for a in range(3) if a != axis))))
                  for axis in range(3))  # type: ignore[return-value]
 
 
-Line = tuple  # (RGB colour or None, left text, right text)
+Line = tuple[tuple[int, ...] | None, str, str]  # (RGB colour or None, left text, right text)
 
 
-def _legend_panel(lines: list[Line], width: int, height: int):
+def _legend_panel(lines: list[Line], width: int, height: int) -> Image.Image:
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (width, height), (255, 255, 255))
@@ -207,7 +214,7 @@ def _legend_panel(lines: list[Line], width: int, height: int):
 
 
 def figure(vol: Volume3D, rows: list[Row], centre: tuple[int, int, int], et: int, title: str,
-           legend_lines: list[Line], legend_width: int = 250):
+           legend_lines: list[Line], legend_width: int = 250) -> Image.Image:
     """Rows × (axial, coronal, sagittal) panels through ``centre``, a legend column, a title and a footer."""
     from PIL import Image, ImageDraw
 
@@ -234,7 +241,7 @@ def figure(vol: Volume3D, rows: list[Row], centre: tuple[int, int, int], et: int
             labels = plane(vol.labels[row.labels], p, centre) if row.labels else None
             changed = plane(vol.labels[row.changed], p, centre).astype(bool) if row.changed else None
             canvas.paste(panel(gray, labels, et, (w, h), changed=changed,
-                               span=spans.get(row.image, (0.0, 1.0))), (x, y + 16))
+                               span=spans[row.image] if row.image else (0.0, 1.0)), (x, y + 16))
             if r == 0:
                 draw.text((x, y), p, fill=(80, 80, 80), font=font(12))
             x += w + gap
@@ -257,10 +264,11 @@ def volume_lines(volumes: dict[str, float], et: int) -> list[Line]:
 
 
 def preview_image(images: dict[str, np.ndarray], labels: np.ndarray, affine: np.ndarray,
-                  spacing: tuple[float, ...], volumes: dict[str, float], et: int, title: str):
+                  spacing: tuple[float, ...], volumes: dict[str, float], et: int, title: str) -> Image.Image:
     """The ``--preview`` picture: FLAIR and T1ce with the labels, three planes through the tumour's centre."""
     require_pillow()
-    shown = {m: images[m] for m in ("flair", "t1ce") if m in images} or dict(list(images.items())[:2])
+    shown: dict[str, np.ndarray] = ({m: images[m] for m in ("flair", "t1ce") if m in images}
+                                    or dict(list(images.items())[:2]))
     vol = Volume3D.canonical(shown, {"pred": labels}, affine, spacing)
     centre = tumour_centre(vol.labels["pred"], next(iter(vol.images.values()), None))
     rows = [Row(f"{m.upper() if m != 't1ce' else 'T1ce'}", m, "pred") for m in vol.images]
@@ -269,7 +277,7 @@ def preview_image(images: dict[str, np.ndarray], labels: np.ndarray, affine: np.
 
 def comparison_image(image: tuple[str, np.ndarray] | None, first: tuple[str, np.ndarray],
                      second: tuple[str, np.ndarray], affine: np.ndarray, spacing: tuple[float, ...], et: int,
-                     title: str, lines: list[Line], highlight_changes: bool = False):
+                     title: str, lines: list[Line], highlight_changes: bool = False) -> Image.Image:
     """Two label maps over one image (``(name, volume)``, or none: black), three planes each.
 
     The planes go through the largest tumour component of ``second`` (else of ``first``); with

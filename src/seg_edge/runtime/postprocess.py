@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from seg_edge.card import ETRule, Outputs
 SLAB = 1 << 17  # elements (512 KB of float32) per slab of the sigmoid: its four passes stay in cache
 
 
-def _slabs(shape: tuple[int, ...]) -> Iterator[tuple]:
+def _slabs(shape: tuple[int, ...]) -> Iterator[tuple[Any, ...]]:
     """Indices that cut an array of ``shape`` into slabs of about ``SLAB`` elements along its first two axes."""
     if len(shape) < 2:
         yield (Ellipsis,)
@@ -78,7 +79,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax over the class axis (0) in float32, shifted by the maximum for stability."""
     from scipy import special
 
-    return special.softmax(np.asarray(logits, dtype=np.float32), axis=0)
+    probs: np.ndarray = special.softmax(np.asarray(logits, dtype=np.float32), axis=0)
+    return probs
 
 
 # outputs.kind → logits-to-probabilities function; the card refuses kinds missing here.
@@ -100,7 +102,8 @@ def to_labels(probs: np.ndarray, outputs: Outputs, et: int) -> np.ndarray:
     values = label_values(et)
     if outputs.kind == "softmax":
         lut = np.array([values[name] for name in outputs.channels], dtype=np.uint8)
-        return lut[np.argmax(probs, axis=0)]
+        labels: np.ndarray = lut[np.argmax(probs, axis=0)]
+        return labels
     masks = {name: probs[i] > t for i, (name, t) in enumerate(zip(outputs.channels, outputs.thresholds))}
     labels = np.zeros(probs.shape[1:], dtype=np.uint8)
     first = masks[outputs.order[0][0]]

@@ -48,7 +48,7 @@ def region_counts(labels: np.ndarray, et: int) -> dict[str, int]:
 def regions_to_labels(probs: np.ndarray, thresholds: tuple[float, ...], et: int) -> np.ndarray:
     """(3, …) WT/TC/ET probabilities → uint8 labels: ED=2 in WT∖TC, NCR=1 in TC, ET inside WT."""
     wt, tc, en = (probs[i] > thresholds[i] for i in range(3))
-    labels = wt.astype(np.uint8)
+    labels: np.ndarray = wt.astype(np.uint8)
     labels[wt & ~tc] = 2
     labels[wt & en] = et
     return labels

@@ -14,10 +14,12 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 
 Predictor = Callable[[np.ndarray], np.ndarray]
+_T = TypeVar("_T")
 
 
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
@@ -76,7 +78,7 @@ def _nnunet_gaussian(window: tuple[int, ...]) -> np.ndarray:
 
     delta = np.zeros(window)
     delta[tuple(n // 2 for n in window)] = 1
-    weights = gaussian_filter(delta, [n / 8 for n in window], 0, mode="constant", cval=0)
+    weights: np.ndarray = gaussian_filter(delta, [n / 8 for n in window], 0, mode="constant", cval=0)
     weights = (weights / (weights.max() / 10)).astype(np.float16)
     weights[weights == 0] = weights[weights > 0].min()
     weights = weights.astype(np.float32)
@@ -84,7 +86,7 @@ def _nnunet_gaussian(window: tuple[int, ...]) -> np.ndarray:
     return weights
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
+def _batches(items: list[_T], size: int) -> Iterator[list[_T]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
 

@@ -17,12 +17,14 @@ Runtime in ``tests/unit/test_openvino.py`` and in docs/BENCHMARKS.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = ["fuse_instance_norms"]
 
 
-def _reduce_chain_root(node, spatial_dims: int):
+def _reduce_chain_root(node: Any, spatial_dims: int) -> Any:
     """``x`` if ``node`` is ReduceMean applied ``spatial_dims`` times over single axes of ``x``; else None."""
     for _ in range(spatial_dims):
         if node.get_type_name() != "ReduceMean":
@@ -31,11 +33,11 @@ def _reduce_chain_root(node, spatial_dims: int):
     return node
 
 
-def _same(a, b) -> bool:
+def _same(a: Any, b: Any) -> bool:
     return a.get_node() is b.get_node() and a.get_index() == b.get_index()
 
 
-def _eps_of(add) -> tuple[object | None, float | None]:
+def _eps_of(add: Any) -> tuple[object | None, float | None]:
     """(the other input's node, eps) for ``Add(reduced, Constant eps)`` in either order."""
     left, right = add.input_value(0).get_node(), add.input_value(1).get_node()
     if right.get_type_name() != "Constant":
@@ -48,7 +50,7 @@ def _eps_of(add) -> tuple[object | None, float | None]:
     return left, float(values[0])
 
 
-def _match(divide, spatial_dims: int):
+def _match(divide: Any, spatial_dims: int) -> tuple[Any, float | None] | None:
     """(x output, eps) when ``divide`` ends the stable InstanceNorm subgraph; else None."""
     sub, sqrt = divide.input_value(0).get_node(), divide.input_value(1).get_node()
     if sub.get_type_name() != "Subtract" or sqrt.get_type_name() != "Sqrt":
@@ -73,7 +75,7 @@ def _match(divide, spatial_dims: int):
     return x, eps
 
 
-def fuse_instance_norms(model, spatial_dims: int = 3) -> int:
+def fuse_instance_norms(model: Any, spatial_dims: int = 3) -> int:
     """Replace each stable-InstanceNorm subgraph in ``model`` (in place) by OpenVINO's MVN; returns how many."""
     from openvino import opset6
 

@@ -22,7 +22,7 @@ from typing import Any
 from seg_edge.choices import EnginePrecision
 from seg_edge.card import ModelCard
 from seg_edge.artifact import file_sha256, load_artifact, sidecar_path
-from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
+from seg_edge.errors import ArtifactError, BackendUnavailable, InputError, MissingExtra
 from seg_edge.runtime.atomic import write_bytes_atomic
 from seg_edge.runtime.sessions.base import cache_root
 
@@ -45,7 +45,8 @@ def network_window(card: ModelCard) -> tuple[int, ...]:
     return tuple(card.patch_size)
 
 
-def make_profile(card: ModelCard, batch: int = 1, min_xyz=None, opt_xyz=None, max_xyz=None) -> Profile:
+def make_profile(card: ModelCard, batch: int = 1, min_xyz: tuple[int, ...] | None = None,
+                 opt_xyz: tuple[int, ...] | None = None, max_xyz: tuple[int, ...] | None = None) -> Profile:
     """Default: exactly the windows the runtime feeds (the card's window, batch 1..``batch``).
 
     Sizes have as many entries as the card's ``spatial_dims`` (2D models: the slice's H, W).
@@ -91,7 +92,7 @@ def gpu_device(index: int = 0) -> Device:
         except ImportError:
             from cuda import cudart  # cuda-python < 12.6
     except ImportError as exc:
-        raise BackendUnavailable("cuda-python is not installed: pip install 'seg-edge[tensorrt]'") from exc
+        raise MissingExtra("cuda", needed_for="the TensorRT backend") from exc
     err, count = cudart.cudaGetDeviceCount()
     if int(err) != 0 or count == 0:
         raise BackendUnavailable(f"no CUDA GPU visible (cudaGetDeviceCount: {err})")
@@ -102,7 +103,7 @@ def gpu_device(index: int = 0) -> Device:
     return Device(name.strip("\x00 "), f"{props.major}.{props.minor}")
 
 
-def import_tensorrt():
+def import_tensorrt() -> Any:
     """The ``tensorrt`` module (>= 10); BackendUnavailable naming how to get it otherwise."""
     try:
         import tensorrt as trt
@@ -114,7 +115,7 @@ def import_tensorrt():
     return trt
 
 
-def trt_major(trt) -> int:
+def trt_major(trt: Any) -> int:
     """TensorRT's major version number."""
     return int(trt.__version__.split(".")[0])
 
@@ -144,7 +145,7 @@ def read_sidecar(plan: Path) -> dict[str, Any]:
     """The sidecar of ``plan``; ArtifactError if it is missing or not seg-edge's format."""
     path = sidecar_path(plan)
     try:
-        data = json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
         ModelCard.from_json(json.dumps(data["card"]), str(path))
         data["tensorrt"]["version"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -192,7 +193,7 @@ class BuildSpec:
 Configure = Callable[[Any, Any, Any], None]
 
 
-def _parse(trt, onnx_path: Path, strongly_typed: bool, trt_logger):
+def _parse(trt: Any, onnx_path: Path, strongly_typed: bool, trt_logger: Any) -> tuple[Any, Any, Any]:
     builder = trt.Builder(trt_logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
@@ -203,7 +204,7 @@ def _parse(trt, onnx_path: Path, strongly_typed: bool, trt_logger):
     return builder, network, parser
 
 
-def _serialize(trt, builder, network, config, onnx_path: Path, spec: BuildSpec) -> bytes:
+def _serialize(trt: Any, builder: Any, network: Any, config: Any, onnx_path: Path, spec: BuildSpec) -> bytes:
     blob = spec.timing_cache.read_bytes() if spec.timing_cache and spec.timing_cache.is_file() else b""
     config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from seg_edge.errors import BackendUnavailable
+from seg_edge.errors import BackendUnavailable, MissingExtra
 from seg_edge.runtime.sessions.base import SessionBase
 
 
@@ -13,13 +15,13 @@ class TorchSession(SessionBase):
 
     name = "torch"
 
-    def __init__(self, module, in_channels: int, out_channels: int, device: str = "cpu",
-                 autocast_dtype: str | None = None):
+    def __init__(self, module: Any, in_channels: int, out_channels: int, device: str = "cpu",
+                 autocast_dtype: str | None = None) -> None:
         super().__init__(in_channels, out_channels)
         try:
             import torch
         except ImportError as exc:
-            raise BackendUnavailable("torch is not installed; pip install 'seg-edge[export]'") from exc
+            raise MissingExtra("torch", needed_for="the torch backend") from exc
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable("torch backend: CUDA requested but torch sees no GPU")
         self._torch = torch
@@ -33,4 +35,5 @@ class TorchSession(SessionBase):
         with torch.no_grad(), torch.autocast(self._device.split(":")[0], dtype=self._autocast,
                                              enabled=self._autocast is not None):
             out = self._module(x)
-        return out.float().cpu().numpy()
+        logits: np.ndarray = out.float().cpu().numpy()
+        return logits
