@@ -153,6 +153,9 @@ def test_labels_back_takes_the_argmax_at_the_network_size_then_nearest(rng):
     assert not got.probabilities[:, :, :, :3].any() and not got.probabilities[:, :, :, 9:].any()
     inside = got.probabilities[:, :, :, 3:9]  # probabilities agree with the labels voxel for voxel
     np.testing.assert_array_equal(lut[np.argmax(inside, axis=0)], got.labels[:, :, 3:9])
+    seg.options = type("O", (), {"et_rule": True, "probabilities": False})()  # (the card's ET rule is off)
+    alone = seg.finish(case, logits, inverse)  # the probabilities are not brought back: the same labels
+    assert alone.probabilities is None and np.array_equal(alone.labels, got.labels)
 
 
 def test_a_range_outside_the_crop_runs_no_slice(rng):

@@ -44,9 +44,13 @@ def card_rows(card) -> list[tuple[str, str]]:
         layout += f", spacing {'×'.join(f'{s:g}' for s in inputs.spacing)} mm"
     if inputs.orientation is not None:
         layout += f", orientation {inputs.orientation}"
+    if inputs.layout != "channels_first" or outputs.layout != "channels_first":
+        layout += f", tensors {inputs.layout} in, {outputs.layout} out"
     if inputs.slice is not None:
-        layout += (f", slices along axis {inputs.slice.axis} resized to {list(inputs.slice.size)} "
-                   f"({inputs.slice.interpolation})")
+        sl = inputs.slice
+        which = f" {sl.range[0]}..{sl.range[1] - 1}" if sl.range else ""
+        layout += (f", slices{which} along axis {sl.axis} resized to {list(sl.size)} ({sl.interpolation}), "
+                   f"{sl.back} resized back ({sl.back_interpolation})")
     if outputs.kind == "sigmoid":
         meaning = (f"sigmoid {', '.join(outputs.channels)} > {'/'.join(f'{t:g}' for t in outputs.thresholds)}; "
                    f"{outputs.rule}: " + ", ".join(f"{r}→{lab}" for r, lab in outputs.order))

@@ -103,16 +103,19 @@ def slicewise(tensor: np.ndarray, predict: Predictor, card: ModelCard, batch_siz
     return np.moveaxis(out, 1, 1 + spec.axis)
 
 
-def labels_back(labels: np.ndarray, probs: np.ndarray, shape: tuple[int, ...],
-                card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+def labels_back(labels: np.ndarray, probs: np.ndarray | None, shape: tuple[int, ...],
+                card: ModelCard) -> tuple[np.ndarray, np.ndarray | None]:
     """2D models labelled at the network's size (``back`` "labels"): labels (*3 spatial) and probabilities
     (K, *3 spatial) whose in-plane axes have the slice size → ``shape`` (network layout), resized with
-    ``back_interpolation`` (nearest: every voxel takes one network pixel's label and probabilities)."""
+    ``back_interpolation`` (nearest: every voxel takes one network pixel's label and probabilities).
+    ``probs`` None: only the labels (None returned for the probabilities)."""
     spec = card.inputs.slice
     if spec is None:
         raise ArtifactError(f"model card {card.name!r}: a 2D model without inputs.slice")
     plane = tuple(s for a, s in enumerate(shape) if a != spec.axis)
     labels = np.moveaxis(resize_plane(np.moveaxis(labels, spec.axis, 0), plane, spec.back_interpolation), 0, spec.axis)
+    if probs is None:
+        return np.ascontiguousarray(labels), None
     moved = np.moveaxis(probs, 1 + spec.axis, 1)
     probs = np.moveaxis(resize_plane(moved, plane, spec.back_interpolation), 1, 1 + spec.axis)
     return np.ascontiguousarray(labels), np.ascontiguousarray(probs)
