@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from seg_edge.cli import app as app_module
+from seg_edge.cli import console
 
 
 class _Tty(io.StringIO):
@@ -14,10 +14,10 @@ class _Tty(io.StringIO):
 
 def test_width_off_a_terminal(monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
-    assert app_module._width(io.StringIO()) == app_module.OFF_TERMINAL_WIDTH
-    assert app_module._width(_Tty()) is None  # a terminal: its own width
+    assert console._width(io.StringIO()) == console.OFF_TERMINAL_WIDTH
+    assert console._width(_Tty()) is None  # a terminal: its own width
     monkeypatch.setenv("COLUMNS", "100")
-    assert app_module._width(io.StringIO()) is None  # COLUMNS is rich's to read
+    assert console._width(io.StringIO()) is None  # COLUMNS is rich's to read
 
 
 def test_parity_table_in_a_log_keeps_whole_cells(monkeypatch):
@@ -33,8 +33,8 @@ def test_parity_table_in_a_log_keeps_whole_cells(monkeypatch):
                           label_agreement=0.99999, dice={"WT": 0.99991, "TC": 0.99987, "ET": 0.99975}, seconds=12.3,
                           reference_seconds=45.6, passed=True)
     log = io.StringIO()
-    console = Console(file=log, highlight=False, soft_wrap=True, width=app_module._width(log))
-    console.print(_table([row], "nnunet:/models/Dataset137_BraTS2021/nnUNetTrainer__nnUNetPlans__3d_fullres"))
+    table_console = Console(file=log, highlight=False, soft_wrap=True, width=console._width(log))
+    table_console.print(_table([row], "nnunet:/models/Dataset137_BraTS2021/nnUNetTrainer__nnUNetPlans__3d_fullres"))
     text = log.getvalue()
     assert "…" not in text
     for cell in ("BraTS-GLI-00000-000", "openvino:bf16", "5.0e-06", "99.999", "0.9999/0.9999/0.9998", "12.3/45.6",

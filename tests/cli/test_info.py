@@ -170,3 +170,32 @@ def test_info_on_a_tensorrt_plan(tmp_path):
     assert "tensorrt" in result.stdout and "a TensorRT plan" in result.stdout and "graph input" not in result.stdout
     data = json.loads(runner.invoke(app, ["info", str(plan), "--json"]).stdout)
     assert data["kind"] == "tensorrt" and "graph" not in data and data["card"]["inference"]["ensemble"] == 5
+
+
+def test_info_on_an_onnx_file_without_a_card(tmp_path):
+    """What a user needs to write a card: the graph's input and output names, element types and shapes."""
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["image"], ["probs"], to=TensorProto.FLOAT16)], "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 128, 128, 2])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT16, ["batch", 128, "width", 2])])
+    path = tmp_path / "keras.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    runner = CliRunner()
+    result = runner.invoke(app, ["info", str(path)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    for phrase in ("no seg-edge card", "docs/CARD.md", "seg-edge import onnx", "image float32 [batch, 128, 128, 2]",
+                   "probs float16 [batch, 128, width, 2]"):
+        assert phrase in result.stdout, (phrase, result.stdout)
+    data = json.loads(runner.invoke(app, ["info", str(path), "--json"]).stdout)
+    assert data["card"] is None and "no seg-edge card" in data["note"]
+    assert data["graph"]["inputs"] == [{"name": "image", "elem_type": 1, "dims": ["batch", 128, 128, 2],
+                                        "type": "float32"}]
+    assert data["graph"]["outputs"] == [{"name": "probs", "elem_type": 10, "dims": ["batch", 128, "width", 2],
+                                         "type": "float16"}]
+
+
+def test_info_on_a_file_that_is_not_onnx_is_still_a_model_error(tmp_path):
+    path = tmp_path / "notes.onnx"
+    path.write_text("not a model")
+    result = CliRunner().invoke(app, ["info", str(path)])
+    assert result.exit_code == 2 and result.stderr.startswith("model error:") and str(path) in result.stderr

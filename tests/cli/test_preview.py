@@ -41,8 +41,9 @@ def test_preview_without_pillow_is_one_line(case_dir, edge_onnx, tmp_path, monke
     monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now fails as if it were not installed
     result = runner.invoke(app, ["predict", str(case_dir), "--model", str(edge_onnx), "--out", str(tmp_path),
                                  "--preview"])
-    assert result.exit_code == 1
-    assert result.stderr.strip() == ("error: pictures need Pillow, which is not installed: "
+    assert result.exit_code == 3
+    assert result.stderr.strip() == ("missing extra: drawing pictures needs pillow, which is not installed; it comes "
+                                     "with seg-edge's 'preview' extra: pip install -e '.[preview]' in a clone, or "
                                      "pip install 'seg-edge[preview]'")
     assert list(tmp_path.iterdir()) == []
 

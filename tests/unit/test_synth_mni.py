@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from seg_edge.errors import InputError
+from seg_edge.errors import InputError, MissingExtra
 from seg_edge.synth import mni
 from seg_edge.synth.phantom import make_phantom
 
@@ -54,7 +54,7 @@ def test_unknown_anatomy_and_missing_nilearn(monkeypatch):
     mni.tissue_maps.cache_clear()
     monkeypatch.setitem(sys.modules, "nilearn", None)
     try:
-        with pytest.raises(InputError, match=r"seg-edge\[synth\]"):
+        with pytest.raises(MissingExtra, match=r"seg-edge\[synth\]"):  # exit 3, like every missing extra
             make_phantom(np.random.default_rng(0), SHAPE, anatomy="mni152")
     finally:
         mni.tissue_maps.cache_clear()

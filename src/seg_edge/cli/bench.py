@@ -10,7 +10,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.console import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, PrecisionHint, dumps, parse_sizes
 
 

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.console import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, LabelScheme, dumps
 from seg_edge.errors import InputError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from seg_edge.cli.app import guarded, out
+from seg_edge.cli.console import guarded, out
 from seg_edge.cli.options import JSON_OPTION, dumps
 from seg_edge.choices import TritonBackend, TritonDevice
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from seg_edge.cli.app import guarded
+from seg_edge.cli.console import guarded
 from seg_edge.cli.options import JSON_OPTION
 
 

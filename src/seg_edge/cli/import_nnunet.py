@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from seg_edge.cli.app import err, guarded
+from seg_edge.cli.console import err, guarded
 from seg_edge.cli.import_cmd import NORM_OPTION, OPSET_OPTION, OUT_OPTION, SHAPE_OPTION, TOLERANCE_OPTION
 from seg_edge.cli.options import JSON_OPTION
 from seg_edge.errors import InputError

@@ -17,11 +17,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from seg_edge.card import CARD_KEY, ModelCard
-from seg_edge.cli.app import guarded, out
+from seg_edge.cli.console import guarded, out
 from seg_edge.cli.options import JSON_OPTION, dumps, model_path
 
 if TYPE_CHECKING:
     from seg_edge.artifact import Artifact
+    from seg_edge.onnxproto import OnnxHeader, TensorInfo
 
 ARRAY_AXES = "XYZ"  # the loaded array's axes, as nibabel gives them
 NORMALIZATION_WORDS = {
@@ -223,7 +224,12 @@ def info(model: Path = typer.Argument(None, help="ONNX model or TensorRT plan (d
     """Show what a model expects and produces (its seg-edge card), in words."""
     from seg_edge.artifact import load_artifact
 
-    artifact = load_artifact(model_path(model))
+    path = model_path(model)
+    header = _cardless_onnx(path)
+    if header is not None:
+        _show_cardless(path, header, json_out)
+        return
+    artifact = load_artifact(path)
     stored = stored_schema(artifact)
     graph = {"inputs": [dataclasses.asdict(t) for t in artifact.inputs],
              "outputs": [dataclasses.asdict(t) for t in artifact.outputs]}
@@ -245,6 +251,44 @@ def info(model: Path = typer.Argument(None, help="ONNX model or TensorRT plan (d
     at = next(i for i, (key, _) in enumerate(rows) if key == "source framework")
     for key, value in rows[:at] + graph_rows + rows[at:]:
         table.add_row(escape(key), escape(value))
+    out.print(table)
+
+
+CARDLESS_NOTE = ("no seg-edge card: write one for these inputs and outputs (docs/CARD.md) and attach it with "
+                 "seg-edge import onnx MODEL --card CARD --out OUT")
+
+
+def _cardless_onnx(path: Path) -> OnnxHeader | None:
+    """The header of an ONNX file that has no seg-edge card; None for anything load_artifact should judge."""
+    from seg_edge.onnxproto import read_onnx_header
+
+    if not path.is_file() or path.suffix in (".plan", ".engine"):
+        return None
+    header = read_onnx_header(path)
+    return None if CARD_KEY in header.metadata else header
+
+
+def _show_cardless(path: Path, header: OnnxHeader, json_out: bool) -> None:
+    """What a card is written from: each graph input and output's name, element type and shape (symbolic
+    dimensions by name)."""
+    from seg_edge.onnxproto import ELEM_TYPES
+
+    def tensor(t: TensorInfo) -> dict[str, Any]:  # the keys of a carded model's "graph", plus the type's name
+        return {**dataclasses.asdict(t), "type": ELEM_TYPES.get(t.elem_type, f"type {t.elem_type}")}
+
+    size = path.stat().st_size
+    if json_out:
+        out.print_json(dumps({"path": str(path), "kind": "onnx", "size_bytes": size, "card": None,
+                              "note": CARDLESS_NOTE, "graph": {"inputs": [tensor(t) for t in header.inputs],
+                                                               "outputs": [tensor(t) for t in header.outputs]}}))
+        return
+    table = Table(title=f"{path} (onnx, {size / 1e6:.1f} MB)", title_justify="left", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("card", escape(CARDLESS_NOTE))
+    for key, tensors in (("graph input", header.inputs), ("graph output", header.outputs)):
+        for t in tensors:
+            table.add_row(key, escape(t.describe()))
     out.print(table)
 
 

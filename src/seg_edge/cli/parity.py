@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from seg_edge.card import REGIONS
-from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.console import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, Blend, PrecisionHint, dumps
 
 

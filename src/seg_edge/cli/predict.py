@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.markup import escape
 from rich.table import Table
 
-from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.console import err, guarded, out
 from seg_edge.errors import InputError
 from seg_edge.cli.options import (HINT_OPTION, JSON_OPTION, THREADS_OPTION, Backend, Blend, Engine, LabelScheme,
                                   PrecisionHint, dumps, model_path, parse_modalities, report_auto)

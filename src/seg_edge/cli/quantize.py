@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from seg_edge.choices import CalibrationMethod as Method, QuantizePrecision as Precision
-from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.console import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, dumps
 
 

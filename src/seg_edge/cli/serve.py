@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from seg_edge.cli.app import err, guarded
+from seg_edge.cli.console import err, guarded
 from seg_edge.cli.options import THREADS_OPTION, Backend, model_path
-from seg_edge.errors import InputError, SegEdgeError
+from seg_edge.errors import InputError, MissingExtra
 
 
 def default_data() -> Path:
@@ -25,8 +25,7 @@ def _require_extra() -> None:
         except ImportError:
             missing.append(module)
     if missing:
-        raise SegEdgeError(f"seg-edge serve needs {', '.join(missing)}, which are not installed: "
-                           "pip install 'seg-edge[serve]'")
+        raise MissingExtra(missing[0], needed_for="seg-edge serve")
 
 
 @guarded

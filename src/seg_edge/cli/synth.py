@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.console import err, guarded, out
 from seg_edge.cli.options import Anatomy, LabelScheme, parse_triplet
 
 

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from seg_edge.cli.app import err, guarded, out
+from seg_edge.cli.console import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, Backend, dumps
 from seg_edge.errors import InputError
 
@@ -72,6 +72,9 @@ def tune(
     into a copy of the model as its inference profile (predict uses it on this machine)."""
     from seg_edge.evaluation.tune import TuneOptions, tune as run
     from seg_edge.evaluation.tune_report import plot_front, summary, write_tuned
+
+    if plot:  # drawn after the whole search: a missing matplotlib is told before the search starts
+        import matplotlib  # noqa: F401
 
     options = TuneOptions(budget, tuple(b.value for b in backend or []), tuple(variant or []),
                           threads=_numbers(threads, "--threads", int), batches=_numbers(batches, "--batches", int),

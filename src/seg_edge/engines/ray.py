@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from seg_edge import errors
-from seg_edge.errors import BackendUnavailable, InputError
+from seg_edge.errors import InputError, MissingExtra
 from seg_edge.runtime.jobs import Job, failure_reason, finished
 from seg_edge.runtime.machine import cores
 from seg_edge.runtime import runner
@@ -38,7 +38,6 @@ from seg_edge.runtime.runner import SKIPPED, CaseResult, OutputPolicy
 from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
 
 log = logging.getLogger(__name__)
-INSTALL_HINT = "--engine ray needs Ray: pip install 'seg-edge[ray]'"
 CONNECT_TIMEOUT_S = 5.0
 ACTORS_START_TIMEOUT_S = 600.0  # placing the actors and loading a model on each
 
@@ -114,8 +113,8 @@ def _import_ray(local: bool):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
-    except ImportError as exc:
-        raise BackendUnavailable(f"{INSTALL_HINT} ({exc})") from None
+    except ImportError:
+        raise MissingExtra("ray", needed_for="--engine ray") from None
     return ray
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from seg_edge.artifact import file_sha256
 from seg_edge.card import ModelCard, Tolerances
-from seg_edge.errors import InputError
+from seg_edge.errors import InputError, MissingExtra
 from seg_edge.export.onnx import ExportReport, OnnxOptions, export_network
 from seg_edge.importers.common import load_torch_file, load_weights_into, refuse_existing_dir, source_provenance
 from seg_edge.importers.nnunet_plans import card_parts
@@ -40,7 +40,7 @@ def _require_nnunet():
     try:
         import nnunetv2  # noqa: F401
     except ImportError as exc:
-        raise InputError("nnU-Net v2 is not installed: pip install 'seg-edge[nnunet]'") from exc
+        raise MissingExtra("nnunetv2", needed_for="import nnunet") from exc
 
 
 def _read_json(path: Path) -> dict:

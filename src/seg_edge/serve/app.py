@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from seg_edge import __version__
-from seg_edge.errors import InputError, SegEdgeError
+from seg_edge.errors import INTERNAL_HTTP_STATUS, INTERNAL_LABEL, InputError, SegEdgeError
 from seg_edge.runtime.jobs import failure_reason
 from seg_edge.runtime.pictures import legend
 from seg_edge.runtime.regions import et_label
@@ -181,8 +181,8 @@ def _register_errors(app: FastAPI) -> None:
         return _error(exc.status, str(exc))
 
     @app.exception_handler(SegEdgeError)
-    async def input_error(request: Request, exc: SegEdgeError) -> JSONResponse:
-        return _error(422 if isinstance(exc, InputError) else 500, str(exc))
+    async def known_error(request: Request, exc: SegEdgeError) -> JSONResponse:
+        return _error(exc.http_status, str(exc))  # the status of its class in seg_edge.errors, as the CLI's code
 
     @app.exception_handler(ClientDisconnect)
     async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
@@ -202,8 +202,8 @@ def _register_errors(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("internal error on %s", request.url.path, exc_info=exc)
-        return _error(500, f"internal error: {failure_reason(exc)} (a bug in seg-edge; the server log has the "
-                           "traceback)")
+        return _error(INTERNAL_HTTP_STATUS, f"{INTERNAL_LABEL}: {failure_reason(exc)} (a bug in seg-edge; the server "
+                                            "log has the traceback)")
 
 
 def create_app(config: ServeConfig) -> FastAPI:

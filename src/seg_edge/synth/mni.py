@@ -12,18 +12,18 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from seg_edge.errors import InputError
+from seg_edge.errors import MissingExtra
 
 MAX_HEIGHT_MM = 148  # keep the cerebrum and cerebellum; the lower brainstem is cut to fit 155 slices
 
 
 @lru_cache(maxsize=1)
 def tissue_maps() -> np.ndarray:
-    """(3, X, Y, Z) float32 CSF, GM, WM fractions cropped to the brain; InputError without nilearn."""
+    """(3, X, Y, Z) float32 CSF, GM, WM fractions cropped to the brain; MissingExtra without nilearn."""
     try:
         from nilearn import datasets
     except ImportError as exc:
-        raise InputError("anatomy 'mni152' needs nilearn: pip install 'seg-edge[synth]'") from exc
+        raise MissingExtra("nilearn", needed_for="anatomy 'mni152'") from exc
     gm = datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
     wm = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
     mask = datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32) > 0.5

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from seg_edge.artifact import Artifact
-from seg_edge.errors import ArtifactError, BackendUnavailable, InputError
+from seg_edge.errors import ArtifactError, BackendUnavailable, InputError, MissingExtra
 from seg_edge.runtime.machine import ONEDNN_ISA_ENV as ISA_ENV, onednn_isa_cap
 from seg_edge.runtime.sessions.base import SessionBase, cache_root, graph_layout
 from seg_edge.runtime.sessions.openvino_graph import fuse_instance_norms
@@ -49,7 +49,7 @@ class OpenVINOSession(SessionBase):
         try:
             import openvino as ov
         except ImportError as exc:
-            raise BackendUnavailable("OpenVINO is not installed: pip install 'seg-edge[openvino]'") from exc
+            raise MissingExtra("openvino", needed_for="--backend openvino") from exc
         self._core = ov.Core()
         caps = self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         if hint == "bf16" and "BF16" not in caps:

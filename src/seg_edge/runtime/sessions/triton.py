@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from seg_edge.artifact import Artifact
-from seg_edge.errors import ArtifactError, BackendUnavailable, InputError, SessionError
+from seg_edge.errors import ArtifactError, InputError, MissingExtra, SessionError
 from seg_edge.runtime.sessions.base import SessionBase, graph_layout
 
 CONNECT_TIMEOUT_S = 10.0
@@ -103,9 +103,8 @@ class TritonSession(SessionBase):
         try:
             import tritonclient.grpc as grpcclient
             from tritonclient.utils import InferenceServerException
-        except ImportError as exc:
-            raise BackendUnavailable(f"--backend triton needs tritonclient: pip install 'seg-edge[triton]' "
-                                     f"({exc})") from None
+        except ImportError:
+            raise MissingExtra("tritonclient", needed_for="--backend triton") from None
         self._grpc, self._error = grpcclient, InferenceServerException
         self._client = grpcclient.InferenceServerClient(self.address)
         self._pool: ThreadPoolExecutor | None = None
