@@ -201,8 +201,9 @@ def test_probabilities_made_without_a_softmax_call_are_refused(tmp_path):
 def test_import_torch_leaves_stderr_clean(trained, tmp_path):
     """No FutureWarning or other chatter from torch's exporter reaches the user's terminal."""
     weights, _ = trained
-    args = [str(Path(sys.executable).with_name("seg-edge")), "import", "torch", "--network", f"{HERE}:SoftmaxNet3D", "--weights", str(weights),
-            "--card", str(_card(tmp_path / "card.json")), "--out", str(tmp_path / "m.onnx"), "--check-shape", "16,16,16"]
+    args = [str(Path(sys.executable).with_name("seg-edge")), "import", "torch", "--network", f"{HERE}:SoftmaxNet3D",
+            "--weights", str(weights), "--card", str(_card(tmp_path / "card.json")), "--out", str(tmp_path / "m.onnx"),
+            "--check-shape", "16,16,16"]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}  # the network's file imports the test helpers
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -225,7 +226,8 @@ def test_parity_compares_the_sources_own_logits_past_the_clamp(case_dir, tmp_pat
     torch.save(net.state_dict(), weights)
     source = _export(net, tmp_path / "sharp2d.onnx", 2)
     model = tmp_path / "sharp2d-imported.onnx"
-    run_ok("import", "onnx", source, "--card", seed_card(tmp_path / "c.json"), "--out", model)
+    imported = run_ok("import", "onnx", source, "--card", seed_card(tmp_path / "c.json"), "--out", model)
+    assert "note: the graph ends in Softmax: removed" in imported.stderr  # said, not only in the table
     row = predict_and_parity(model, case_dir, tmp_path, "--reference", weights,
                              "--network", f"{HERE.parent / 'test_onnx.py'}:TinyUNet2D")
     assert row["labels_changed"] == 0 and row["max_abs"] < 1e-4

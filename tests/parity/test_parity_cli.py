@@ -74,7 +74,7 @@ def test_onnx_import_without_reference_says_only_what_to_give(tmp_path, case_dir
     source = tmp_path / "graph.onnx"
     torch.onnx.export(nn.Conv3d(4, 3, 1), (torch.zeros(1, 4, 8, 8, 8),), str(source), dynamo=False,
                       input_names=["image"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"image": {0: "n", 2: "x", 3: "y", 4: "z"}, "logits": {0: "n", 2: "x", 3: "y", 4: "z"}})
+                      dynamic_axes={name: {0: "n", 2: "x", 3: "y", 4: "z"} for name in ("image", "logits")})
     card = tmp_path / "card.json"
     card.write_text(json.dumps({"schema": 2, "name": "g", "preset": "custom",
                                 "inputs": {"tensor": "image", "channels": [{"name": m} for m in

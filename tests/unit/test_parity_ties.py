@@ -73,7 +73,7 @@ def test_parity_result_is_keyword_only():
     from seg_edge.evaluation.parity import ParityResult
 
     with pytest.raises(TypeError):
-        ParityResult("c", "onnxruntime", 0.1, 0.01, 0.05, 1.0, 0, {}, {}, {})  # noqa: the mistake it prevents
+        ParityResult("c", "onnxruntime", 0.1, 0.01, 0.05, 1.0, 0, {}, {}, {})  # the mistake it prevents
     result = ParityResult(case_id="c", backend="onnxruntime", max_abs=0.1, mean_abs=0.01, p999_abs=0.05,
                           label_agreement=1.0, labels_changed=0, dice={}, hd95={}, volume_diff_ml={})
     assert result.max_abs == 0.1 and result.passed is False

@@ -18,11 +18,12 @@ import_app = typer.Typer(name="import", no_args_is_help=True, add_completion=Fal
 
 OUT_OPTION = typer.Option(..., "--out", "-o", help="Output .onnx file (written only if every check passes).")
 OPSET_OPTION = typer.Option(18, "--opset", min=17, help="ONNX opset (>= 17).")
-TOLERANCE_OPTION = typer.Option(1e-3, "--tolerance", help="Max |logit| error ONNX Runtime vs torch to accept.")
+TOLERANCE_OPTION = typer.Option(1e-3, "--tolerance", help="Max |logit| error ONNX Runtime vs torch to accept, "
+                                "times the logits' scale (their largest magnitude, at least 1).")
 SHAPE_OPTION = typer.Option(None, "--check-shape", help="Spatial sizes of the verification input, e.g. 64,64,64 "
                             "(default: the card's patch).")
-NORM_OPTION = typer.Option("stable", "--instance-norm", help="stable (per-axis two-pass subgraph, accurate on ORT "
-                           "CPU) or native (ONNX InstanceNormalization).")
+NORM_OPTION = typer.Option("stable", "--instance-norm", help="stable (InstanceNorm and 3D GroupNorm as per-axis "
+                           "two-pass subgraphs, accurate on ORT CPU) or native (ONNX InstanceNormalization).")
 CARD_OPTION = typer.Option(..., "--card", help="Model card JSON (schema 2, docs/CARD.md).")
 
 
@@ -87,9 +88,11 @@ def _render(path: Path, size: int, check: str, card, json_out: bool, extra: dict
 
 def _export_check(report) -> tuple[str, dict]:
     check = report.card.provenance["export_check"]
+    scale = check.get("logit_scale", 1.0)
     text = (f"ONNX Runtime CPU vs torch: max |logit| error {report.max_abs_logit_error:.2e} "
-            f"(tolerance {check['tolerance']:g}, input {check['input_shape']})")
-    return text, {"max_abs_logit_error": report.max_abs_logit_error, "tolerance": check["tolerance"]}
+            f"(tolerance {check['tolerance']:g} x logit scale {scale:.3g}, input {check['input_shape']})")
+    return text, {"max_abs_logit_error": report.max_abs_logit_error, "tolerance": check["tolerance"],
+                  "logit_scale": scale}
 
 
 @import_app.command("nvidia")

@@ -21,9 +21,11 @@ def _activation_functions() -> dict[Any, tuple[str, str]]:
     import torch.nn.functional as F
 
     return {torch.softmax: ("softmax", "torch.softmax"), F.softmax: ("softmax", "F.softmax"),
-            torch.Tensor.softmax: ("softmax", "Tensor.softmax"), torch.special.softmax: ("softmax", "torch.special.softmax"),
+            torch.Tensor.softmax: ("softmax", "Tensor.softmax"),
+            torch.special.softmax: ("softmax", "torch.special.softmax"),
             torch.sigmoid: ("sigmoid", "torch.sigmoid"), F.sigmoid: ("sigmoid", "F.sigmoid"),
-            torch.Tensor.sigmoid: ("sigmoid", "Tensor.sigmoid"), torch.special.expit: ("sigmoid", "torch.special.expit")}
+            torch.Tensor.sigmoid: ("sigmoid", "Tensor.sigmoid"),
+            torch.special.expit: ("sigmoid", "torch.special.expit")}
 
 
 @dataclass(frozen=True)
