@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -48,18 +48,54 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+# The readiness signal: seg-edge predict, run through its entry point, with one line on stderr when its first
+# window reaches the session (at overlap 0.8 on a full-size case many more follow), so the signal lands while
+# windows run, however fast or loaded the machine is.
+WINDOWS_RUNNING = "test: windows running"
+WINDOWS_RUNNING_SCRIPT = """
+import sys
+from seg_edge.runtime.sessions.base import SessionBase
+real_run = SessionBase.run
+
+def announcing_run(self, batch):
+    if not getattr(SessionBase, "announced", False):
+        SessionBase.announced = True
+        print(%r, file=sys.stderr, flush=True)
+    return real_run(self, batch)
+
+SessionBase.run = announcing_run
+from seg_edge.cli.app import main
+sys.argv = ["seg-edge", *{argv!r}]
+main()
+""" % WINDOWS_RUNNING
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_full_size_predict_leaves_nothing(sig, tmp_path, edge_onnx):
     """A 240×240×155 case, interrupted while windows run: exit 130, no output folder, no temp file."""
     out = tmp_path / "out" / "deep"
-    proc = subprocess.Popen([str(_script()), "predict", str(EXAMPLE), "--model", str(edge_onnx), "--out", str(out),
-                             "--overlap", "0.8", "--probabilities"],
+    argv = ["predict", str(EXAMPLE), "--model", str(edge_onnx), "--out", str(out), "--overlap", "0.8",
+            "--probabilities"]
+    proc = subprocess.Popen([sys.executable, "-c", WINDOWS_RUNNING_SCRIPT.format(argv=argv)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             preexec_fn=_default_sigint)
-    time.sleep(8)
+    lines: list[str] = []
+    running = threading.Event()
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.strip() == WINDOWS_RUNNING:
+                running.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    assert running.wait(timeout=300), f"no window ran within 300 s: {''.join(lines)[-2000:]}"
     assert proc.poll() is None, "the run finished before it could be interrupted; make it longer"
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    reader.join(timeout=30)
+    stdout, stderr = proc.stdout.read(), "".join(lines[1:])
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and stdout.strip() == ""
     assert [line for line in stderr.splitlines() if line.strip()][-1].startswith("interrupted")
