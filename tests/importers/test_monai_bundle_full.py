@@ -104,3 +104,6 @@ def test_full_size_bundle_imports_with_defaults_and_agrees(tmp_path):
     print(f"full-size bundle: max |Δ logits| {report['max_abs_logit_error']:.3g} on the check input "
           f"(logit scale {check['logit_scale']:.3g}); {case.name}: {row}")  # shown with -s
     assert row["label_agreement"] >= 0.999, row
+    # untrained, the seeded network calls nearly every voxel tumour (8.93 M of 8.93 M WT voxels when
+    # measured), so the labels say little: its probabilities, compared at every voxel, must agree too
+    assert row["max_abs"] < 1e-4, row
