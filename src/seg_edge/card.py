@@ -15,6 +15,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from seg_edge.errors import ArtifactError
@@ -284,7 +285,7 @@ def _build(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
         if value is None and type(None) in args:
             return None
         return _build(next(a for a in args if a is not type(None)), value, where, problems)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, where, problems)
     if origin is tuple:
         if not isinstance(value, list):
@@ -297,9 +298,10 @@ def _build(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
             problems.append(f"{where} is {show(value)} (expected a JSON object)")
             return {}
         return dict(value)
-    checks = {str: (lambda v: isinstance(v, str), "a string"), int: (_is_int, "an integer"),
-              float: (lambda v: _is_int(v) or isinstance(v, float), "a number"),
-              bool: (lambda v: isinstance(v, bool), "true or false")}
+    checks: dict[type, tuple[Callable[[Any], bool], str]] = {
+        str: (lambda v: isinstance(v, str), "a string"), int: (_is_int, "an integer"),
+        float: (lambda v: _is_int(v) or isinstance(v, float), "a number"),
+        bool: (lambda v: isinstance(v, bool), "true or false")}
     check, expected = checks[tp]
     if not check(value):
         problems.append(f"{where} is {show(value)} (expected {expected})")
@@ -307,7 +309,7 @@ def _build(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     return float(value) if tp is float else value
 
 
-def _build_dataclass(cls: type, value: Any, where: str, problems: list[str]) -> Any:
+def _build_dataclass(cls: type[Any], value: Any, where: str, problems: list[str]) -> Any:
     if not isinstance(value, dict):
         problems.append(f"{where} is {show(value)} (expected a JSON object)")
         return None
@@ -361,7 +363,7 @@ def card_from_dict(raw: dict[str, Any], source: str) -> ModelCard:
     elif minor == 0:
         raw = migrate_schema2_0({k: v for k, v in raw.items() if k != "schema_minor"})
     problems: list[str] = []
-    card = _build_dataclass(ModelCard, raw, "", problems)
+    card: ModelCard | None = _build_dataclass(ModelCard, raw, "", problems)
     if problems or card is None:
         raise ArtifactError(f"{source}: invalid model card: " + "; ".join(problems or ["unreadable"]))
     from seg_edge.cardcheck import validate_card  # value rules live beside the card, in their own module

@@ -9,7 +9,7 @@ from seg_edge.card import (BACKS, BLENDS, CLASSES, CROPS, DERIVED, INTERPOLATION
 from seg_edge.errors import ArtifactError
 
 
-def _choice(where: str, value: object, allowed: tuple) -> list[str]:
+def _choice(where: str, value: object, allowed: tuple[object, ...]) -> list[str]:
     return [] if value in allowed else [f"{where} {show(value)} (expected one of {list(allowed)})"]
 
 
@@ -61,7 +61,8 @@ def _input_problems(inputs: Inputs) -> list[str]:
     if inputs.spacing is not None and (len(inputs.spacing) != 3 or not all(0 < s < 100 for s in inputs.spacing)):
         problems.append(f"inputs.spacing {list(inputs.spacing)} (expected 3 voxel sizes in mm, each in (0, 100))")
     codes = inputs.orientation
-    if codes is not None and (len(codes) != 3 or sorted(codes.translate(str.maketrans("LPI", "RAS"))) != ["A", "R", "S"]):
+    axes_of = sorted(codes.translate(str.maketrans("LPI", "RAS"))) if codes is not None else []
+    if codes is not None and (len(codes) != 3 or axes_of != ["A", "R", "S"]):
         problems.append(f"inputs.orientation {show(codes)} (expected 3 axis codes, one of R/L, A/P, S/I each, "
                         "like \"RAS\")")
     return problems

@@ -20,11 +20,9 @@ def migrate_schema1(raw: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"has unknown schema-1 fields {unknown}")
-    for key, kind, check in (("axis_order", "a string", lambda v: isinstance(v, str)),
-                             ("mask_channel", "a string", lambda v: isinstance(v, str)),
-                             ("activation", "a string", lambda v: isinstance(v, str)),
-                             ("modalities", "a list", lambda v: isinstance(v, list))):
-        if key in raw and not check(raw[key]):
+    for key, kind, python_type in (("axis_order", "a string", str), ("mask_channel", "a string", str),
+                                   ("activation", "a string", str), ("modalities", "a list", list)):
+        if key in raw and not isinstance(raw[key], python_type):
             raise ValueError(f"{key} is {show(raw[key])} (expected {kind})")
     norm = raw.get("normalization", "zscore_nonzero")
     channels = [{"name": m, "normalization": norm} for m in raw.get("modalities", MODALITIES)]
@@ -37,7 +35,8 @@ def migrate_schema1(raw: dict[str, Any]) -> dict[str, Any]:
     axes = {"xyz": [0, 1, 2], "zyx": [2, 1, 0]}.get(raw.get("axis_order", "xyz"))
     if axes is None:
         raise ValueError(f"axis_order {show(raw.get('axis_order'))} (expected 'xyz' or 'zyx')")
-    out = {k: raw[k] for k in ("name", "preset", "label_scheme", "precision", "tolerances", "provenance") if k in raw}
+    kept = ("name", "preset", "label_scheme", "precision", "tolerances", "provenance")
+    out: dict[str, Any] = {k: raw[k] for k in kept if k in raw}
     out["inputs"] = {"tensor": raw.get("input_name", "image"), "channels": channels, "crop": "nonzero", "axes": axes}
     out["outputs"] = {"tensor": raw.get("output_name", "logits"), "kind": "sigmoid",
                       "channels": raw.get("regions", list(REGIONS)), "thresholds": raw.get("thresholds", [0.5] * 3),

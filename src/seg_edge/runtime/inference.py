@@ -72,7 +72,8 @@ def resize_plane(volume: np.ndarray, size: tuple[int, ...], interpolation: str) 
 
     order = INTERPOLATION_ORDER[interpolation]
     zoom = (1.0,) * (volume.ndim - 2) + tuple(t / s for t, s in zip(size, volume.shape[-2:]))
-    return ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=True).astype(np.float32)
+    resized: np.ndarray = ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=True).astype(np.float32)
+    return resized
 
 
 def slicewise(tensor: np.ndarray, predict: Predictor, card: ModelCard, batch_size: int,
@@ -123,7 +124,7 @@ def labels_back(labels: np.ndarray, probs: np.ndarray | None, shape: tuple[int, 
 
 def network_logits(tensor: np.ndarray, predict: Predictor, card: ModelCard, plan: Plan,
                    on_window: Callable[[int, int], None] | None = None,
-                   background: dict | None = None) -> np.ndarray:
+                   background: dict[tuple[int, ...], np.ndarray] | None = None) -> np.ndarray:
     """Logits in network layout for a preprocessed tensor, with the plan's window or the card's slices.
 
     ``background`` caches the logits of an all-zero window across calls (``window.blend_windows``).

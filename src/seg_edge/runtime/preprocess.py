@@ -46,14 +46,16 @@ class Inverse:
 def to_network_axes(volume: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """Permute the last three (array X, Y, Z) axes into network order."""
     lead = volume.ndim - 3
-    return volume.transpose(tuple(range(lead)) + tuple(lead + a for a in axes))
+    moved: np.ndarray = volume.transpose(tuple(range(lead)) + tuple(lead + a for a in axes))
+    return moved
 
 
 def from_network_axes(volume: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """The inverse of ``to_network_axes``."""
     lead = volume.ndim - 3
     inverse = tuple(int(i) for i in np.argsort(axes))
-    return volume.transpose(tuple(range(lead)) + tuple(lead + a for a in inverse))
+    moved: np.ndarray = volume.transpose(tuple(range(lead)) + tuple(lead + a for a in inverse))
+    return moved
 
 
 def nonzero_box(images: np.ndarray) -> tuple[slice, slice, slice]:
@@ -106,7 +108,8 @@ def foreground_mask(modalities: np.ndarray) -> np.ndarray:
     """nnU-Net's ``create_nonzero_mask``: voxels != 0 in any modality, holes filled."""
     from scipy.ndimage import binary_fill_holes
 
-    return binary_fill_holes((modalities != 0).any(axis=0))
+    filled: np.ndarray = binary_fill_holes((modalities != 0).any(axis=0))
+    return filled
 
 
 def zscore_mask(channel: np.ndarray, mask: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -153,7 +156,8 @@ def implemented(table: dict[str, Any], name: str, what: str, card: ModelCard) ->
 
 def nvidia_mask(modalities: list[np.ndarray]) -> np.ndarray:
     """NVIDIA's BraTS21 mask channel: 1 where every normalised modality channel is > 0."""
-    return np.logical_and.reduce([c > 0 for c in modalities]).astype(np.float32)
+    mask: np.ndarray = np.logical_and.reduce([c > 0 for c in modalities]).astype(np.float32)
+    return mask
 
 
 DERIVED: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {"nvidia_mask": nvidia_mask}
@@ -179,7 +183,7 @@ def channels(cropped: np.ndarray, card: ModelCard, out: np.ndarray | None = None
                    for i in slots]
 
     def normalise(k: int) -> np.ndarray:
-        slot = out[slots[k]]
+        slot: np.ndarray = out[slots[k]]
         result = normalizers[k](cropped[k], mask, slot)
         if result is not slot:  # a normalizer that returned a new array instead of filling ``slot``
             slot[...] = result

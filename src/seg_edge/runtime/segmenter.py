@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
+from typing import TypeVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +83,11 @@ class SegmenterOptions:
                     self.batch_size or 1, axes, self.steps or inf.steps, window, self.skip_empty)
 
 
-def _first(value, fallback):
+_T = TypeVar("_T")
+OnWindow = Callable[[int, int], None]  # progress: (windows or slices done, of how many)
+
+
+def _first(value: _T | None, fallback: _T) -> _T:
     return fallback if value is None else value
 
 
@@ -152,7 +158,8 @@ class Segmenter:
         self.plan = self.options.plan(self.card)
         self.profile_note: str | None = None  # what open_profiled decided about the card's tuned profile
         self.profile: InferenceProfile | None = None  # the tuned profile in force (open_profiled), if any
-        self._background: dict = {}  # the network's logits for an all-zero window, per window shape
+        # the network's logits for an all-zero window, per window shape
+        self._background: dict[tuple[int, ...], np.ndarray] = {}
 
     @classmethod
     def open(cls, model: str | Path, backend: str = "onnxruntime", threads: int | None = None,
@@ -192,7 +199,7 @@ class Segmenter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def logits(self, images: np.ndarray, on_window=None,
+    def logits(self, images: np.ndarray, on_window: OnWindow | None = None,
                scale: tuple[float, ...] | None = None) -> tuple[np.ndarray, Inverse, dict[str, float]]:
         """Preprocess (resampled by ``scale``) and run the sliding window: network-layout logits and the Inverse."""
         prepared = self.preprocess(images, scale)
@@ -213,10 +220,12 @@ class Segmenter:
         tensor, inverse = preprocess(images, self.card, scale, self.plan.window)
         return Prepared(tensor, inverse, {"preprocess": time.perf_counter() - t0})
 
-    def network(self, prepared: Prepared, on_window=None) -> np.ndarray:
+    def network(self, prepared: Prepared, on_window: OnWindow | None = None) -> np.ndarray:
         """Network-layout logits of a prepared tensor (the sliding window or the slices), timed into
         ``prepared.timings``; the tensor is released."""
         t0 = time.perf_counter()
+        if prepared.tensor is None:
+            raise InputError("the case's network tensor was already run and released (prepare it again)")
         logits = network_logits(prepared.tensor, self.session.run, self.card, self.plan, on_window, self._background)
         prepared.tensor = None
         prepared.timings["inference"] = time.perf_counter() - t0
@@ -243,7 +252,7 @@ class Segmenter:
             case.warnings.append(f"{source}: resampled to {target} mm for the network and back (--resample)")
         return self.preprocess(case.images, scale)
 
-    def predict(self, case: Case, on_window=None) -> Segmentation:
+    def predict(self, case: Case, on_window: OnWindow | None = None) -> Segmentation:
         """Segment one loaded case."""
         prepared = self.prepare(case)
         logits = self.network(prepared, on_window)

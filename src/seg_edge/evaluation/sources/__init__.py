@@ -60,7 +60,8 @@ def verify_source(spec: SourceSpec, card: ModelCard) -> None:
     prov = card.provenance
     if spec.kind == "nnunet":
         checkpoint = prov.get("checkpoint", "checkpoint_final.pth")
-        files = {spec.path / f"fold_{fold}" / checkpoint: sha for fold, sha in prov.get("checkpoint_sha256", {}).items()}
+        folds = prov.get("checkpoint_sha256", {})
+        files = {spec.path / f"fold_{fold}" / checkpoint: sha for fold, sha in folds.items()}
         files[spec.path / "plans.json"] = prov.get("plans_sha256")
     elif spec.kind == "keras":  # the ONNX import's source is the exported graph; the card may name the .keras
         files = {spec.path: prov.get("keras_sha256")}

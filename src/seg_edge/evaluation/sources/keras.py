@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -79,7 +80,8 @@ class KerasSource:
         import nibabel as nib
 
         files = find_modalities(Path(case_folder), TUTORIAL_MODALITIES)
-        volumes = [nib.load(str(files[m])).get_fdata(dtype=np.float32) for m in TUTORIAL_MODALITIES]
+        images = [cast(nib.Nifti1Image, nib.load(str(files[m]))) for m in TUTORIAL_MODALITIES]
+        volumes = [image.get_fdata(dtype=np.float32) for image in images]
         shape = volumes[0].shape[:3]
         stop = VOLUME_START_AT + VOLUME_SLICES
         if shape[2] < stop:
