@@ -58,6 +58,14 @@ def test_help_of_every_command_in_a_fresh_process():
     assert not failures, "\n".join(failures)
 
 
+def test_a_group_without_a_command_shows_its_help():
+    groups = [path for path in command_paths() if path in ((), ("import",))]
+    results = run_all([[sys.executable, "-m", "seg_edge", *path] for path in groups])
+    for path, result in zip(groups, results):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (path, result.stderr)
+        assert "Usage: python -m seg_edge" in result.stdout + result.stderr and "Commands" in result.stderr, path
+
+
 def test_help_text_is_not_read_as_markup():
     """The text a user reads is the text written: '[/MODEL]' in --url's help is not a rich closing tag."""
     result = run_all([[sys.executable, "-m", "seg_edge", "predict", "--help"]])[0]

@@ -31,7 +31,9 @@ class OneLineErrors(typer.core.TyperGroup):
         try:
             result = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except _ClickException as exc:
-            if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a group without a command: its help, as click shows it
+                exc.show()
+            else:
                 err.print(f"[bold red]input error:[/] {escape(' '.join(exc.format_message().split()))}")
             sys.exit(exc.exit_code)
         except RuntimeError as exc:
