@@ -61,7 +61,9 @@ def flat_card(card: ModelCard, axis_order: str = "xyz") -> dict:
 
 # ----------------------------------------------------------------------- (a) schema 1 → schema 2
 
-@pytest.mark.parametrize("name", ["seg-edge-edge.onnx", "seg-edge-edge-fp16.onnx", "seg-edge-edge-int8.onnx"])
+# the FP32 file keeps the card it shipped with; the INT8/FP16 files are remade by today's quantize
+# (`make reduced-precision`), so their cards are written in the current schema
+@pytest.mark.parametrize("name", ["seg-edge-edge.onnx"])
 def test_shipped_schema1_card_reads_as_documented(name):
     raw = stored_card(ASSETS / name)
     assert raw["schema"] == 1 and "inputs" not in raw  # still the flat card: this test is about migration

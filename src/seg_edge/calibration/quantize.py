@@ -30,6 +30,12 @@ from seg_edge.runtime.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
+# The FP16 file's parity tolerance. With InstanceNorm kept FP32 end to end, the shipped model on the
+# example measures max |Δp| 0.0037 with no label changed (ONNX Runtime CPU); when the norm's
+# intermediates still went through FP16, 0.13 and 110 labels changed, which the former 0.25 / 0.97
+# let pass. 0.02 separates the two with margin. A GPU's FP16 (TensorRT) is not measured yet.
+FP16_TOLERANCES = Tolerances(max_prob_diff=0.02, min_region_dice=0.99)
+
 
 @dataclass(frozen=True)
 class QuantizeOptions:
@@ -144,9 +150,10 @@ def _drop_fp16_round_trips(graph, fp32_nodes: set[str]) -> int:
     for node in graph.node:
         for k, name in enumerate(node.input):
             up = producers.get(name)
-            down = producers.get(up.input[0]) if _cast_to(up) == onnx.TensorProto.FLOAT else None
-            origin = producers.get(down.input[0]) if _cast_to(down) == onnx.TensorProto.FLOAT16 else None
-            if origin is not None and origin.name in fp32_nodes:
+            down = producers.get(up.input[0]) if up is not None and _cast_to(up) == onnx.TensorProto.FLOAT else None
+            origin = (producers.get(down.input[0]) if down is not None and _cast_to(down) == onnx.TensorProto.FLOAT16
+                      else None)
+            if down is not None and origin is not None and origin.name in fp32_nodes:
                 node.input[k] = down.input[0]
                 reconnected += 1
     while True:  # casts that nothing reads any more
@@ -229,11 +236,7 @@ def _fp16(model: Path, out: Path, tmp: Path, eval_cases: list[Path], options: Qu
     change = Evaluator(model, eval_cases, options.threads).change(tmp / "cand.onnx")
     report = QuantizeReport(out, Precision.fp16.value, change=change, eval_cases=[c.name for c in eval_cases])
     _finish(tmp / "fp16.onnx", out, model, precision=Precision.fp16.value,
-            # set when InstanceNorm intermediates still went through FP16 (shipped model, ORT CPU:
-            # WT Dice vs FP32 0.981 over 10 cases, max |Δp| 0.13 on the example); without those
-            # round trips the example measures max |Δp| 0.0037 with no label changed. Kept loose
-            # until a GPU's FP16 is measured: ORT's CPU FP16 is a poor proxy for one.
-            tolerances=Tolerances(max_prob_diff=0.25, min_region_dice=0.97),
+            tolerances=FP16_TOLERANCES,
             provenance={"quantization": _record(report, options, [], eval_cases)})
     return report
 
