@@ -35,7 +35,7 @@ def test_mni_phantom_is_valid_and_deterministic(phantoms):
 
 
 def test_mni_contrasts(phantoms):
-    flair_ed, flair_healthy, t2_csfish, t1ce_et, t1ce_healthy = [], [], [], [], []
+    flair_ed, flair_healthy, t1ce_et, t1ce_healthy = [], [], [], []
     for p in phantoms:
         healthy = (p.images[0] > 0) & (p.labels == 0)
         flair_healthy.append(p.images[0][healthy].mean())

@@ -86,7 +86,8 @@ def _table(title: str, results, rows: list[tuple[str, callable]]) -> Table:
 
 def _network_table(results, compare: bool) -> Table:
     base = results[0].stats()["mean_s"]
-    rows = [(f"{k} (s)", lambda r, k=k: f"{r.stats()[k + '_s']:.3f}") for k in ("mean", "p50", "p90", "p99", "min", "max")]
+    rows = [(f"{k} (s)", lambda r, k=k: f"{r.stats()[k + '_s']:.3f}")
+            for k in ("mean", "p50", "p90", "p99", "min", "max")]
     rows += [("windows/s", lambda r: f"{r.stats()['windows_per_s']:.2f}"),
              ("Mvoxel/s", lambda r: f"{r.stats()['mvoxel_per_s']:.2f}"),
              ("GFLOP per call", lambda r: f"{r.gflop:.1f}" if r.gflop else "n/a"),

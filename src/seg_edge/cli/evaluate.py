@@ -63,8 +63,8 @@ def evaluate(
     for metric in METRICS:
         digits = 2 if metric == "hd95" else 4
         table.add_row(metric + (" (mm)" if metric == "hd95" else ""),
-                      *(f"{result['summary'][r][metric]['mean']:.{digits}f} ± {result['summary'][r][metric]['std']:.{digits}f}"
-                        for r in REGIONS))
+                      *(f"{result['summary'][r][metric]['mean']:.{digits}f} ± "
+                        f"{result['summary'][r][metric]['std']:.{digits}f}" for r in REGIONS))
     out.print(table)
 
 

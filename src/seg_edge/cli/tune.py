@@ -51,7 +51,8 @@ def _front_table(result) -> Table:
 def tune(
     model: Path = typer.Argument(..., help="ONNX model with a seg-edge card (the FP32 reference)."),
     cases: Path = typer.Option(..., "--cases", help="Folder of held-out BraTS-format case folders."),
-    budget: float = typer.Option(0.01, "--budget", help="Largest worst-region Dice loss vs the reference labels on unseen cases; half of it is kept in reserve on the tune cases."),
+    budget: float = typer.Option(0.01, "--budget", help="Largest worst-region Dice loss vs the reference labels on "
+                                 "unseen cases; half of it is kept in reserve on the tune cases."),
     backend: list[Backend] = typer.Option(None, "--backend", help="Backend(s) to try (default: every CPU one "
                                           "that loads here)."),
     variant: list[Path] = typer.Option(None, "--variant", help="Sibling model files to try too (INT8, FP16)."),

@@ -182,7 +182,7 @@ def _open_engine(family: Family, options: TuneOptions, report: dict) -> Engine:
         for batch in sorted({max(b, streams) for b in options.batches} | {1}):
             timings[(threads, streams, batch)] = call_seconds(session, card.in_channels, patch, batch)
         # a batch smaller than the streams leaves streams idle (one thread per window): not a candidate
-        key = min((k for k in timings if k[:2] == (threads, streams) and k[2] >= streams), key=timings.get)
+        key = min((k for k in timings if k[:2] == (threads, streams) and k[2] >= streams), key=timings.__getitem__)
         if timings[key] < best[0]:
             if best[2] is not None:
                 best[2].close()

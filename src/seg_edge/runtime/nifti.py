@@ -28,6 +28,7 @@ import io
 import logging
 import os
 import stat
+import types
 import struct
 import warnings
 import zlib
@@ -40,9 +41,12 @@ import numpy as np
 
 from seg_edge.errors import InputError
 
+_gzip: types.ModuleType
+_InflateError: type[Exception]
 try:  # ISA-L's inflate: about twice zlib's speed, same API and checks (see the module doc)
     from isal import igzip as _gzip
-    from isal.isal_zlib import error as _InflateError
+    from isal import isal_zlib
+    _InflateError = isal_zlib.error  # type: ignore[assignment]  # its stub declares the class as an instance
 except ImportError:  # pragma: no cover - isal is a dependency, but the standard library suffices
     _gzip, _InflateError = gzip, zlib.error
 
@@ -157,7 +161,7 @@ def parse_header(path: Path, head: bytes) -> nib.Nifti1Header:
     if klass is None:
         raise InputError(f"{path}: not a NIfTI file (expected sizeof_hdr 348 or 540 at its start)")
     # byte order from sizeof_hdr: nibabel would guess it from dim[0], which may be the defect itself
-    header = klass.header_class.from_fileobj(io.BytesIO(head), endianness=endian, check=False)
+    header: nib.Nifti1Header = klass.header_class.from_fileobj(io.BytesIO(head), endianness=endian, check=False)
     _check_header(path, header)
     return header
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class OrtSession(SessionBase):
 
     install_hint = ""
 
-    def provider_options(self, cache_dir: Path | None) -> dict:
+    def provider_options(self, cache_dir: Path | None) -> dict[str, Any]:
         """Options of this session's execution provider (the CPU provider takes none)."""
         return {}
 
@@ -64,7 +65,8 @@ class OrtSession(SessionBase):
             parts = self._pool.map(lambda i: self._session.run([self._output], {self._input: batch[i:i + 1]})[0],
                                    range(batch.shape[0]))
             return np.concatenate(list(parts))
-        return self._session.run([self._output], {self._input: batch})[0]
+        logits: np.ndarray = self._session.run([self._output], {self._input: batch})[0]
+        return logits
 
     def _release(self) -> None:
         self._session = None
@@ -87,7 +89,7 @@ class OrtTensorrtSession(OrtSession):
     provider = "TensorrtExecutionProvider"
     install_hint = "; pip install onnxruntime-gpu and TensorRT"
 
-    def provider_options(self, cache_dir: Path | None) -> dict:
+    def provider_options(self, cache_dir: Path | None) -> dict[str, Any]:
         folder = Path(cache_dir or cache_root() / "ort-trt")
         folder.mkdir(parents=True, exist_ok=True)
         return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(folder),

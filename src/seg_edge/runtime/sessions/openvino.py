@@ -4,8 +4,8 @@
 inference streams sharing the threads, each window of a batch on its own), and ``--precision-hint f32|bf16``
 as OpenVINO's ``INFERENCE_PRECISION_HINT`` (bf16 only where the CPU reports BF16; otherwise
 BackendUnavailable, never a silent downgrade). The export's InstanceNorm subgraphs run as OpenVINO's
-fused MVN (``openvino_graph.py``; ``fuse_norms=False`` keeps them as written). Compiled models are cached in ``CACHE_DIR`` so a
-second run starts fast.
+fused MVN (``openvino_graph.py``; ``fuse_norms=False`` keeps them as written). Compiled models are cached
+in ``CACHE_DIR`` so a second run starts fast.
 
 oneDNN, inside OpenVINO's CPU plugin, honours its ``ONEDNN_MAX_CPU_ISA`` environment variable, read
 once when the plugin loads in a process. ``ONEDNN_MAX_CPU_ISA=AVX2`` runs AVX2 kernels on an AVX-512
@@ -125,7 +125,8 @@ class OpenVINOSession(SessionBase):
     def _check_kernels(self, compiled):
         """The compiled model, if its convolution kernels obey the ISA cap asked for (the cap is read
         once, when the CPU plugin loads: a cap set later in the process would be silently ignored)."""
-        kernels = {str(op.get_rt_info()["primitiveType"].astype(str)) for op in compiled.get_runtime_model().get_ordered_ops()
+        kernels = {str(op.get_rt_info()["primitiveType"].astype(str))
+                   for op in compiled.get_runtime_model().get_ordered_ops()
                    if op.get_rt_info()["layerType"].astype(str) == "Convolution"}
         wide = sorted(k for k in kernels if "avx512" in k or "amx" in k)
         if self.isa_cap and not self.isa_cap.startswith(("AVX512", "AVX10")) and wide:

@@ -8,6 +8,7 @@ torch-free. Given an ONNX model, the plan comes from the engine cache (built on 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from seg_edge.runtime.sessions.base import SessionBase, graph_layout
 from seg_edge.runtime.sessions.plans import cached_plan, gpu_device, import_tensorrt, plan_is_current
 
 
-def _cudart():
+def _cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
@@ -25,7 +26,7 @@ def _cudart():
     return cudart
 
 
-def _check(result, error: type[SegEdgeError] = SessionError):
+def _check(result: Any, error: type[SegEdgeError] = SessionError) -> Any:
     """The values of a cuda-python call, or ``error`` (BackendUnavailable while loading) naming its status."""
     err, *rest = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:

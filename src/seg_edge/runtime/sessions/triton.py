@@ -170,8 +170,9 @@ class TritonSession(SessionBase):
                 continue
             dims = [int(d) for d in spec.get("dims", [])][0 if self.max_batch else 1:]
             if spec.get("data_type") != "TYPE_FP32" or len(dims) != rank or dims[0] not in (channels, -1):
+                axes = ", ".join(["X", "Y", "Z"][:self.spatial_dims])
                 problems.append(f"{what} {name!r} is {spec.get('data_type')} {dims} (expected TYPE_FP32 "
-                                f"[{channels}, {', '.join(['X', 'Y', 'Z'][:self.spatial_dims])}] without the batch axis)")
+                                f"[{channels}, {axes}] without the batch axis)")
         if problems:
             raise ArtifactError(f"--url {url}: the server's model {self.model!r} does not match the card: "
                                 + "; ".join(problems))
