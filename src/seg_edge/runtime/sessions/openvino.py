@@ -18,6 +18,7 @@ so a profile tuned with it applies only with it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -61,7 +62,8 @@ class OpenVINOSession(SessionBase):
                                      "use --precision-hint f32, or unset it")
         cache = Path(cache_dir or cache_root() / "openvino")
         cache.mkdir(parents=True, exist_ok=True)
-        self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint, "CACHE_DIR": str(cache)}
+        self._config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
+                                              "CACHE_DIR": str(cache)}
         self.streams = streams
         if streams > 1:  # windows are independent: one per stream, no synchronisation inside a window
             self._config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams})
@@ -76,16 +78,16 @@ class OpenVINOSession(SessionBase):
         self.hint = hint
         self.name = "openvino" if hint == "f32" else f"openvino-{hint}"
         self._input = artifact.card.input_name
-        self._compiled: dict[tuple, object] = {}
+        self._compiled: dict[tuple[Any, ...], Any] = {}
 
-    def _remember(self, key: tuple, compiled: object) -> None:
+    def _remember(self, key: tuple[Any, ...], compiled: Any) -> None:
         """Keep the ``KEEP_COMPILED`` most recent shapes: whole-crop windows differ per case, and each
         compiled shape holds its own buffers (the on-disk cache makes a recompile cheap)."""
         self._compiled[key] = compiled
         while len(self._compiled) > KEEP_COMPILED:
             self._compiled.pop(next(iter(self._compiled)))
 
-    def _request(self, shape: tuple[int, ...]):
+    def _request(self, shape: tuple[int, ...]) -> Any:
         if shape not in self._compiled:
             model = self._model.clone()
             model.reshape({self._input: list(shape)})
@@ -113,16 +115,16 @@ class OpenVINOSession(SessionBase):
         queue = self._compiled[("queue",) + shape]
         outputs: list[np.ndarray | None] = [None] * batch.shape[0]
 
-        def done(request, index: int) -> None:
+        def done(request: Any, index: int) -> None:
             outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
         queue.set_callback(done)
         for i in range(batch.shape[0]):
             queue.start_async({self._input: batch[i:i + 1]}, i)
         queue.wait_all()
-        return np.concatenate(outputs)
+        return np.concatenate(cast("list[np.ndarray]", outputs))  # wait_all: every window has its output
 
-    def _check_kernels(self, compiled):
+    def _check_kernels(self, compiled: Any) -> Any:
         """The compiled model, if its convolution kernels obey the ISA cap asked for (the cap is read
         once, when the CPU plugin loads: a cap set later in the process would be silently ignored)."""
         kernels = {str(op.get_rt_info()["primitiveType"].astype(str))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def parse_url(url: str, default_model: str) -> tuple[str, str, bool]:
 class Regions:
     """Two system shared-memory regions (windows in, logits out) registered with the server; grown on demand."""
 
-    def __init__(self, client, shm, tag: str):
+    def __init__(self, client: Any, shm: Any, tag: str) -> None:
         self._client, self._shm, self._tag = client, shm, tag
         self.handles: dict[str, object] = {}
         self.sizes: dict[str, int] = {}
@@ -156,7 +157,7 @@ class TritonSession(SessionBase):
             raise InputError(f"--url {url}: the server has no ready model {self.model!r}{has}; name it as "
                              "HOST:PORT/MODEL")
 
-    def _check_model(self, config: dict, url: str) -> tuple[int, ...] | None:
+    def _check_model(self, config: dict[str, Any], url: str) -> tuple[int, ...] | None:
         """ArtifactError unless the server's model takes and gives what the card says; its fixed window, if any."""
         inputs = {t["name"]: t for t in config.get("input", [])}
         outputs = {t["name"]: t for t in config.get("output", [])}
@@ -195,7 +196,8 @@ class TritonSession(SessionBase):
         except self._error as exc:
             raise SessionError(f"triton server {self.address}, model {self.model}: {_one_line(exc)}") from None
         if offsets is None:
-            return result.as_numpy(self._output)
+            logits: np.ndarray = result.as_numpy(self._output)
+            return logits
         import tritonclient.utils.shared_memory as shm
 
         return np.array(shm.get_contents_as_numpy(self._regions.handles["out"], np.float32, out_shape,
