@@ -28,12 +28,14 @@ CARD_OPTION = typer.Option(..., "--card", help="Model card JSON (schema 2, docs/
 
 
 def _onnx_options(opset: int, tolerance: float, check_shape: str | None, instance_norm: str):
+    from seg_edge.choices import InstanceNorm
     from seg_edge.export.onnx import OnnxOptions
 
     shape = None
     if check_shape:
         shape = parse_ints(check_shape, len(check_shape.split(",")), "--check-shape", "64,64,64")
-    return OnnxOptions(opset=opset, tolerance=tolerance, check_shape=shape, instance_norm=instance_norm)
+    return OnnxOptions(opset=opset, tolerance=tolerance, check_shape=shape,
+                       instance_norm=InstanceNorm(instance_norm))
 
 
 def card_rows(card) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from seg_edge.errors import InputError
 def _folds(text: str | None) -> tuple | None:
     if text is None:
         return None
-    folds = []
+    folds: list[int | str] = []
     for part in text.split(","):
         part = part.strip()
         if part.isdigit():

@@ -42,11 +42,11 @@ def parity(
     from seg_edge.importers.torch import parse_kwargs
     from seg_edge.runtime.segmenter import SegmenterOptions
 
-    hints = [h.value for h in dict.fromkeys(precision_hint or [])] or [None]
+    hints: list[str | None] = [h.value for h in dict.fromkeys(precision_hint or [])] or [None]
     backends = tuple((b.value, h) for b in dict.fromkeys(backend) for h in (hints if b.value == "openvino" else [None]))
     options = SegmenterOptions(overlap=overlap, blend=blend.value if blend else None, tta=tta)
     pictures = _report_start(report)
-    ref = parse_source(reference) if reference else None
+    ref: object = parse_source(reference) if reference else None
     if ref is None:
         ref = Reference(Path(reference) if reference else None, network,
                         parse_kwargs(network_kwargs) if network else None)
@@ -68,7 +68,8 @@ def parity(
             if r.reference_ties:
                 out.print(f"{escape(r.case_id)} / {r.backend}: {r.reference_ties} of the {r.labels_changed} voxels≠ "
                           "are ties in the reference's own output (its probability at a decision boundary, within its "
-                          "rounding); judged Dice without them " + "/".join(f"{r.dice_outside_ties[k]:.4f}" for k in REGIONS))
+                          "rounding); judged Dice without them "
+                          + "/".join(f"{(r.dice_outside_ties or r.dice)[k]:.4f}" for k in REGIONS))
             for failure in r.failures:
                 out.print(f"[red]FAIL[/] {escape(r.case_id)} / {r.backend}: {escape(failure)}")
     if not all(r.passed for r in results):

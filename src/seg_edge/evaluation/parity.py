@@ -150,6 +150,8 @@ def reference_segmentation(net, segmenter: Segmenter, case: Case) -> Segmentatio
         with torch.no_grad():
             out = sliding_window_inference(torch.from_numpy(batch), window, plan.batch_size, net,
                                            overlap=plan.overlap, mode=plan.blend, sigma_scale=0.125)
+        if not isinstance(out, torch.Tensor):  # a network that returns several heads in eval mode
+            raise ArtifactError(f"reference network returns {type(out).__name__} (expected one logits tensor)")
         return out.numpy()
 
     predict = mirrored(torch_windows, plan.tta_axes)
@@ -167,7 +169,7 @@ def decision_ties(probs: np.ndarray, outputs: Outputs, band: float) -> np.ndarra
         top = np.partition(probs, probs.shape[0] - 2, axis=0)[-2:]
         return (top[1] - top[0]) <= band
     thresholds = np.asarray(outputs.thresholds, dtype=np.float32).reshape((-1,) + (1,) * (probs.ndim - 1))
-    return (np.abs(probs - thresholds) <= band).any(axis=0)
+    return np.asarray((np.abs(probs - thresholds) <= band).any(axis=0))
 
 
 def _region_scores(case: Case, got_labels: np.ndarray, ref_labels: np.ndarray, et: int):
@@ -181,6 +183,8 @@ def compare(case: Case, got: Segmentation, ref: Segmentation, backend: str, box,
             outputs: Outputs | None = None, tie_band: float = 0.0) -> ParityResult:
     """``got`` against ``ref``; with ``tie_band``, labels changed where ``ref``'s probabilities are a
     tie (``decision_ties``) are counted apart and agree in ``dice_outside_ties``."""
+    if got.probabilities is None or ref.probabilities is None:
+        raise ArtifactError(f"{case.case_id}: parity compares probabilities, and a segmentation came without them")
     diff = np.abs(got.probabilities[(slice(None),) + box] - ref.probabilities[(slice(None),) + box])
     same = got.labels == ref.labels
     scores, dist = _region_scores(case, got.labels, ref.labels, et)

@@ -182,6 +182,8 @@ def _torch_to_onnx(net, card: ModelCard, opset: int, path: Path) -> None:
                             f"of {div} ({type(exc).__name__}: {first})") from exc
     finally:
         chatter.setLevel(level)
+    if program is None:  # torch returns None only for its legacy TorchScript path, which dynamo=True never takes
+        raise ArtifactError("torch.onnx.export returned no program (expected one from the dynamo exporter)")
     program.save(str(path))
 
 

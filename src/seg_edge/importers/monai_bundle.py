@@ -174,7 +174,8 @@ def _outputs(post: Postprocessing, names: tuple[str, ...], path: Path) -> tuple[
         return Outputs(kind="sigmoid", channels=regions, thresholds=outputs.thresholds, rule=outputs.rule,
                        order=outputs.order, source_labels=dict(sorted(source.items()))), scheme, "function"
     order = tuple(pair for pair in (("WT", "ED"), ("TC", "NCR"), ("ET", "ET")) if pair[0] in regions)
-    return Outputs(kind="sigmoid", channels=regions, thresholds=(post.threshold,) * len(regions),
+    threshold = post.threshold if post.threshold is not None else 0.5  # (map_postprocessing always sets one)
+    return Outputs(kind="sigmoid", channels=regions, thresholds=(threshold,) * len(regions),
                    rule="sequential", order=order), "brats2021", "masks"
 
 
@@ -228,7 +229,7 @@ def open_bundle(bundle_dir: Path, name: str | None = None) -> Bundle:
         if pre.crop == "nonzero" and not post.inverts:
             raise InputError(f"{config_path}: CropForegroundd is not undone by the postprocessing (expected an "
                              "Invertd of the prediction through 'preprocessing': seg-edge pastes results back)")
-        out_names = _output_names(pred_spec, pred_key, post.kind, meta_path)
+        out_names = _output_names(pred_spec, pred_key, post.kind or "", meta_path)
         outputs, scheme, labels_from = _outputs(post, out_names, config_path)
         net = _network(folder, parser)
     if any(p % divisor for p in window["patch_size"]):

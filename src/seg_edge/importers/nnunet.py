@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from seg_edge.artifact import file_sha256
 from seg_edge.card import ModelCard, Tolerances
@@ -171,7 +170,7 @@ def load_nnunet(folder: Path, options: NnunetOptions = NnunetOptions()):
                        str(folder))
     options.notes.extend(parts.notes)
     members = []
-    for (fold, path), ckpt in zip(folds, checkpoints):
+    for (_, path), ckpt in zip(folds, checkpoints):
         if ckpt["trainer_name"] != first["trainer_name"]:
             raise InputError(f"{path}: trainer {ckpt['trainer_name']} differs from fold {folds[0][0]}'s "
                              f"{first['trainer_name']}")

@@ -16,6 +16,7 @@ import copy
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -57,7 +58,8 @@ class BundleSource:
         seconds = time.perf_counter() - start
         probabilities = np.asarray(probs, dtype=np.float32)[self.order]
         labels = self._labels(np.asarray(final))
-        shape = tuple(nib.load(str(files[b.card.modalities[0]])).shape[:3])
+        first: nib.Nifti1Image = nib.load(str(files[b.card.modalities[0]]))  # type: ignore[assignment]
+        shape = tuple(first.shape[:3])
         if labels.shape != shape or probabilities.shape[1:] != shape:
             raise InputError(f"{case_folder}: the bundle's output has shape {list(labels.shape)} (expected the case's "
                              f"{list(shape)}: its postprocessing does not bring the prediction back to the input grid)")
@@ -74,9 +76,10 @@ class BundleSource:
             warnings.simplefilter("ignore")  # e.g. Invertd's note that LoadImaged has nothing to invert
             batch = list_data_collate([b.preprocessing({b.image_key: files})])
             pred = b.inferer(batch[b.image_key], b.network)
-            item = {**decollate_batch(batch, detach=True)[0], **decollate_batch({b.pred_key: pred}, detach=True)[0]}
+            item: Any = {**decollate_batch(batch, detach=True)[0],
+                         **decollate_batch({b.pred_key: pred}, detach=True)[0]}
             steps = [t for t in b.postprocessing.transforms if monai_name(t) != "SaveImaged"]
-            probs = copy.deepcopy(item)
+            probs: Any = copy.deepcopy(item)
             for t in steps:
                 item = apply_transform(t, item)
             for t in (t for t in steps if monai_name(t) not in DISCRETE):

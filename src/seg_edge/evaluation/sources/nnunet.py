@@ -198,7 +198,7 @@ class NnunetSource:
         reader = self.predictor.plans_manager.image_reader_writer_class()
         with _quiet():
             image, props = reader.read_images(paths)
-        first = nib.load(paths[0])
+        first: nib.Nifti1Image = nib.load(paths[0])  # type: ignore[assignment]
         ornt = _reorientation(self.reader_name, first.affine)
         data = np.asanyarray(first.dataobj).astype(np.float32)
         seen = to_case_grid(image[0], ornt)
