@@ -40,7 +40,7 @@ def build_engine(
     card = load_artifact(model).card
     sizes = profile_sizes(card.inputs.spatial_dims, min_xyz, opt_xyz, max_xyz)
     profile = make_profile(card, batch, *sizes)
-    meta = run(model, out_path, BuildOptions(precision.value, workspace_gb, profile, timing_cache),
+    meta = run(model, out_path, BuildOptions(precision, workspace_gb, profile, timing_cache),
                log=lambda s: err.print(s, highlight=False, markup=False))
     if json_out:
         out.print_json(dumps(meta))

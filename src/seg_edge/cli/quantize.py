@@ -34,7 +34,7 @@ def quantize(
     from seg_edge.calibration.quantize import QuantizeOptions, quantize as run
 
     report = run(model, calibration, out_path, eval_dir,
-                 QuantizeOptions(precision.value, method.value, samples, budget, seed, threads,
+                 QuantizeOptions(precision, method, samples, budget, seed, threads,
                                  conv_outputs=conv_outputs, eval_backend=eval_backend.value),
                  log=lambda s: err.print(s, highlight=False, markup=False))
     change = report.change
