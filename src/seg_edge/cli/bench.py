@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich import box
@@ -12,6 +14,8 @@ from rich.table import Table
 
 from seg_edge.cli.console import err, guarded, out
 from seg_edge.cli.options import JSON_OPTION, THREADS_OPTION, Backend, PrecisionHint, dumps, parse_sizes
+
+Cell = Callable[..., str]  # one table cell from a result
 
 
 def _shape(text: str | None, batch: int, spatial_dims: int = 3) -> tuple[int, ...] | None:
@@ -49,7 +53,7 @@ def bench(
     """Benchmark latency (network only, and end to end with --case); ratios with --compare."""
     from seg_edge.evaluation.bench import bench_network, bench_pipeline
 
-    hints = [h.value for h in dict.fromkeys(precision_hint or [])] or [None]
+    hints: list[str | None] = [h.value for h in dict.fromkeys(precision_hint or [])] or [None]
     pairs = [(m, b.value, h) for m in models for b in dict.fromkeys(backend)
              for h in (hints if b.value == "openvino" else [None])]
     dims = _shapes(shape, batch, models)
@@ -73,7 +77,7 @@ def _label(r) -> str:
     return escape(f"{Path(r.model).name}\n{r.backend}")
 
 
-def _table(title: str, results, rows: list[tuple[str, callable]]) -> Table:
+def _table(title: str, results: list[Any], rows: list[tuple[str, Cell]]) -> Table:
     """Metrics down, model/backend pairs across: fits a terminal for a handful of pairs."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("", no_wrap=True)
@@ -86,7 +90,7 @@ def _table(title: str, results, rows: list[tuple[str, callable]]) -> Table:
 
 def _network_table(results, compare: bool) -> Table:
     base = results[0].stats()["mean_s"]
-    rows = [(f"{k} (s)", lambda r, k=k: f"{r.stats()[k + '_s']:.3f}")
+    rows: list[tuple[str, Cell]] = [(f"{k} (s)", lambda r, k=k: f"{r.stats()[k + '_s']:.3f}")
             for k in ("mean", "p50", "p90", "p99", "min", "max")]
     rows += [("windows/s", lambda r: f"{r.stats()['windows_per_s']:.2f}"),
              ("Mvoxel/s", lambda r: f"{r.stats()['mvoxel_per_s']:.2f}"),
@@ -99,7 +103,7 @@ def _network_table(results, compare: bool) -> Table:
 
 def _pipeline_table(results, compare: bool) -> Table:
     base = results[0].stages_s["total"]
-    rows = [(f"{k} (s)", lambda r, k=k: f"{r.stages_s[k]:.2f}")
+    rows: list[tuple[str, Cell]] = [(f"{k} (s)", lambda r, k=k: f"{r.stages_s[k]:.2f}")
             for k in ("load", "preprocess", "inference", "postprocess", "write", "total")]
     rows += [("non-network share", lambda r: f"{100 * (1 - r.stages_s['inference'] / r.stages_s['total']):.1f} %"),
              ("cold start (s)", lambda r: f"{r.cold_start_s:.2f}" if r.cold_start_s else "-"),
