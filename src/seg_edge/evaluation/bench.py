@@ -157,7 +157,7 @@ def bench_pipeline(model: Path, backend: str, case: Path, runs: int = 3, threads
                 raise result.error
             all_runs.append(result.timings)
     stages = {k: float(np.median([r[k] for r in all_runs])) for k in all_runs[0]}
-    result = PipelineResult(str(model), label, case.name, stages, runs=all_runs)
+    pipeline = PipelineResult(str(model), label, case.name, stages, runs=all_runs)
     if with_cold_start:
-        result.cold_start_s, result.peak_rss_mb = cold_start(model, backend, case, threads, hint)
-    return result
+        pipeline.cold_start_s, pipeline.peak_rss_mb = cold_start(model, backend, case, threads, hint)
+    return pipeline
