@@ -186,21 +186,22 @@ class TritonSession(SessionBase):
         wanted = self._grpc.InferRequestedOutput(self._output)
         out_shape = [chunk.shape[0], self.out_channels, *chunk.shape[2:]]
         out_bytes = 4 * int(np.prod(out_shape))
-        if offsets is None:
+        regions = self._regions  # offsets are given only when the regions are open
+        if offsets is None or regions is None:
             data.set_data_from_numpy(np.ascontiguousarray(chunk))
         else:
-            data.set_shared_memory(self._regions.name("in"), chunk.nbytes, offset=offsets[0])
-            wanted.set_shared_memory(self._regions.name("out"), out_bytes, offset=offsets[1])
+            data.set_shared_memory(regions.name("in"), chunk.nbytes, offset=offsets[0])
+            wanted.set_shared_memory(regions.name("out"), out_bytes, offset=offsets[1])
         try:
             result = self._client.infer(self.model, [data], outputs=[wanted], client_timeout=REQUEST_TIMEOUT_S)
         except self._error as exc:
             raise SessionError(f"triton server {self.address}, model {self.model}: {_one_line(exc)}") from None
-        if offsets is None:
+        if offsets is None or regions is None:
             logits: np.ndarray = result.as_numpy(self._output)
             return logits
         import tritonclient.utils.shared_memory as shm
 
-        return np.array(shm.get_contents_as_numpy(self._regions.handles["out"], np.float32, out_shape,
+        return np.array(shm.get_contents_as_numpy(regions.handles["out"], np.float32, out_shape,
                                                   offset=offsets[1]), copy=True)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
