@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from seg_edge.card import ModelCard
+from seg_edge.errors import ArtifactError
 from seg_edge.runtime.inference import resize_plane
 from seg_edge.runtime.io import load_case, read_labels
 from seg_edge.runtime.preprocess import preprocess
@@ -67,7 +68,7 @@ def plan_patches(cases: list[Path], card: ModelCard, samples: int, seed: int) ->
         for i in range(n):
             stratum = names[i % len(names)]
             centre = pools[stratum][rng.integers(len(pools[stratum]))]
-            if card.inputs.spatial_dims == 2:
+            if card.inputs.slice is not None:  # 2D: the card check requires a slice spec there, and only there
                 corner = centre[[card.inputs.slice.axis]]
             else:
                 corner = np.clip(centre - patch // 2, 0, np.array(tensor.shape[1:]) - patch)
@@ -78,6 +79,8 @@ def plan_patches(cases: list[Path], card: ModelCard, samples: int, seed: int) ->
 def network_slice(tensor: np.ndarray, card: ModelCard, index: int) -> np.ndarray:
     """2D models: (C, H, W) slice ``index`` along the card's slice axis, resized as the runtime feeds it."""
     spec = card.inputs.slice
+    if spec is None:
+        raise ArtifactError(f"{card.name}: a 3D card has no slice to take (network_slice is for 2D cards)")
     plane = np.moveaxis(tensor, 1 + spec.axis, 1)[:, index]
     return resize_plane(plane, spec.size, spec.interpolation)
 
