@@ -61,16 +61,19 @@ def _stable_group_class():
             self.weight = norm.weight
             self.bias = norm.bias
 
-        @staticmethod
-        def _mean(x):  # x: N, G, C/G, X, Y, Z; one axis at a time keeps each float32 sum short
-            for dim in (5, 4, 3, 2):
-                x = x.mean(dim=dim, keepdim=True)
-            return x
+        def _mean(self, x):
+            """The group mean at every channel: per-channel means one axis at a time (each float32 sum
+            short), then averaged over the group's channels (equal counts, so exactly the group's mean).
+            Only the small (N, C) means are reshaped, with constant shapes, so ONNX shape inference
+            (bench's FLOP count) still follows the graph."""
+            channels = x.shape[1]
+            m = x.mean(dim=4, keepdim=True).mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
+            g = m.reshape(-1, self.groups, channels // self.groups).mean(dim=2, keepdim=True)
+            return g.expand(-1, self.groups, channels // self.groups).reshape(-1, channels, 1, 1, 1)
 
         def forward(self, x):
-            grouped = x.unflatten(1, (self.groups, x.shape[1] // self.groups))
-            centred = grouped - self._mean(grouped)
-            y = (centred / torch.sqrt(self._mean(centred * centred) + self.eps)).flatten(1, 2)
+            centred = x - self._mean(x)
+            y = centred / torch.sqrt(self._mean(centred * centred) + self.eps)
             if self.weight is not None:
                 y = y * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
             return y
