@@ -68,8 +68,8 @@ class QuantizeOptions:
 class QuantizeReport:
     path: Path
     precision: str
+    change: DiceChange
     kept_float: list[str] = field(default_factory=list)
-    change: DiceChange | None = None
     iterations: list[dict] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)
     eval_cases: list[str] = field(default_factory=list)
@@ -257,12 +257,12 @@ def _int8_with_budget(model: Path, out: Path, tmp: Path, cases: tuple[list[Path]
     cache = tmp / "calibration.json"
     excluded: list[str] = []
     ranking: list[tuple[str, float]] | None = None
-    report = QuantizeReport(out, Precision.int8.value, eval_cases=[c.name for c in eval_cases])
+    iterations: list[dict] = []
     while True:
         _int8(pre, tmp / "int8.onnx", reader, options.method, excluded, cache, options.conv_outputs)
         _finish(tmp / "int8.onnx", tmp / "cand.onnx", model, precision=Precision.int8.value)
         change = evaluator.change(tmp / "cand.onnx")
-        report.iterations.append({"kept_float": list(excluded), "dice_vs_fp32": change.vs_fp32})
+        iterations.append({"kept_float": list(excluded), "dice_vs_fp32": change.vs_fp32})
         log(f"INT8 with {len(excluded)} Conv kept float: Dice on {options.eval_backend} vs FP32 "
             + ", ".join(f"{k} {v:.4f}" for k, v in change.vs_fp32.items()))
         if change.worst_loss <= options.budget:
@@ -276,7 +276,8 @@ def _int8_with_budget(model: Path, out: Path, tmp: Path, cases: tuple[list[Path]
             log("every Conv is back in float; budget still exceeded")
             break
         excluded.append(remaining[0])
-    report.kept_float, report.change = excluded, change
+    report = QuantizeReport(out, Precision.int8.value, change, kept_float=excluded, iterations=iterations,
+                            eval_cases=[c.name for c in eval_cases])
     report.calibration = {"cases": [c.name for c in cal_cases], "samples": len(plans),
                           "method": options.method.value,
                           "strata": {s: sum(p.stratum == s for p in plans) for s in ("tumour", "healthy", "border")}}

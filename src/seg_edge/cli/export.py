@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from seg_edge.choices import InstanceNorm
 from seg_edge.cli.console import guarded, out
 from seg_edge.cli.options import JSON_OPTION, dumps, parse_triplet
 
@@ -22,8 +23,9 @@ def export(
                                     "(default: the preset's patch)."),
     provenance: Path = typer.Option(None, "--provenance", help="JSON object merged into the card's provenance "
                                     "(training data, recipe, measured Dice)."),
-    instance_norm: str = typer.Option("stable", "--instance-norm", help="stable (per-axis two-pass subgraph, "
-                                      "accurate on ORT CPU) or native (ONNX InstanceNormalization)."),
+    instance_norm: InstanceNorm = typer.Option(InstanceNorm.stable, "--instance-norm",
+                                               help="stable (per-axis two-pass subgraph, accurate on ORT CPU) or "
+                                               "native (ONNX InstanceNormalization)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Export to one self-contained ONNX file; verified with ONNX Runtime before it is written."""

@@ -34,10 +34,11 @@ class NetworkResult:
     latencies_s: list[float]
     gflop: float | None
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, float | None]:
         lat = np.asarray(self.latencies_s)
         n, voxels = self.shape[0], int(np.prod(self.shape[2:]))
-        out = {"mean_s": float(lat.mean()), "p50_s": float(np.percentile(lat, 50)),
+        out: dict[str, float | None] = {
+               "mean_s": float(lat.mean()), "p50_s": float(np.percentile(lat, 50)),
                "p90_s": float(np.percentile(lat, 90)), "p99_s": float(np.percentile(lat, 99)),
                "min_s": float(lat.min()), "max_s": float(lat.max()),
                "windows_per_s": n / float(lat.mean()), "mvoxel_per_s": n * voxels / float(lat.mean()) / 1e6}
@@ -137,7 +138,8 @@ def cold_start(model: Path, backend: str, case: Path, threads: int | None,
         elapsed = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
-            raise InputError(f"{case}: cold-start predict failed: {proc.stderr.read().decode().strip()}")
+            message = proc.stderr.read().decode().strip() if proc.stderr else ""
+            raise InputError(f"{case}: cold-start predict failed: {message}")
     return elapsed, usage.ru_maxrss / 1024.0
 
 

@@ -78,12 +78,18 @@ class Trial:
     streams: int = 1
 
     @property
-    def worst_dice(self) -> float | None:
-        return min(self.dice) if self.dice else None
+    def worst_dice(self) -> float:
+        """Worst region's Dice over the cases run; read only for a trial that ran (``dice`` not empty)."""
+        if not self.dice:
+            raise ValueError(f"trial {self.label()} has no Dice measured")
+        return min(self.dice)
 
     @property
-    def mean_s(self) -> float | None:
-        return float(np.mean(self.seconds)) if self.seconds else None
+    def mean_s(self) -> float:
+        """Mean seconds per case; read only for a trial that ran (``seconds`` not empty)."""
+        if not self.seconds:
+            raise ValueError(f"trial {self.label()} has no time measured")
+        return float(np.mean(self.seconds))
 
     def label(self) -> str:
         streams = f" × {self.streams} streams" if self.streams > 1 else ""

@@ -189,7 +189,10 @@ def _open_engine(family: Family, options: TuneOptions, report: dict) -> Engine:
             best = (timings[key], key, session)
         else:
             session.close()
-    _, (threads, streams, batch), session = best
+    _, (threads, streams, batch), chosen = best
+    if chosen is None:  # _session_grid always yields (cores, 1), so at least one session was timed
+        raise BackendUnavailable(f"{family.label()}: no session could be timed")
+    session = chosen
     report[family.label()] = {"seconds_per_window": {f"{t} threads, {s} streams, batch {b}": round(v, 4)
                                                      for (t, s, b), v in timings.items()},
                               "chosen": {"threads": threads, "streams": streams, "batch": batch}}

@@ -9,18 +9,24 @@ import numpy as np
 from seg_edge.artifact import load_artifact
 from seg_edge.card import CARD_KEY, InferenceProfile, Machine
 from seg_edge.errors import InputError
-from seg_edge.evaluation.tune import TuneResult, acceptance_threshold
+from seg_edge.evaluation.tune import Trial, TuneResult, acceptance_threshold
 from seg_edge.onnxproto import with_metadata
 from seg_edge.runtime.atomic import atomic_write, write_bytes_atomic
 
 
-def profile_of(result: TuneResult) -> InferenceProfile:
-    """The chosen trial as the card's inference profile (InputError if no trial was within budget)."""
+def _chosen(result: TuneResult) -> Trial:
+    """The chosen trial (InputError if no trial was within budget)."""
     t = result.chosen
     if t is None:
         raise InputError(f"no configuration kept worst-region Dice ≥ {acceptance_threshold(result.budget):g} (budget "
                          f"{result.budget}, half kept for unseen cases) against the reference on {len(result.cases)} "
                          "cases; nothing to write")
+    return t
+
+
+def profile_of(result: TuneResult) -> InferenceProfile:
+    """The chosen trial as the card's inference profile (InputError if no trial was within budget)."""
+    t = _chosen(result)
     reference = float(np.mean(result.reference_seconds))
     measured = {"seconds_per_case": round(t.mean_s, 3), "reference_seconds_per_case": round(reference, 3),
                 "speedup": round(reference / t.mean_s, 2), "worst_region_dice": round(t.worst_dice, 5),
@@ -37,7 +43,7 @@ def profile_of(result: TuneResult) -> InferenceProfile:
 def write_tuned(result: TuneResult, out: Path) -> Path:
     """A copy of the chosen model file whose card carries the profile (written atomically)."""
     profile = profile_of(result)
-    source = result.chosen.family.model
+    source = _chosen(result).family.model
     card = load_artifact(source).card.replace(profile=profile)
     out = Path(out)
     if out.resolve() == Path(source).resolve():
@@ -79,7 +85,8 @@ def plot_front(result: TuneResult, out: Path, title: str | None = None) -> Path:
     for status, colour in colours.items():
         pts = [(t.seconds[0], t.worst_dice) for t in result.trials if t.status == status and t.dice]
         if pts:
-            ax.scatter(*zip(*pts), s=14, c=colour, label=f"{status} ({len(pts)})", alpha=0.7)
+            xs, ys = zip(*pts)
+            ax.scatter(xs, ys, s=14, c=colour, label=f"{status} ({len(pts)})", alpha=0.7)
     front = result.front()
     ax.step([t.seconds[0] for t in front], [t.worst_dice for t in front], where="post", c="k", lw=0.8,
             label="Pareto front")

@@ -143,7 +143,7 @@ def _render(tissue: np.ndarray, rng: np.random.Generator, box: tuple[int, ...],
     healthy = np.isin(tissue, (CSF, GM, WM)) if fractions is not None else None
     for ch in range(4):
         img = means[tissue, ch] * texture
-        if fractions is not None:  # partial volume from template fractions (CSF, GM, WM)
+        if fractions is not None and healthy is not None:  # partial volume from template fractions (CSF, GM, WM)
             mix = np.tensordot(means[[CSF, GM, WM], ch], fractions, axes=1) / np.maximum(fractions.sum(0), 1e-3)
             img = np.where(healthy, mix * texture, img)
         img = ndimage.gaussian_filter(img, sigma=rng.uniform(0.5, 1.0), truncate=3.0)
