@@ -7,14 +7,13 @@ from pathlib import Path
 import typer
 
 from seg_edge.cli.console import guarded
+from seg_edge.cli.import_shared import (NORM_OPTION, OPSET_OPTION, OUT_OPTION, SHAPE_OPTION, TOLERANCE_OPTION,
+                                        export_check, onnx_options, render_import)
 from seg_edge.cli.options import JSON_OPTION
 
 
-def register(import_app: typer.Typer, helpers: tuple) -> None:
-    """Add ``monai-bundle`` to ``seg-edge import``; ``helpers`` are import_cmd's (options, check text, render)."""
-    from seg_edge.cli.import_cmd import NORM_OPTION, OPSET_OPTION, OUT_OPTION, SHAPE_OPTION, TOLERANCE_OPTION
-
-    onnx_options, export_check, render = helpers
+def register(import_app: typer.Typer) -> None:
+    """Add ``monai-bundle`` to ``seg-edge import``."""
 
     @import_app.command("monai-bundle")
     @guarded
@@ -33,4 +32,4 @@ def register(import_app: typer.Typer, helpers: tuple) -> None:
         options = BundleOptions(name=name, onnx=onnx_options(opset, tolerance, check_shape, instance_norm))
         report = import_monai_bundle(bundle_dir, out_path, options)
         check, extra = export_check(report)
-        render(report.path, report.size_bytes, check, report.card, json_out, extra)
+        render_import(report.path, report.size_bytes, check, report.card, json_out, extra)

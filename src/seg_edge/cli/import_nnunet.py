@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 
 from seg_edge.cli.console import err, guarded
-from seg_edge.cli.import_cmd import NORM_OPTION, OPSET_OPTION, OUT_OPTION, SHAPE_OPTION, TOLERANCE_OPTION
+from seg_edge.cli.import_shared import (NORM_OPTION, OPSET_OPTION, OUT_OPTION, SHAPE_OPTION, TOLERANCE_OPTION,
+                                        export_check, onnx_options, render_import)
 from seg_edge.cli.options import JSON_OPTION
 from seg_edge.errors import InputError
 
@@ -38,9 +39,8 @@ def _channels(text: str | None) -> list[str] | None:
     return names
 
 
-def register(import_app: typer.Typer, helpers) -> None:
-    onnx_options, export_check, render = helpers
-
+def register(import_app: typer.Typer) -> None:
+    """Add ``nnunet`` to ``seg-edge import``."""
     @import_app.command("nnunet")
     @guarded
     def nnunet(
@@ -72,4 +72,4 @@ def register(import_app: typer.Typer, helpers) -> None:
         for note in options.notes:
             err.print(f"note: {escape(note)}")
         check, extra = export_check(report)
-        render(report.path, report.size_bytes, check, report.card, json_out, extra)
+        render_import(report.path, report.size_bytes, check, report.card, json_out, extra)
