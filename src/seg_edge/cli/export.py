@@ -18,7 +18,8 @@ def export(
     out_path: Path = typer.Option(..., "--out", "-o", help="Output .onnx file."),
     name: str = typer.Option(None, "--name", help="Model name for the card (default: the preset)."),
     opset: int = typer.Option(18, "--opset", min=17, help="ONNX opset (>= 17)."),
-    tolerance: float = typer.Option(1e-3, "--tolerance", help="Max |logit| error ORT vs torch to accept."),
+    tolerance: float = typer.Option(1e-3, "--tolerance", help="Max |logit| error ORT vs torch to accept, times "
+                                   "the logits' scale (their largest magnitude, at least 1)."),
     check_shape: str = typer.Option(None, "--check-shape", help="X,Y,Z of the verification input "
                                     "(default: the preset's patch)."),
     provenance: Path = typer.Option(None, "--provenance", help="JSON object merged into the card's provenance "
