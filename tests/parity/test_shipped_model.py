@@ -17,7 +17,7 @@ from seg_edge.calibration.quantize import FP16_TOLERANCES
 from seg_edge.card import ModelCard, Tolerances
 from seg_edge.cli.app import app
 from seg_edge.evaluation.parity import compare, judge, load_reference, reference_segmentation
-from seg_edge.export.graph import instance_norm_nodes
+from seg_edge.export.graph import instance_norm_nodes, norm_edges_through_casts
 from seg_edge.export.lint import lint
 from seg_edge.runtime.io import Case, load_case
 from seg_edge.runtime.preprocess import nonzero_box
@@ -73,17 +73,8 @@ def test_shipped_fp16_passes_values_between_instance_norm_nodes_in_fp32():
     """The FP16 converter's fix, seen in the shipped file: no value goes from one InstanceNorm node to the
     next through a Cast (the file made before it had 252 such edges)."""
     model = onnx.load(str(VARIANTS["fp16"]))
-    norms = set(instance_norm_nodes(model))
-    producers = {out: node for node in model.graph.node for out in node.output}
-    through_casts = []
-    for node in model.graph.node:
-        for name in node.input if node.name in norms else ():
-            up, hops = producers.get(name), 0
-            while up is not None and up.op_type == "Cast":
-                up, hops = producers.get(up.input[0]), hops + 1
-            if hops and up is not None and up.name in norms:
-                through_casts.append(f"{up.name} → {node.name}")
-    assert norms and through_casts == [], through_casts[:3]
+    through_casts = norm_edges_through_casts(model)
+    assert instance_norm_nodes(model) and through_casts == [], through_casts[:3]
 
 
 def _tumour_crop(case: Case, size: int) -> Case:

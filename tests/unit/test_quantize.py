@@ -19,7 +19,7 @@ from seg_edge.calibration.quantize import (FP16_TOLERANCES, Method, Precision, Q
 from seg_edge.calibration.sampler import PatchReader, plan_patches
 from seg_edge.cli.app import app
 from seg_edge.errors import ArtifactError, InputError
-from seg_edge.export.graph import CLASSES, instance_norm_nodes, instance_norm_patterns
+from seg_edge.export.graph import CLASSES, instance_norm_nodes, instance_norm_patterns, norm_edges_through_casts
 from seg_edge.synth import write_case
 
 
@@ -234,16 +234,7 @@ def test_fp16_follows_renamed_nodes(tmp_path, edge_onnx):
 def test_fp16_norm_nodes_pass_values_to_each_other_in_fp32(tmp_path, edge_onnx):
     to_fp16(edge_onnx, tmp_path / "fp16.onnx")
     model = onnx.load(str(tmp_path / "fp16.onnx"))
-    norms = set(instance_norm_nodes(model))
-    producers = {out: node for node in model.graph.node for out in node.output}
-    through_casts = []
-    for node in model.graph.node:
-        for name in node.input if node.name in norms else ():
-            up, hops = producers.get(name), 0
-            while up is not None and up.op_type == "Cast":
-                up, hops = producers.get(up.input[0]), hops + 1
-            if hops and up is not None and up.name in norms:
-                through_casts.append(f"{up.name} → {node.name}")
+    through_casts = norm_edges_through_casts(model)
     assert through_casts == [], through_casts[:3]
     assert len(instance_norm_patterns(model)) == 18
 

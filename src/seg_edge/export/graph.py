@@ -52,6 +52,22 @@ def instance_norm_nodes(model) -> list[str]:
     return names
 
 
+def norm_edges_through_casts(model) -> list[str]:
+    """'producer → consumer' for each value that goes from one InstanceNorm node to another through Casts:
+    an FP16 graph must keep the norm's intermediates in float32 (none of these)."""
+    norms = set(instance_norm_nodes(model))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    edges = []
+    for node in model.graph.node:
+        for name in node.input if node.name in norms else ():
+            up, hops = producers.get(name), 0
+            while up is not None and up.op_type == "Cast":
+                up, hops = producers.get(up.input[0]), hops + 1
+            if hops and up is not None and up.name in norms:
+                edges.append(f"{up.name} → {node.name}")
+    return edges
+
+
 def _mean_chain(tensor: str, producers: dict) -> tuple[str, list]:
     """Follow ReduceMean nodes up from ``tensor``: (the tensor the means start from, the nodes)."""
     chain = []

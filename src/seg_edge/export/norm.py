@@ -19,24 +19,24 @@ refused it at the 1e-3 tolerance. The same per-axis two-pass means over (channel
 
 from __future__ import annotations
 
+from typing import Any
 
-def _stable_class():
+
+def _two_pass_base():
     import torch
 
-    class StableInstanceNorm3d(torch.nn.Module):
-        """InstanceNorm3d (biased variance, affine) computed with per-axis, two-pass means."""
+    class TwoPassNorm3d(torch.nn.Module):
+        """(x - mean) / sqrt(mean((x - mean)²) + eps), then the affine; a subclass says over what a mean is
+        taken (``_mean`` keeps the reduced axes, so it broadcasts back over ``x``)."""
 
-        def __init__(self, norm: torch.nn.InstanceNorm3d):
+        def __init__(self, norm: Any):  # an nn.InstanceNorm3d or nn.GroupNorm
             super().__init__()
-            if norm.track_running_stats:
-                raise ValueError("InstanceNorm with running stats is not supported")
             self.eps = float(norm.eps)
             self.weight = norm.weight
             self.bias = norm.bias
 
-        @staticmethod
-        def _mean(x):
-            return x.mean(dim=4, keepdim=True).mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
+        def _mean(self, x):
+            raise NotImplementedError
 
         def forward(self, x):
             centred = x - self._mean(x)
@@ -45,21 +45,31 @@ def _stable_class():
                 y = y * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
             return y
 
+    return TwoPassNorm3d
+
+
+def _stable_class():
+    class StableInstanceNorm3d(_two_pass_base()):
+        """InstanceNorm3d (biased variance, affine) computed with per-axis, two-pass means."""
+
+        def __init__(self, norm):
+            if norm.track_running_stats:
+                raise ValueError("InstanceNorm with running stats is not supported")
+            super().__init__(norm)
+
+        def _mean(self, x):
+            return x.mean(dim=4, keepdim=True).mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
+
     return StableInstanceNorm3d
 
 
 def _stable_group_class():
-    import torch
-
-    class StableGroupNorm3d(torch.nn.Module):
+    class StableGroupNorm3d(_two_pass_base()):
         """GroupNorm over 5D input (biased variance, affine) with per-axis, two-pass means."""
 
-        def __init__(self, norm: torch.nn.GroupNorm):
-            super().__init__()
+        def __init__(self, norm):
+            super().__init__(norm)
             self.groups = int(norm.num_groups)
-            self.eps = float(norm.eps)
-            self.weight = norm.weight
-            self.bias = norm.bias
 
         def _mean(self, x):
             """The group mean at every channel: per-channel means one axis at a time (each float32 sum
@@ -70,13 +80,6 @@ def _stable_group_class():
             m = x.mean(dim=4, keepdim=True).mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
             g = m.reshape(-1, self.groups, channels // self.groups).mean(dim=2, keepdim=True)
             return g.expand(-1, self.groups, channels // self.groups).reshape(-1, channels, 1, 1, 1)
-
-        def forward(self, x):
-            centred = x - self._mean(x)
-            y = centred / torch.sqrt(self._mean(centred * centred) + self.eps)
-            if self.weight is not None:
-                y = y * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
-            return y
 
     return StableGroupNorm3d
 
