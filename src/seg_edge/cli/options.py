@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from seg_edge.errors import ArtifactError, InputError
+
+if TYPE_CHECKING:  # annotations only: the CLI's options module loads no runtime
+    from rich.console import Console
+
+    from seg_edge.runtime.sessions.base import Session
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL = ASSETS / "seg-edge-edge.onnx"
@@ -55,13 +60,13 @@ HINT_OPTION = typer.Option(None, "--precision-hint", help="OpenVINO inference pr
                            "(bf16 only on CPUs that have it).")
 
 
-def report_auto(session, console) -> None:
+def report_auto(session: Session, console: Console) -> None:
     """Say which backend --backend auto chose and why the faster ones were skipped, and when OpenVINO's
     kernels are capped by ONEDNN_MAX_CPU_ISA (nothing about how a backend runs goes unsaid)."""
-    cap = getattr(getattr(session, "session", session), "isa_cap", None)
-    if cap:
-        console.print(f"openvino: oneDNN kernels capped at {cap} (ONEDNN_MAX_CPU_ISA)", markup=False, highlight=False)
-    report = getattr(session, "auto_report", None)
+    if session.isa_cap:
+        console.print(f"openvino: oneDNN kernels capped at {session.isa_cap} (ONEDNN_MAX_CPU_ISA)", markup=False,
+                      highlight=False)
+    report = session.auto_report
     if report:
         chosen, skipped = report
         console.print(f"backend auto → {chosen}" + "".join(f"\n  skipped {n}: {why}" for n, why in skipped),

@@ -46,6 +46,7 @@ class Session(Protocol):
 
     name: str
     auto_report: AutoReport | None
+    isa_cap: str | None
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -66,6 +67,8 @@ class SessionBase:
     name = "base"
     # what --backend auto decided (chosen backend, skipped ones with their reasons); None when named
     auto_report: AutoReport | None = None
+    # the CPU kernel set a backend is capped at (OpenVINO under ONEDNN_MAX_CPU_ISA); None when uncapped
+    isa_cap: str | None = None
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3, *,
                  channels_last: tuple[bool, bool] = (False, False)):
