@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from seg_edge.card import MODALITIES
 from seg_edge.cli.console import err, guarded
 from seg_edge.cli.import_shared import (NORM_OPTION, OPSET_OPTION, OUT_OPTION, SHAPE_OPTION, TOLERANCE_OPTION,
                                         export_check, onnx_options, render_import)
@@ -33,7 +34,7 @@ def _channels(text: str | None) -> list[str] | None:
     if text is None:
         return None
     names = [v.strip().lower() for v in text.split(",")]
-    if len(set(names)) != len(names) or any(n not in ("flair", "t1", "t1ce", "t2") for n in names):
+    if len(set(names)) != len(names) or any(n not in MODALITIES for n in names):
         raise InputError(f"--channels '{text}' (expected distinct names from flair,t1,t1ce,t2 in nnU-Net's "
                          "channel order)")
     return names

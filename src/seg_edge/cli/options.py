@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from seg_edge.card import MODALITIES
 from seg_edge.errors import ArtifactError, InputError
 
 if TYPE_CHECKING:  # annotations only: the CLI's options module loads no runtime
@@ -128,8 +129,7 @@ def parse_modalities(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
     names = tuple(v.strip().lower() for v in text.split(","))
-    known = ("flair", "t1", "t1ce", "t2")
-    if len(set(names)) != len(names) or any(n not in known for n in names):
+    if len(set(names)) != len(names) or any(n not in MODALITIES for n in names):
         raise InputError(f"--modalities '{text}' (expected the volumes' order, distinct names from "
                          "flair,t1,t1ce,t2)")
     return names

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seg_edge.card import MODALITIES
 from seg_edge.errors import InputError
 from seg_edge.runtime.io import find_modalities, read_labels, read_nifti
 from seg_edge.runtime.regions import LABEL_HINT, find_label_file
@@ -36,7 +37,7 @@ def case_figure(case_dir: Path, out: Path, pred: Path | None = None, et: int = 4
     truth = read_labels(label, et)[0]
     z = int(np.argmax((truth > 0).sum(axis=(0, 1))))
     panels = [(m.upper() if m != "t1ce" else "T1ce", np.asarray(read_nifti(files[m]).dataobj)[:, :, z])
-              for m in ("flair", "t1", "t1ce", "t2")]
+              for m in MODALITIES]
     overlays = [("ground truth", truth[:, :, z])]
     if pred is not None:
         overlays.append(("prediction", read_labels(pred, et)[0][:, :, z]))

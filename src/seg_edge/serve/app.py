@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from seg_edge import __version__
+from seg_edge.card import MODALITIES
 from seg_edge.errors import INTERNAL_HTTP_STATUS, INTERNAL_LABEL, InputError, SegEdgeError
 from seg_edge.runtime.jobs import failure_reason
 from seg_edge.runtime.pictures import legend
@@ -75,7 +76,7 @@ def _register_cases(app: FastAPI, store: JobStore, pool: WorkerPool, config: Ser
     limit = int(config.max_upload_mb * 2**20)
     form_schema = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "properties": {
-            **{m: {"type": "string", "format": "binary"} for m in ("flair", "t1", "t1ce", "t2", "stack")},
+            **{m: {"type": "string", "format": "binary"} for m in (*MODALITIES, "stack")},
             "modalities": {"type": "string", "example": "flair,t1,t1ce,t2"},
             "label_scheme": {"type": "string", "enum": ["brats2021", "brats2023"]},
             "overlap": {"type": "number"}, "probabilities": {"type": "boolean"}}}}}}}

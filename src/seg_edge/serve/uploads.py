@@ -16,9 +16,9 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
+from seg_edge.card import MODALITIES
 from seg_edge.errors import InputError
 
-MODALITIES = ("flair", "t1", "t1ce", "t2")
 FILE_FIELDS = (*MODALITIES, "stack")
 TEXT_FIELDS = ("modalities", "label_scheme", "overlap", "probabilities")
 TEXT_LIMIT = 1024

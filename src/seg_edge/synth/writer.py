@@ -9,9 +9,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from seg_edge.card import MODALITIES
 from seg_edge.synth.phantom import REFERENCE_SHAPE, make_phantom
 
-SUFFIXES = ("flair", "t1", "t1ce", "t2")
+SUFFIXES = MODALITIES  # one file per modality, named for it
 
 
 def brats_affine(shape: tuple[int, int, int]) -> np.ndarray:
