@@ -77,6 +77,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "ray": ("ray", "ray"),
     "tritonclient": ("tritonclient", "triton"),
     "nnunetv2": ("nnunetv2", "nnunet"),
+    "SimpleITK": ("simpleitk", "preprocess"),
 }
 
 

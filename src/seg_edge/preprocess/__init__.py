@@ -1,0 +1,2 @@
+"""Raw scanner series → the grid a model expects, and back (issue 22). Torch-free; needs the 'preprocess' extra
+(SimpleITK). Modules: registration (rigid co-registration of one MR volume to another, and resampling)."""
