@@ -237,6 +237,21 @@ class ModelCard:
     def et_rule(self) -> ETRule:
         return self.inference.et_rule
 
+    def slice_spec(self) -> SliceSpec:
+        """A 2D card's ``inputs.slice`` (the card check sets it for 2D cards and only them); ArtifactError
+        for a card without one."""
+        if self.inputs.slice is None:
+            raise ArtifactError(f"model card {self.name!r}: no inputs.slice (a 3D model, or a 2D card that "
+                                "skipped the card check)")
+        return self.inputs.slice
+
+    def slice_range(self) -> tuple[int, int, int] | None:
+        """A 2D card's slice range as (array axis, start, stop), or None: every slice is read."""
+        spec = self.inputs.slice
+        if self.inputs.spatial_dims != 2 or spec is None or spec.range is None:
+            return None
+        return self.inputs.axes[spec.axis], spec.range[0], spec.range[1]
+
     def replace(self, **changes: Any) -> ModelCard:
         """A copy with ``changes`` applied (not validated: ``from_json`` validates).
 

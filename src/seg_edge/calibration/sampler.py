@@ -16,7 +16,6 @@ import numpy as np
 from scipy import ndimage
 
 from seg_edge.card import ModelCard
-from seg_edge.errors import ArtifactError
 from seg_edge.runtime.inference import resize_plane
 from seg_edge.runtime.io import load_case, read_labels
 from seg_edge.runtime.preprocess import preprocess
@@ -78,9 +77,7 @@ def plan_patches(cases: list[Path], card: ModelCard, samples: int, seed: int) ->
 
 def network_slice(tensor: np.ndarray, card: ModelCard, index: int) -> np.ndarray:
     """2D models: (C, H, W) slice ``index`` along the card's slice axis, resized as the runtime feeds it."""
-    spec = card.inputs.slice
-    if spec is None:
-        raise ArtifactError(f"{card.name}: a 3D card has no slice to take (network_slice is for 2D cards)")
+    spec = card.slice_spec()
     plane = np.moveaxis(tensor, 1 + spec.axis, 1)[:, index]
     return resize_plane(plane, spec.size, spec.interpolation)
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from seg_edge.card import ModelCard
-from seg_edge.errors import ArtifactError
 from seg_edge.runtime.preprocess import tiling_window, window_size
 from seg_edge.runtime.window import WindowPlan, blend_windows
 
@@ -82,9 +81,7 @@ def slicewise(tensor: np.ndarray, predict: Predictor, card: ModelCard, batch_siz
 
     The logits of each slice are resized back to its plane (``back`` "logits"), or kept at the
     network's size for labelling there (``back`` "labels": in-plane sizes are the slice size)."""
-    spec = card.inputs.slice
-    if spec is None:
-        raise ArtifactError(f"model card {card.name!r}: a 2D model without inputs.slice")
+    spec = card.slice_spec()
     moved = np.moveaxis(tensor, 1 + spec.axis, 1)  # (C, S, H, W)
     count = moved.shape[1]
     plane = tuple(moved.shape[2:]) if spec.back == "logits" else tuple(spec.size)
@@ -110,9 +107,7 @@ def labels_back(labels: np.ndarray, probs: np.ndarray | None, shape: tuple[int, 
     (K, *3 spatial) whose in-plane axes have the slice size → ``shape`` (network layout), resized with
     ``back_interpolation`` (nearest: every voxel takes one network pixel's label and probabilities).
     ``probs`` None: only the labels (None returned for the probabilities)."""
-    spec = card.inputs.slice
-    if spec is None:
-        raise ArtifactError(f"model card {card.name!r}: a 2D model without inputs.slice")
+    spec = card.slice_spec()
     plane = tuple(s for a, s in enumerate(shape) if a != spec.axis)
     labels = np.moveaxis(resize_plane(np.moveaxis(labels, spec.axis, 0), plane, spec.back_interpolation), 0, spec.axis)
     if probs is None:

@@ -264,17 +264,17 @@ def _slice_range(box: tuple[slice, slice, slice],
                  card: ModelCard) -> tuple[tuple[slice, slice, slice], tuple[Any, ...]]:
     """The crop box narrowed to a 2D card's slice range, and the index that cuts a network tensor of the
     whole box to it. Statistics of the normalisation are taken before the cut, over the whole box."""
-    spec = card.inputs.slice
-    if card.inputs.spatial_dims != 2 or spec is None or spec.range is None:
+    reads = card.slice_range()
+    if reads is None:
         return box, (Ellipsis,)
-    array_axis = card.inputs.axes[spec.axis]
+    array_axis, first, stop = reads
     whole = box[array_axis]
-    start = min(max(spec.range[0], whole.start), whole.stop)
-    stop = max(min(spec.range[1], whole.stop), start)
+    start = min(max(first, whole.start), whole.stop)
+    stop = max(min(stop, whole.stop), start)
     parts = list(box)
     parts[array_axis] = slice(start, stop)
     keep = [slice(None)] * 4
-    keep[1 + spec.axis] = slice(start - whole.start, stop - whole.start)
+    keep[1 + card.slice_spec().axis] = slice(start - whole.start, stop - whole.start)
     return (parts[0], parts[1], parts[2]), tuple(keep)
 
 

@@ -61,10 +61,10 @@ def check_geometry(source: str, shape: tuple[int, ...], spacing: tuple[float, ..
 def check_slice_range(source: str, shape: tuple[int, ...], card: ModelCard) -> None:
     """InputError unless a 2D card's slice range lies inside an input of ``shape`` (X, Y, Z): the
     model's own pipeline reads those slices, so a shorter volume is not what it was made for."""
-    spec = card.inputs.slice
-    if card.inputs.spatial_dims != 2 or spec is None or spec.range is None:
+    reads = card.slice_range()
+    if reads is None:
         return
-    array_axis = card.inputs.axes[spec.axis]
-    if spec.range[1] > shape[array_axis]:
+    array_axis, start, stop = reads
+    if stop > shape[array_axis]:
         raise InputError(f"{source}: {shape[array_axis]} slices along array axis {array_axis} (model {card.name!r} "
-                         f"reads slices {spec.range[0]}..{spec.range[1] - 1}: expected at least {spec.range[1]})")
+                         f"reads slices {start}..{stop - 1}: expected at least {stop})")
