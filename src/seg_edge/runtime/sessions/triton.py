@@ -18,6 +18,7 @@ to the largest batch seen and are unregistered and removed when the session clos
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,6 +31,7 @@ from seg_edge.runtime.sessions.base import SessionBase, graph_layout
 CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 600.0  # one request is at most max_batch_size windows
 MAX_PARALLEL_REQUESTS = 4
+RELEASE_WAIT_S = 5.0  # the server may hold a region for a moment after it has answered
 
 
 def triton_model_name(card_name: str) -> str:
@@ -58,8 +60,8 @@ def parse_url(url: str, default_model: str) -> tuple[str, str, bool]:
 class Regions:
     """Two system shared-memory regions (windows in, logits out) registered with the server; grown on demand."""
 
-    def __init__(self, client: Any, shm: Any, tag: str) -> None:
-        self._client, self._shm, self._tag = client, shm, tag
+    def __init__(self, client: Any, shm: Any, tag: str, error: type[Exception]) -> None:
+        self._client, self._shm, self._tag, self._error = client, shm, tag, error
         self.handles: dict[str, object] = {}
         self.sizes: dict[str, int] = {}
 
@@ -78,9 +80,26 @@ class Regions:
 
     def _drop(self, role: str) -> None:
         if role in self.handles:
-            self._client.unregister_system_shared_memory(self.name(role), client_timeout=CONNECT_TIMEOUT_S)
+            self._unregister(self.name(role))
             self._shm.destroy_shared_memory_region(self.handles.pop(role))
             self.sizes.pop(role)
+
+    def _unregister(self, name: str) -> None:
+        """Unregister ``name``, waiting up to RELEASE_WAIT_S while the server says it is still in use.
+
+        Triton lets go of a request's regions after it has sent the response, so a region reused or
+        grown right after an answer can still be 'in use' for a few milliseconds.
+        """
+        deadline, delay = time.monotonic() + RELEASE_WAIT_S, 0.005
+        while True:
+            try:
+                self._client.unregister_system_shared_memory(name, client_timeout=CONNECT_TIMEOUT_S)
+                return
+            except self._error as exc:
+                if "in use" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.1)
 
     def close(self) -> None:
         for role in list(self.handles):
@@ -130,7 +149,7 @@ class TritonSession(SessionBase):
 
         import tritonclient.utils.shared_memory as shm
 
-        regions = Regions(self._client, shm, f"seg-edge-{os.getpid()}-{id(self):x}")
+        regions = Regions(self._client, shm, f"seg-edge-{os.getpid()}-{id(self):x}", self._error)
         try:
             regions.ensure("in", 4)
         except self._error as exc:
