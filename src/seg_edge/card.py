@@ -1,8 +1,8 @@
-"""The model card, schema 2.1 (docs/CARD.md): what a network expects and produces, in data.
+"""The model card, schema 2.2 (docs/CARD.md): what a network expects and produces, in data.
 
 Importers write cards; the runtime reads them and never branches on a preset. Schema-1 cards
-(flat fields) and schema-2.0 cards (no ``schema_minor``) load as 2.1 with identical behaviour
-(``cardmigrate``). Parsing checks the
+(flat fields), schema-2.0 cards (no ``schema_minor``) and 2.1 cards load as 2.2 with identical
+behaviour (``cardmigrate``). Parsing checks the
 JSON type of every field against the dataclasses' annotations (``_build``), then the values
 (``validate_card``); any defect is an ArtifactError naming the source, the field, the value
 found and the value expected.
@@ -23,13 +23,17 @@ from seg_edge.errors import ArtifactError
 CARD_KEY = "seg_edge.card"
 CARD_SCHEMA = 2
 # 1: tensor layouts, the "max" normalisation, a 2D model's way back (labels or logits) and slice range
-CARD_SCHEMA_MINOR = 1
+# 2: inputs.space (the space the network's inputs are in: the BraTS atlas grid, or the scanner's own)
+CARD_SCHEMA_MINOR = 2
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 REGIONS = ("WT", "TC", "ET")
 LABELS = ("NCR", "ED", "ET")
 CLASSES = ("background",) + LABELS
 NORMALIZATIONS = ("zscore_nonzero", "zscore_mask", "zscore", "max", "none")
 LAYOUTS = ("channels_first", "channels_last")
+# atlas: co-registered, skull-stripped, 1 mm on an atlas grid (BraTS's preprocessing; ``predict --raw`` makes it
+# from scanner series); native: the series as scanned, co-registered onto one of them (never atlas-registered)
+SPACES = ("atlas", "native")
 BACKS = ("logits", "labels")
 DERIVED = ("nvidia_mask",)
 CROPS = ("nonzero", "none")
@@ -110,6 +114,7 @@ class Inputs:
     spacing: tuple[float, ...] | None = None
     orientation: str | None = None
     layout: str = "channels_first"  # channels_last: the graph takes N, *spatial, C (Keras' default)
+    space: str = "atlas"  # SPACES; cards before 2.2 read as "atlas" (seg-edge took every input as BraTS-preprocessed)
 
 
 @dataclass(frozen=True)
@@ -356,7 +361,8 @@ def card_from_dict(raw: dict[str, Any], source: str) -> ModelCard:
     if schema > CARD_SCHEMA:
         raise ArtifactError(f"{source}: model card schema {schema} is newer than {CARD_SCHEMA}; "
                             "upgrade seg-edge to read it")
-    from seg_edge.cardmigrate import migrate_schema1, migrate_schema2_0  # older layouts, in their own module
+    # older layouts, in their own module
+    from seg_edge.cardmigrate import migrate_schema1, migrate_schema2_0, migrate_schema2_1
 
     if schema == 1:
         try:
@@ -377,6 +383,11 @@ def card_from_dict(raw: dict[str, Any], source: str) -> ModelCard:
                             f"{CARD_SCHEMA}.{CARD_SCHEMA_MINOR}; upgrade seg-edge to read it")
     elif minor == 0:
         raw = migrate_schema2_0({k: v for k, v in raw.items() if k != "schema_minor"})
+    if raw.get("schema_minor") == 1:
+        try:
+            raw = migrate_schema2_1(raw)
+        except ValueError as exc:
+            raise ArtifactError(f"{source}: invalid model card (schema 2.1): {exc}") from None
     problems: list[str] = []
     card: ModelCard | None = _build_dataclass(ModelCard, raw, "", problems)
     if problems or card is None:

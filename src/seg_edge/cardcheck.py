@@ -4,7 +4,7 @@ number in range, the parts consistent with each other. Types are checked by ``ca
 from __future__ import annotations
 
 from seg_edge.card import (BACKS, BLENDS, CLASSES, CROPS, DERIVED, INTERPOLATIONS, KINDS, LABEL_SCHEMES, LABELS,
-                           LAYOUTS, MODALITIES, NORMALIZATIONS, PRECISION_HINTS, PRECISIONS, PROFILE_BACKENDS,
+                           LAYOUTS, MODALITIES, NORMALIZATIONS, PRECISION_HINTS, PRECISIONS, PROFILE_BACKENDS, SPACES,
                            REGIONS, RULES, STEPS, Inputs, ModelCard, Outputs, SliceSpec, show)
 from seg_edge.errors import ArtifactError
 
@@ -56,6 +56,7 @@ def _input_problems(inputs: Inputs) -> list[str]:
     elif inputs.slice is not None:
         problems.append("inputs.slice is set for a 3D model (expected null)")
     problems += _choice("inputs.layout", inputs.layout, LAYOUTS)
+    problems += _choice("inputs.space", inputs.space, SPACES)
     if not inputs.tensor:
         problems.append("inputs.tensor is empty (expected the graph input's name)")
     if inputs.spacing is not None and (len(inputs.spacing) != 3 or not all(0 < s < 100 for s in inputs.spacing)):

@@ -1,7 +1,8 @@
-"""Older model cards read as schema 2.1 with the behaviour they had (docs/CARD.md, "Schema versions").
+"""Older model cards read as schema 2.2 with the behaviour they had (docs/CARD.md, "Schema versions").
 
-Schema 1 (flat fields, seg-edge 0.1) becomes a schema-2.0 dict, and a 2.0 dict (no ``schema_minor``)
-a 2.1 one. A defect is a ValueError whose message ``card.card_from_dict`` puts after the source's name.
+Schema 1 (flat fields, seg-edge 0.1) becomes a schema-2.0 dict, a 2.0 dict (no ``schema_minor``)
+a 2.1 one, and a 2.1 dict a 2.2 one. A defect is a ValueError whose message ``card.card_from_dict``
+puts after the source's name.
 """
 
 from __future__ import annotations
@@ -58,5 +59,14 @@ def migrate_schema2_0(raw: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"inputs.slice.{key} is a schema-2.1 field (expected \"schema_minor\": 1 with it)")
         spec.update(back="logits", back_interpolation=spec.get("interpolation", "linear"), range=None)
         raw["inputs"] = {**inputs, "slice": spec}
-    raw["schema_minor"] = CARD_SCHEMA_MINOR
+    raw["schema_minor"] = 1
     return raw
+
+
+def migrate_schema2_1(raw: dict[str, Any]) -> dict[str, Any]:
+    """A schema-2.1 card as the 2.2 dict with identical behaviour: ``inputs.space`` "atlas" (the default;
+    seg-edge took every input as BraTS-preprocessed, and ran nothing else)."""
+    inputs = raw.get("inputs")
+    if isinstance(inputs, dict) and "space" in inputs:
+        raise ValueError("inputs.space is a schema-2.2 field (expected \"schema_minor\": 2 with it)")
+    return {**raw, "schema_minor": CARD_SCHEMA_MINOR}

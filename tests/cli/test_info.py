@@ -201,12 +201,12 @@ def test_info_on_a_file_that_is_not_onnx_is_still_a_model_error(tmp_path):
     assert result.exit_code == 2 and result.stderr.startswith("model error:") and str(path) in result.stderr
 
 
-def test_info_says_a_schema_2_0_card_was_read_as_2_1_and_states_the_2_1_fields(tmp_path):
-    """A stored 2.0 card (no schema_minor) is read as 2.1 with its meaning, and info says so; a 2.1 card's
+def test_info_says_a_schema_2_0_card_was_read_as_2_2_and_states_the_2_1_fields(tmp_path):
+    """A stored 2.0 card (no schema_minor) is read as 2.2 with its meaning, and info says so; a 2.1 card's
     tensor layout, slice range and way back are said in words."""
     old = softmax_2d_card()
     raw = json.loads(old.to_json())
-    del raw["schema_minor"], raw["inputs"]["layout"], raw["outputs"]["layout"]
+    del raw["schema_minor"], raw["inputs"]["layout"], raw["outputs"]["layout"], raw["inputs"]["space"]
     for key in ("back", "back_interpolation", "range"):
         del raw["inputs"]["slice"][key]
     path = write_model(tmp_path / "old.onnx", old)
@@ -215,7 +215,7 @@ def test_info_says_a_schema_2_0_card_was_read_as_2_1_and_states_the_2_1_fields(t
     onnx.save(model, str(path))
     result = CliRunner().invoke(app, ["info", str(path)], env=WIDE)
     assert result.exit_code == 0, result.output
-    for phrase in ("schema 2.0, read as schema 2.1", "input N, C, spatial, output N, C, spatial",
+    for phrase in ("schema 2.0, read as schema 2.2", "input space", "atlas: co-registered", "input N, C, spatial, output N, C, spatial",
                    "all of them, each resized to 160×192 (nearest); the logits resized back to the slice (nearest)"):
         assert phrase in result.stdout, (phrase, result.stdout)
     spec = SliceSpec(axis=0, size=(160, 192), interpolation="linear", back="labels", back_interpolation="nearest",
@@ -225,7 +225,7 @@ def test_info_says_a_schema_2_0_card_was_read_as_2_1_and_states_the_2_1_fields(t
                            outputs=Outputs(kind="softmax", channels=("background", "NCR", "ED", "ET"), thresholds=(),
                                            order=(), layout="channels_last"))
     rows = dict(describe_card(tutorial))
-    assert rows["card"] == "schema 2.1" and rows["input 'image'"].startswith("0: flair — divided by its maximum")
+    assert rows["card"] == "schema 2.2" and rows["input 'image'"].startswith("0: flair — divided by its maximum")
     assert rows["tensor layout"] == "input N, spatial, C (channels last), output N, spatial, C (channels last)"
     assert rows["2D slicing"] == ("2D network: slices along network axis 0 (array Z), those at indices 22..121 (the "
                                   "others background), each resized to 160×192 (linear); labelled at that size, then "

@@ -42,18 +42,19 @@ def volumes(rng, shape=(12, 10, 14)) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------- the card
 
-def test_a_schema_2_0_card_reads_as_2_1_with_its_meaning():
+def test_a_schema_2_0_card_reads_as_2_2_with_its_meaning():
     raw = {"schema": 2, "name": "m", "preset": "p",
            "inputs": {"channels": [{"name": "flair"}], "spatial_dims": 2,
                       "slice": {"axis": 0, "size": [32, 32], "interpolation": "nearest"}},
            "inference": {"patch_size": [32, 32]}}
     card = ModelCard.from_json(json.dumps(raw), "old.onnx")
-    assert (card.schema, card.schema_minor) == (2, 1)
+    assert (card.schema, card.schema_minor) == (2, 2)
     # 2.0's one interpolation resized both ways, logits came back, every slice ran
     assert card.inputs.slice == SliceSpec(0, (32, 32), "nearest", "logits", "nearest", None)
     assert card.inputs.layout == card.outputs.layout == "channels_first"
+    assert card.inputs.space == "atlas"  # every input was taken as BraTS-preprocessed
     again = json.loads(card.to_json())
-    assert again["schema_minor"] == 1 and ModelCard.from_json(card.to_json()) == card
+    assert again["schema_minor"] == 2 and ModelCard.from_json(card.to_json()) == card
 
 
 def test_a_2_0_card_with_2_1_fields_is_refused_and_a_newer_minor_too():
@@ -62,10 +63,25 @@ def test_a_2_0_card_with_2_1_fields_is_refused_and_a_newer_minor_too():
     with pytest.raises(ArtifactError, match=r"old.onnx: invalid model card \(schema 2.0\): inputs.slice.back is a "
                                             r"schema-2.1 field"):
         ModelCard.from_json(json.dumps(raw), "old.onnx")
-    with pytest.raises(ArtifactError, match=r"new.onnx: model card schema 2.2 is newer than 2.1; upgrade seg-edge"):
-        ModelCard.from_json(json.dumps({"schema": 2, "schema_minor": 2, "name": "m", "preset": "p"}), "new.onnx")
-    with pytest.raises(ArtifactError, match=r'schema_minor is "1" \(expected an integer 0..1\)'):
+    with pytest.raises(ArtifactError, match=r"new.onnx: model card schema 2.3 is newer than 2.2; upgrade seg-edge"):
+        ModelCard.from_json(json.dumps({"schema": 2, "schema_minor": 3, "name": "m", "preset": "p"}), "new.onnx")
+    with pytest.raises(ArtifactError, match=r'schema_minor is "1" \(expected an integer 0..2\)'):
         ModelCard.from_json(json.dumps({"schema": 2, "schema_minor": "1", "name": "m", "preset": "p"}), "m.onnx")
+
+
+def test_input_space_is_a_2_2_field_with_two_values():
+    base = {"schema": 2, "name": "m", "preset": "p", "inputs": {"channels": [{"name": "flair"}]}}
+    native = ModelCard.from_json(json.dumps({**base, "schema_minor": 2,
+                                             "inputs": {**base["inputs"], "space": "native"}}), "n.onnx")
+    assert native.inputs.space == "native" and ModelCard.from_json(native.to_json()) == native
+    assert ModelCard.from_json(json.dumps({**base, "schema_minor": 1}), "m.onnx").inputs.space == "atlas"
+    with pytest.raises(ArtifactError, match=r"old.onnx: invalid model card \(schema 2.1\): inputs.space is a "
+                                            r"schema-2.2 field"):
+        ModelCard.from_json(json.dumps({**base, "schema_minor": 1, "inputs": {**base["inputs"], "space": "atlas"}}),
+                            "old.onnx")
+    with pytest.raises(ArtifactError, match=r"inputs.space \"mni\""):
+        ModelCard.from_json(json.dumps({**base, "schema_minor": 2, "inputs": {**base["inputs"], "space": "mni"}}),
+                            "bad.onnx")
 
 
 def test_the_tutorial_card_round_trips():

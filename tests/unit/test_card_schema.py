@@ -176,7 +176,7 @@ def test_round_trip(name):
     again = ModelCard.from_json(text, name)
     assert again == card and again.to_json() == text
     raw = json.loads(text)
-    assert raw["schema"] == 2 and raw["schema_minor"] == 1
+    assert raw["schema"] == 2 and raw["schema_minor"] == 2
     assert set(raw) == {"schema", "schema_minor", "name", "preset", "inputs", "outputs", "inference",
                         "label_scheme", "precision", "tolerances", "provenance"}
 

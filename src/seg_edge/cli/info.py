@@ -148,9 +148,16 @@ def profile_words(card: ModelCard) -> str:
             f"{', '.join(f'{k} {v}' for k, v in m.versions.items())}" + (f"; {measured}" if measured else ""))
 
 
+SPACE_WORDS = {
+    "atlas": "atlas: co-registered, skull-stripped, 1 mm on an atlas grid (BraTS preprocessing; predict --raw makes "
+             "it from scanner series)",
+    "native": "native: the series as scanned, co-registered onto one of them (predict --raw is refused)",
+}
+
+
 def describe_card(card: ModelCard, stored_schema: int | str | None = None) -> list[tuple[str, str]]:
     """The card as (field, words) rows, provenance last; ``stored_schema``: the version the file holds
-    (``stored_version``: "1", "2.0", "2.1")."""
+    (``stored_version``: "1", "2.0", "2.1", "2.2")."""
     inputs, inf, values = card.inputs, card.inference, _label_values(card)
     identity = tuple(inputs.axes) == (0, 1, 2)
     version = f"{card.schema}.{card.schema_minor}"
@@ -161,6 +168,7 @@ def describe_card(card: ModelCard, stored_schema: int | str | None = None) -> li
         (f"input '{inputs.tensor}'", channel_words(card)),
         ("tensor layout", f"input {LAYOUT_WORDS.get(inputs.layout, inputs.layout)}, output "
                           f"{LAYOUT_WORDS.get(card.outputs.layout, card.outputs.layout)}"),
+        ("input space", SPACE_WORDS.get(inputs.space, inputs.space)),
         ("crop", CROP_WORDS.get(inputs.crop, inputs.crop)),
         ("axes", f"network axes = array {_array_axes(card, range(3))}" + (" (as loaded)" if identity else "")),
         ("2D slicing", slice_words(card)),
