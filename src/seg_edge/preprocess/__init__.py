@@ -1,3 +1,3 @@
 """Raw scanner series → the grid a model expects, and back (issue 22). Torch-free; needs the 'preprocess' extra
-(SimpleITK). Modules: registration (rigid co-registration of one MR volume to another, and resampling), skullstrip (deepbet's brain
-mask as ONNX, run with ONNX Runtime)."""
+(SimpleITK). Modules: registration (rigid co-registration of one MR volume to another, and resampling),
+skullstrip (deepbet's brain mask as ONNX, run with ONNX Runtime)."""
