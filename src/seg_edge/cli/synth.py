@@ -1,4 +1,4 @@
-"""``seg-edge synth``: write synthetic BraTS-like case folders."""
+"""``seg-edge synth``: write synthetic BraTS-like case folders, or raw scanner-like studies (``--raw``)."""
 
 from __future__ import annotations
 
@@ -8,28 +8,47 @@ import typer
 
 from seg_edge.cli.console import err, guarded, out
 from seg_edge.cli.options import Anatomy, LabelScheme, parse_triplet
+from seg_edge.errors import InputError
+
+DEFAULT_SHAPE = "240,240,155"
 
 
 @guarded
 def synth(
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write <id>/<id>_{flair,t1,t1ce,t2,seg}.nii.gz."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write <id>/<id>_{flair,t1,t1ce,t2,seg}.nii.gz "
+                                 "(with --raw: raw studies, see --raw)."),
     n: int = typer.Option(10, "--n", min=1, help="Number of cases."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed; case i is generated from (seed, i)."),
-    shape: str = typer.Option("240,240,155", "--shape", help="Grid X,Y,Z in 1 mm voxels."),
+    shape: str | None = typer.Option(None, "--shape", help=f"Grid X,Y,Z in 1 mm voxels [default: {DEFAULT_SHAPE}]; "
+                                     "not with --raw (use --scale)."),
     label_scheme: LabelScheme = typer.Option(LabelScheme.brats2021, "--label-scheme", help="ET=4 or ET=3."),
     workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes."),
-    anatomy: Anatomy = typer.Option(Anatomy.procedural, "--anatomy", help="procedural (no dependencies) or "
-                                    "mni152 (MNI152 tissue templates shipped by nilearn: extra 'synth')."),
+    anatomy: Anatomy | None = typer.Option(None, "--anatomy", help="procedural (no dependencies; the default) or "
+                                           "mni152 (MNI152 tissue templates shipped by nilearn: extra 'synth'); "
+                                           "--raw always uses mni152."),
+    raw: bool = typer.Option(False, "--raw", help="Write raw studies as a scanner would: "
+                             "<id>/<id>_{t1,t1ce,t2,flair}.nii.gz with skull, head pose, per-series motion and own "
+                             "grids (sagittal 3D T1, axial 3D T1ce, axial 2D T2, tilted axial 2D FLAIR), bias and "
+                             "noise, and <id>/truth/ (true transforms, brain mask, labels on the atlas and T1ce "
+                             "grids, the perfectly preprocessed case). Needs the 'synth' extra."),
+    scale: float | None = typer.Option(None, "--scale", help="With --raw: voxels 1/SCALE times larger, same fields "
+                                       "of view (0.25 to 1; default 1: the 240x240x155 1 mm atlas grid)."),
 ) -> None:
-    """Generate synthetic BraTS-like cases (procedural brain + glioma; not patient data)."""
+    """Generate synthetic BraTS-like cases or raw studies (procedural or MNI152 brain + glioma; not patient data)."""
     from seg_edge.runtime.regions import et_label
+
+    if raw:
+        _refuse_with_raw(shape, anatomy)
+        _write_raw(out_dir, n, seed, scale if scale is not None else 1.0, et_label(label_scheme.value), workers)
+        return
+    if scale is not None:
+        raise InputError(f"--scale {scale:g} without --raw (expected --raw, or --shape for BraTS-like cases)")
     from seg_edge.synth import write_cases
 
-    grid = parse_triplet(shape, "--shape")
+    grid = parse_triplet(shape or DEFAULT_SHAPE, "--shape")
     if min(grid) < 32:
-        from seg_edge.errors import InputError
-
         raise InputError(f"--shape {shape} (expected every size >= 32)")
+    anatomy = anatomy or Anatomy.procedural
     if anatomy == Anatomy.mni152:
         from seg_edge.synth.mni import tissue_maps
 
@@ -37,6 +56,27 @@ def synth(
     done = write_cases(out_dir, n, seed, grid, et_label(label_scheme.value), workers, anatomy.value,
                        progress=lambda p: err.print(f"  {p.name}", highlight=False))
     out.print(f"wrote {len(done)} synthetic cases to {out_dir}")
+
+
+def _refuse_with_raw(shape: str | None, anatomy: Anatomy | None) -> None:
+    if shape is not None:
+        raise InputError(f"--shape {shape} with --raw (expected --scale: a raw study's grids are the scanner's, "
+                         f"its atlas grid is 240x240x155 at --scale 1)")
+    if anatomy not in (None, Anatomy.mni152):
+        raise InputError(f"--anatomy {anatomy.value} with --raw (expected mni152 or none: raw studies use the "
+                         f"MNI152 brain)")
+
+
+def _write_raw(out_dir: Path, n: int, seed: int, scale: float, et: int, workers: int) -> None:
+    from seg_edge.synth.mni import tissue_maps
+    from seg_edge.synth.raw import MAX_SCALE, MIN_SCALE, write_raw_studies
+
+    if not MIN_SCALE <= scale <= MAX_SCALE:
+        raise InputError(f"--scale {scale:g} (expected {MIN_SCALE:g} to {MAX_SCALE:g})")
+    tissue_maps()  # fail before writing anything if nilearn is missing
+    done = write_raw_studies(out_dir, n, seed, scale=scale, et_label=et, workers=workers,
+                             progress=lambda p: err.print(f"  {p.name}", highlight=False))
+    out.print(f"wrote {len(done)} synthetic raw studies to {out_dir} (truth in <id>/truth/)")
 
 
 def register(app: typer.Typer) -> None:
