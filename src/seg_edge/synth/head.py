@@ -40,63 +40,66 @@ THICKNESS_MM = ((1.2, 3.5), (0.8, 1.8), (1.0, 5.0), (0.8, 1.8), (0.8, 2.5), (2.0
 
 @dataclass(frozen=True)
 class Head:
-    """Head images (4, X, Y, Z + padding) float32 in FLAIR, T1, T1ce, T2 order, and where the brain grid sits.
+    """Head images (4, X', Y', Z') float32 in FLAIR, T1, T1ce, T2 order on a box of the brain grid's voxels.
 
-    Head voxel ``(i, j, k)`` is the brain grid's voxel ``(i, j, k - pad_below)``; both grids have the same voxel
-    size and axes.
+    Head voxel ``v`` is the brain grid's voxel ``v + offset`` (same voxel size and axes; ``offset`` may be
+    negative: the box reaches below and above the brain grid). Outside the box is air.
     """
 
     images: np.ndarray
-    pad_below: int
-    box: tuple[np.ndarray, np.ndarray]  # head voxels [low, high) that hold the whole head (the rest is air)
+    offset: np.ndarray
 
 
 def build_head(brain_images: np.ndarray, brain: np.ndarray, rng: np.random.Generator, voxel_mm: float) -> Head:
     """The head around ``brain_images`` (4, X, Y, Z; zero outside ``brain``) on a grid of ``voxel_mm`` voxels."""
     pad_below, pad_above = round(PAD_BELOW_MM / voxel_mm), round(PAD_ABOVE_MM / voxel_mm)
     padding = ((0, 0), (0, 0), (pad_below, pad_above))
-    inside = np.pad(brain, padding)
-    tissue = _tissue(inside, rng, voxel_mm, pad_below)
+    tissue, low = _tissue(np.pad(brain, padding), rng, voxel_mm)
+    crop = tuple(slice(int(a), int(a) + n) for a, n in zip(low, tissue.shape))
+    inside = np.pad(brain, padding)[crop]
     means = HEAD_MEANS * rng.uniform(0.9, 1.1, size=HEAD_MEANS.shape).astype(np.float32)
     means[AIR] = 0.0
-    step = max(1, round(COARSE_MM / voxel_mm))
-    fine = _texture(inside.shape, rng, 1.5 / voxel_mm)
-    broad = _upsample(_texture(tuple(-(-n // step) for n in inside.shape), rng, 6.0 / (voxel_mm * step)), step,
-                      inside.shape)
+    fine, broad = _texture(tissue.shape, rng, 1.5 / voxel_mm), _texture(tissue.shape, rng, 3.0 / voxel_mm)
     # fat lobules with thin darker septa, patchy red/yellow marrow, a little grain in muscle and skin
-    texture = np.ones(inside.shape, dtype=np.float32)
+    texture = np.ones(tissue.shape, dtype=np.float32)
     texture[tissue == FAT] = (1.0 + 0.10 * fine - 0.35 * (np.abs(fine) < 0.12))[tissue == FAT]
-    texture[tissue == MARROW] = (1.0 + 0.22 * broad + 0.08 * fine)[tissue == MARROW]
+    texture[tissue == MARROW] = (1.0 + 0.2 * broad + 0.08 * fine)[tissue == MARROW]
     soft = (tissue == MUSCLE) | (tissue == SKIN) | (tissue == CORD)
     texture[soft] = (1.0 + 0.07 * fine)[soft]
-    images = np.empty((4,) + inside.shape, dtype=np.float32)
+    images = np.empty((4,) + tissue.shape, dtype=np.float32)
     sigma = 0.6 / voxel_mm  # partial volume between the layers
     for ch in range(4):
         shell = ndimage.gaussian_filter(means[tissue, ch] * texture, sigma=sigma, truncate=3.0)
         scaled = brain_images[ch].astype(np.float32) / np.float32(np.median(brain_images[ch][brain]))
-        images[ch] = np.where(inside, np.pad(scaled, padding), np.maximum(shell, 0.0))
-    hits = np.argwhere(tissue != AIR)
-    low, high = np.maximum(hits.min(axis=0) - 2, 0), np.minimum(hits.max(axis=0) + 3, inside.shape)
-    return Head(images=images, pad_below=pad_below, box=(low, high))
+        images[ch] = np.where(inside, np.pad(scaled, padding)[crop], np.maximum(shell, 0.0))
+    return Head(images=images, offset=low - np.array([0, 0, pad_below]))
 
 
-def _tissue(inside: np.ndarray, rng: np.random.Generator, voxel_mm: float, pad_below: int) -> np.ndarray:
-    """Head tissue classes (uint8) on the padded grid; the brain's voxels are CSF here (the brain replaces them)."""
+def _tissue(inside: np.ndarray, rng: np.random.Generator, voxel_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Head tissue classes (uint8) on the box of the padded grid that holds the head, and the box's first voxel.
+    The brain's voxels are CSF here (the brain replaces them)."""
     step = max(1, round(COARSE_MM / voxel_mm))
     coarse = inside[::step, ::step, ::step]
     mm = voxel_mm * step
     outside_brain = ndimage.distance_transform_edt(~coarse) * mm
     fields = [lo + (hi - lo) * _unit_field(coarse.shape, rng, 25.0 / mm) for lo, hi in THICKNESS_MM]
-    fields[4] = fields[4] + 9.0 * _temples(coarse, mm)
+    temples = _temples(coarse)
+    fields[2] = fields[2] * (1.0 - 0.8 * temples)  # the temporal squama is thin
+    fields[4] = fields[4] + 9.0 * temples
     bounds = np.cumsum(fields[:5], axis=0)  # outer edges of CSF, inner table, diploë, outer table, muscle
     cranial = _layer_coordinate(outside_brain, bounds[:4])
-    block = _face_and_neck(coarse, mm, pad_below / step)
-    head = (outside_brain < bounds[4] + fields[5] + fields[6]) | block
+    head = (outside_brain < bounds[4] + fields[5] + fields[6]) | _face_and_neck(coarse, mm)
     depth = ndimage.distance_transform_edt(head) * mm - ndimage.distance_transform_edt(~head) * mm
     surface = _layer_coordinate(np.maximum(depth, 0.0), np.stack([fields[6], fields[6] + fields[5]]))
     surface[depth <= 0] = -1.0
-    cranial_full, surface_full = (_upsample(a, step, inside.shape) for a in (cranial, surface))
-    tissue = np.full(inside.shape, MUSCLE, dtype=np.uint8)
+    hits = np.argwhere(head)
+    low_c, high_c = np.maximum(hits.min(axis=0) - 1, 0), np.minimum(hits.max(axis=0) + 2, coarse.shape)
+    low = low_c * step
+    shape = tuple(int(n) for n in np.minimum((high_c - low_c) * step, np.asarray(inside.shape) - low))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low_c, high_c))
+    cranial_full, surface_full = (_upsample(a[box], step, shape) for a in (cranial, surface))
+    inside = inside[tuple(slice(int(a), int(a) + n) for a, n in zip(low, shape))]
+    tissue = np.full(shape, MUSCLE, dtype=np.uint8)
     tissue[cranial_full < 4] = (np.array([CSF, TABLE, MARROW, TABLE], dtype=np.uint8)
                                 [np.clip(cranial_full[cranial_full < 4], 0, 3).astype(np.intp)])
     _canal_and_eyes(tissue, inside, voxel_mm, cranial_full)
@@ -104,7 +107,7 @@ def _tissue(inside: np.ndarray, rng: np.random.Generator, voxel_mm: float, pad_b
     tissue[surface_full < 1] = SKIN
     tissue[surface_full < 0] = AIR
     tissue[inside] = CSF
-    return tissue
+    return tissue, low
 
 
 def _unit_field(shape: tuple[int, ...], rng: np.random.Generator, cell: float) -> np.ndarray:
@@ -152,7 +155,7 @@ def _extent(mask: np.ndarray, axis: int) -> tuple[int, int]:
     return int(hits[0]), int(hits[-1])
 
 
-def _temples(brain: np.ndarray, mm: float) -> np.ndarray:
+def _temples(brain: np.ndarray) -> np.ndarray:
     """Weight in [0, 1] of the temporalis muscle: lateral, over the lower two thirds of the brain's height."""
     (x0, x1), (z0, z1) = _extent(brain, 0), _extent(brain, 2)
     x = np.abs(np.arange(brain.shape[0]) - (x0 + x1) / 2) / max((x1 - x0) / 2, 1.0)
@@ -162,7 +165,7 @@ def _temples(brain: np.ndarray, mm: float) -> np.ndarray:
     return (lateral[:, None, None] * height[None, None, :]).astype(np.float32) * np.ones_like(brain, np.float32)
 
 
-def _face_and_neck(brain: np.ndarray, mm: float, pad: float) -> np.ndarray:
+def _face_and_neck(brain: np.ndarray, mm: float) -> np.ndarray:
     """Soft-tissue block under the brain: the face in front (to the chin) narrowing into the neck."""
     (x0, x1), (y0, y1), (z0, _) = (_extent(brain, a) for a in range(3))
     stem = brain[:, :, z0:z0 + max(1, round(5 / mm))].any(axis=2)

@@ -73,7 +73,7 @@ def write_raw_study(out_dir: Path, seed: int, index: int, *, scale: float = 1.0,
     brain = phantom.images[0] > 0  # the phantom's tissue mask: every brain voxel is >= 1 on every contrast
     rng = np.random.default_rng([seed, index, 22])  # the head and scanner draw from their own stream
     head = build_head(phantom.images, brain, rng, 1.0 / scale)
-    head_affine = atlas @ _shift_k(-head.pad_below)
+    head_affine = atlas @ _translation(head.offset)
     centre = atlas[:3, :3] @ np.argwhere(brain).mean(axis=0) + atlas[:3, 3]
     pose = _draw_pose(rng, centre)
     cid = raw_case_id(seed, index)
@@ -200,9 +200,9 @@ def _native_labels(labels: np.ndarray, voxel_map: np.ndarray, shape: tuple[int, 
     return out
 
 
-def _shift_k(k: int) -> np.ndarray:
+def _translation(voxels: np.ndarray) -> np.ndarray:
     matrix = np.eye(4)
-    matrix[2, 3] = k
+    matrix[:3, 3] = voxels
     return matrix
 
 

@@ -161,10 +161,11 @@ def acquire(head: Head, channel: int, head_affine: np.ndarray, spec: SeriesSpec,
     """Read contrast ``channel`` of ``head`` (voxel → atlas world by ``head_affine``) onto the series' grid."""
     voxel_map = np.linalg.inv(head_affine) @ np.linalg.inv(world_from_atlas) @ affine
     head_mm = float(np.linalg.norm(head_affine[:3, 0]))
-    samples = max(1, round(spec.spacing[2] / head_mm)) if spec.two_d else 1
-    box = box_through(*head.box, voxel_map, spec.shape)
+    # a box slice profile, sampled every 2 mm (or every head voxel, if coarser) across the slice's thickness
+    samples = math.ceil(spec.spacing[2] / max(2.0, head_mm)) if spec.two_d else 1
+    box = box_through(np.zeros(3), np.asarray(head.images.shape[1:]), voxel_map, spec.shape)
     signal = np.zeros(spec.shape, dtype=np.float32)
-    for s in range(samples):  # a box slice profile: the slice's thickness, sampled at the head's resolution
+    for s in range(samples):
         signal += resample_box(head.images[channel], voxel_map, spec.shape, box, (s + 0.5) / samples - 0.5)
     signal /= samples
     bias = smooth_bias(spec.shape, rng, 0.09)
