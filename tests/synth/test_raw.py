@@ -126,6 +126,16 @@ def test_true_transform_puts_the_brain_where_it_is(study, truth, phantom, modali
             assert match(_shifted(truth, modality, shift)) < at_truth, (modality, axis, sign)
 
 
+def test_every_series_holds_the_whole_brain(study, truth):
+    atlas = nib.load(study / "truth" / "atlas_brain.nii.gz")
+    world = nib.affines.apply_affine(atlas.affine, np.argwhere(np.asarray(atlas.dataobj) > 0))
+    for m in MODALITIES:
+        img = nib.load(study / f"{study.name}_{m}.nii.gz")
+        voxels = nib.affines.apply_affine(np.linalg.inv(img.affine) @ truth["series"][m]["world_from_atlas_ras"],
+                                          world)
+        assert (voxels.min(axis=0) > -0.5).all() and (voxels.max(axis=0) < np.asarray(img.shape) - 0.5).all(), m
+
+
 def test_native_brain_centroid_maps_onto_the_atlas_brain(study, truth):
     atlas_img = nib.load(study / "truth" / "atlas_brain.nii.gz")
     native_img = nib.load(study / "truth" / "native_brain.nii.gz")

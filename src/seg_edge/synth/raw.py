@@ -42,7 +42,7 @@ from seg_edge.synth.scanner import (MOTION_ROTATION_DEG, MOTION_SHIFT_MM, POSE_R
 REFERENCE = "t1ce"
 SCHEMA = 1
 MIN_SCALE, MAX_SCALE = 0.25, 1.0
-PLACEMENT_MM = 5.0  # the technologist centres each field of view on the head to within this, per axis
+PLACEMENT_MM = np.array([5.0, 5.0, 3.0])  # how far off the brain's centre a field of view may be (RAS mm)
 
 
 def raw_case_id(seed: int, index: int) -> str:
@@ -74,8 +74,11 @@ def write_raw_study(out_dir: Path, seed: int, index: int, *, scale: float = 1.0,
     rng = np.random.default_rng([seed, index, 22])  # the head and scanner draw from their own stream
     head = build_head(phantom.images, brain, rng, 1.0 / scale)
     head_affine = atlas @ _translation(head.offset)
-    centre = atlas[:3, :3] @ np.argwhere(brain).mean(axis=0) + atlas[:3, 3]
+    hits = np.argwhere(brain)
+    centre = atlas[:3, :3] @ hits.mean(axis=0) + atlas[:3, 3]
     pose = _draw_pose(rng, centre)
+    # the technologist centres each field of view on the brain as the localiser shows it (posed, before motion)
+    posed = (pose["matrix"] @ atlas @ np.c_[hits[::97], np.ones(len(hits[::97]))].T)[:3]
     cid = raw_case_id(seed, index)
     folder = Path(out_dir) / cid
     (folder / "truth" / "ideal").mkdir(parents=True, exist_ok=True)
@@ -86,7 +89,8 @@ def write_raw_study(out_dir: Path, seed: int, index: int, *, scale: float = 1.0,
         world = pose["destination"]
         world_from_atlas = rigid(euler_matrix(motion_deg), world, world + motion_mm) @ pose["matrix"]
         tilt = float(rng.uniform(*spec.tilt_deg))
-        plan = world + np.array([0.0, 0.0, spec.lift_mm]) + rng.uniform(-PLACEMENT_MM, PLACEMENT_MM, 3)
+        plan = _centred(spec, tilt, posed) + np.array([0.0, 0.0, spec.lift_mm]) \
+            + rng.uniform(-1.0, 1.0, 3) * PLACEMENT_MM
         channel = MODALITIES.index(spec.modality)
         got = acquire(head, channel, head_affine, spec, series_affine(spec, plan, tilt), world_from_atlas, rng)
         _save(got.data, got.affine, folder / f"{cid}_{spec.modality}.nii.gz")
@@ -133,6 +137,14 @@ CONVENTIONS = {
             "translation_mm from the isocentre",
     "motion": "after the pose, before that series: rotation about the posed brain centre, then translation_mm",
 }
+
+
+def _centred(spec: SeriesSpec, tilt: float, points: np.ndarray) -> np.ndarray:
+    """The world point at the middle of ``points`` (3, N) along each of the series' own axes."""
+    axes = series_affine(spec, np.zeros(3), tilt)[:3, :3]
+    axes = axes / np.linalg.norm(axes, axis=0)
+    along = axes.T @ points
+    return axes @ ((along.min(axis=1) + along.max(axis=1)) / 2.0)
 
 
 def _draw_pose(rng: np.random.Generator, centre: np.ndarray) -> dict[str, np.ndarray]:

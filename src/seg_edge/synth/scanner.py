@@ -36,7 +36,7 @@ class SeriesSpec:
     spacing: tuple[float, float, float]  # mm; the third is the slice thickness of a 2D series
     codes: str  # direction of increasing i, j, k (nibabel's axis codes) before any tilt
     tilt_deg: tuple[float, float] = (0.0, 0.0)  # range of the tilt about left-right (oblique axial)
-    lift_mm: float = 0.0  # field of view centred this far above the brain's centre (to take in the vertex)
+    lift_mm: float = 0.0  # field of view centred this far above the brain's box's centre (to take in the vertex)
     two_d: bool = False  # thick slices: the signal is averaged over each slice's thickness
 
     def scaled(self, scale: float) -> SeriesSpec:
@@ -52,11 +52,11 @@ PROTOCOL = (
     SeriesSpec(modality="t1", plane="sagittal", shape=(176, 256, 256), spacing=(1.0, 1.0, 1.0), codes="RPI",
                lift_mm=10.0),
     SeriesSpec(modality="t1ce", plane="axial", shape=(256, 256, 192), spacing=(0.9375, 0.9375, 1.0),
-               codes="LAS", lift_mm=12.0),
-    SeriesSpec(modality="t2", plane="axial", shape=(256, 256, 42), spacing=(0.9, 0.9, 4.0), codes="LAS",
-               lift_mm=6.0, two_d=True),
+               codes="LAS"),
+    SeriesSpec(modality="t2", plane="axial", shape=(256, 256, 44), spacing=(0.9, 0.9, 4.0), codes="LAS",
+               two_d=True),
     SeriesSpec(modality="flair", plane="axial", shape=(266, 266, 36), spacing=(0.9, 0.9, 5.0), codes="LAS",
-               tilt_deg=(10.0, 20.0), lift_mm=6.0, two_d=True),
+               tilt_deg=(10.0, 20.0), two_d=True),
 )
 
 
@@ -168,7 +168,7 @@ def acquire(head: Head, channel: int, head_affine: np.ndarray, spec: SeriesSpec,
     for s in range(samples):
         signal += resample_box(head.images[channel], voxel_map, spec.shape, box, (s + 0.5) / samples - 0.5)
     signal /= samples
-    bias = smooth_bias(spec.shape, rng, 0.09)
+    bias = smooth_bias(spec.shape, rng, 0.075)
     noise = float(rng.uniform(0.02, 0.04))
     real = signal * bias + np.float32(noise) * rng.standard_normal(spec.shape, dtype=np.float32)
     imaginary = np.float32(noise) * rng.standard_normal(spec.shape, dtype=np.float32)
