@@ -89,6 +89,8 @@ def _tissue(inside: np.ndarray, rng: np.random.Generator, voxel_mm: float) -> tu
     bounds = np.cumsum(fields[:5], axis=0)  # outer edges of CSF, inner table, diploë, outer table, muscle
     cranial = _layer_coordinate(outside_brain, bounds[:4])
     head = (outside_brain < bounds[4] + fields[5] + fields[6]) | _face_and_neck(coarse, mm)
+    # round the block's corners and fill the notch where it meets the cranium; the skull stays inside
+    head = (ndimage.gaussian_filter(head.astype(np.float32), sigma=4.0 / mm) > 0.5) | (outside_brain < bounds[3])
     depth = ndimage.distance_transform_edt(head) * mm - ndimage.distance_transform_edt(~head) * mm
     surface = _layer_coordinate(np.maximum(depth, 0.0), np.stack([fields[6], fields[6] + fields[5]]))
     surface[depth <= 0] = -1.0
@@ -174,7 +176,7 @@ def _face_and_neck(brain: np.ndarray, mm: float) -> np.ndarray:
     z = np.arange(brain.shape[2]) * mm
     t = np.clip((top - z) / max(top, 1.0), 0.0, 1.0)
     front = (y0 * mm - 20.0) * (1 - t ** 3) + (stem_y - 55.0) * t ** 3  # in j millimetres: smaller = anterior
-    back = (stem_y + 45.0) * (1 - t) + (stem_y + 65.0) * t
+    back = (stem_y + 50.0) * (1 - t) + (stem_y + 58.0) * t
     half_width = (0.46 * (x1 - x0) * mm) * (1 - t) + 55.0 * t
     x = (np.arange(brain.shape[0]) * mm - (x0 + x1) / 2 * mm)[:, None, None]
     y = (np.arange(brain.shape[1]) * mm)[None, :, None]
