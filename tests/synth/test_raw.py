@@ -193,11 +193,24 @@ def test_same_seed_same_bytes_other_index_differs(study, tmp_path):
     assert not np.array_equal(_data(study / t1ce), _data(other / f"{other.name}_t1ce.nii.gz"))
 
 
+def test_bias_field_within_twenty_percent_and_optional(study, truth, tmp_path):
+    for m in MODALITIES:
+        scanner = truth["series"][m]["scanner"]
+        assert 0.83 <= scanner["bias_min"] < 0.95 and 1.05 < scanner["bias_max"] <= 1.2, (m, scanner)
+    flat = json.loads((write_raw_study(tmp_path, SEED, INDEX, scale=0.3, bias=0.0) / "truth" / "truth.json")
+                      .read_text())
+    assert flat["bias_spread"] == 0.0
+    assert all(flat["series"][m]["scanner"]["bias_min"] == flat["series"][m]["scanner"]["bias_max"] == 1.0
+               for m in MODALITIES)
+
+
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(InputError, match="scale 3"):
         write_raw_study(tmp_path, 0, 0, scale=3.0)
     with pytest.raises(InputError, match="ET label 2"):
         write_raw_study(tmp_path, 0, 0, scale=SCALE, et_label=2)
+    with pytest.raises(InputError, match="bias spread 0.5"):
+        write_raw_study(tmp_path, 0, 0, scale=SCALE, bias=0.5)
     assert not any(tmp_path.iterdir())
 
 

@@ -42,6 +42,7 @@ from seg_edge.synth.scanner import (MOTION_ROTATION_DEG, MOTION_SHIFT_MM, POSE_R
 REFERENCE = "t1ce"
 SCHEMA = 1
 MIN_SCALE, MAX_SCALE = 0.25, 1.0
+DEFAULT_BIAS, MAX_BIAS = 0.07, 0.2
 PLACEMENT_MM = np.array([5.0, 5.0, 3.0])  # how far off the brain's centre a field of view may be (RAS mm)
 
 
@@ -59,8 +60,12 @@ def atlas_grid(scale: float) -> tuple[tuple[int, int, int], np.ndarray]:
     return shape, affine  # type: ignore[return-value]
 
 
-def write_raw_study(out_dir: Path, seed: int, index: int, *, scale: float = 1.0, et_label: int = 4) -> Path:
+def write_raw_study(out_dir: Path, seed: int, index: int, *, scale: float = 1.0, et_label: int = 4,
+                    bias: float = DEFAULT_BIAS) -> Path:
     """Generate raw study ``index`` of ``seed`` under ``out_dir`` and return its folder (layout: module doc).
+
+    ``bias`` is the coil bias field's spread: each series is multiplied by ``exp(bias * f)``, ``f`` a smooth field
+    of unit standard deviation clipped at 2.5 (0.07: within 0.84-1.19; 0: no bias).
 
     Deterministic: the same arguments write the same bytes. Files are written atomically; the truth last.
     """
@@ -68,6 +73,8 @@ def write_raw_study(out_dir: Path, seed: int, index: int, *, scale: float = 1.0,
         raise InputError(f"raw study scale {scale:g} (expected {MIN_SCALE:g} to {MAX_SCALE:g})")
     if et_label not in (3, 4):
         raise InputError(f"raw study ET label {et_label} (expected 4 for BraTS 2021 or 3 for BraTS 2023)")
+    if not 0.0 <= bias <= MAX_BIAS:
+        raise InputError(f"raw study bias spread {bias:g} (expected 0 to {MAX_BIAS:g})")
     shape, atlas = atlas_grid(scale)
     phantom = make_phantom(np.random.default_rng([seed, index]), shape, et_label, "mni152")
     brain = phantom.images[0] > 0  # the phantom's tissue mask: every brain voxel is >= 1 on every contrast
@@ -92,13 +99,15 @@ def write_raw_study(out_dir: Path, seed: int, index: int, *, scale: float = 1.0,
         plan = _centred(spec, tilt, posed) + np.array([0.0, 0.0, spec.lift_mm]) \
             + rng.uniform(-1.0, 1.0, 3) * PLACEMENT_MM
         channel = MODALITIES.index(spec.modality)
-        got = acquire(head, channel, head_affine, spec, series_affine(spec, plan, tilt), world_from_atlas, rng)
+        got = acquire(head, channel, head_affine, spec, series_affine(spec, plan, tilt), world_from_atlas, rng,
+                      bias=bias)
         _save(got.data, got.affine, folder / f"{cid}_{spec.modality}.nii.gz")
         acquired[spec.modality] = got
         series[spec.modality] = _series_truth(spec, got, world_from_atlas, motion_deg, motion_mm, tilt)
         series[spec.modality]["file"] = f"{cid}_{spec.modality}.nii.gz"
     _write_truth_volumes(folder, cid, phantom.labels, brain, atlas, acquired, series, et_label)
     truth = {"schema": SCHEMA, "synthetic": True, "case_id": cid, "seed": seed, "index": index, "scale": scale,
+             "bias_spread": bias,
              "reference": REFERENCE, "label_scheme": "brats2021" if et_label == 4 else "brats2023",
              "conventions": CONVENTIONS,
              "atlas": {"shape": list(shape), "spacing": [1.0 / scale] * 3, "affine_ras": atlas.tolist()},
@@ -110,11 +119,12 @@ def write_raw_study(out_dir: Path, seed: int, index: int, *, scale: float = 1.0,
 
 
 def write_raw_studies(out_dir: Path, n: int, seed: int, *, scale: float = 1.0, et_label: int = 4,
-                      workers: int = 1, progress: Callable[[Path], None] | None = None) -> list[Path]:
+                      bias: float = DEFAULT_BIAS, workers: int = 1,
+                      progress: Callable[[Path], None] | None = None) -> list[Path]:
     """Write raw studies ``0 .. n-1`` of ``seed``; ``workers`` > 1 generates them in parallel processes."""
     if n < 1:
         raise InputError(f"raw study count {n} (expected at least 1)")
-    write = partial(_write_indexed, Path(out_dir), seed, scale, et_label)
+    write = partial(_write_indexed, Path(out_dir), seed, scale, et_label, bias)
     done: list[Path] = []
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
         for folder in (pool.map(write, range(n)) if pool is not None else map(write, range(n))):
@@ -124,8 +134,8 @@ def write_raw_studies(out_dir: Path, n: int, seed: int, *, scale: float = 1.0, e
     return done
 
 
-def _write_indexed(out_dir: Path, seed: int, scale: float, et_label: int, index: int) -> Path:
-    return write_raw_study(out_dir, seed, index, scale=scale, et_label=et_label)
+def _write_indexed(out_dir: Path, seed: int, scale: float, et_label: int, bias: float, index: int) -> Path:
+    return write_raw_study(out_dir, seed, index, scale=scale, et_label=et_label, bias=bias)
 
 
 CONVENTIONS = {
