@@ -23,7 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from seg_edge.errors import InputError
-from seg_edge.preprocess.registration import LPS_TO_RAS, Volume, _checked, _last_line, _threads
+from seg_edge.preprocess.registration import (LPS_TO_RAS, Volume, _checked, _last_line, _threads,
+                                              box_averaged)
 
 ATLAS_DIR = Path(__file__).resolve().parents[1] / "assets" / "atlas"
 SHIPPED_IMAGE = ATLAS_DIR / "mni152_2009_t1.nii.gz"
@@ -48,9 +49,8 @@ class Atlas:
 
     def __post_init__(self) -> None:
         stripped = sitk.Mask(self.image, self.brain)
-        factors = [max(1, int(round(COARSE_MM / s))) for s in self.image.GetSpacing()]
-        brain = sitk.Cast(sitk.BinShrink(sitk.Cast(self.brain, sitk.sitkFloat32), factors) >= 0.5, sitk.sitkUInt8)
-        object.__setattr__(self, "coarse", (sitk.BinShrink(stripped, factors), brain))
+        brain = sitk.Cast(box_averaged(sitk.Cast(self.brain, sitk.sitkFloat32), COARSE_MM) >= 0.5, sitk.sitkUInt8)
+        object.__setattr__(self, "coarse", (box_averaged(stripped, COARSE_MM), brain))
 
     @property
     def affine_ras(self) -> np.ndarray:
@@ -161,7 +161,7 @@ def register_to_atlas(atlas: Atlas, brain_image: sitk.Image | Volume, *,
     moving_image = _checked(moving)
     start = time.perf_counter()
     fixed, fixed_brain = atlas.coarse
-    moving_coarse = _coarse(moving_image)
+    moving_coarse = box_averaged(moving_image, COARSE_MM)
     method = _method(options, _rim(fixed_brain, options.rim_mm))
     method.SetInitialTransform(_start(fixed, fixed_brain, moving_coarse, options), inPlace=False)
     try:
@@ -195,10 +195,17 @@ def grid_affine_ras(image: sitk.Image) -> np.ndarray:
     return np.asarray(LPS_TO_RAS @ affine)
 
 
-def _coarse(image: sitk.Image) -> sitk.Image:
-    """``image`` box-averaged to about COARSE_MM (no axis made coarser than it is already)."""
-    factors = [max(1, int(round(COARSE_MM / s))) for s in image.GetSpacing()]
-    return sitk.BinShrink(image, factors) if max(factors) > 1 else image
+def _trial_angles(start_deg: float) -> list[tuple[float, float, float]]:
+    """No rotation, then ±start_deg about each axis in turn (radians)."""
+    angles: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)]
+    if start_deg > 0:
+        step = float(np.radians(start_deg))
+        for axis in range(3):
+            for sign in (-1.0, 1.0):
+                turn = [0.0, 0.0, 0.0]
+                turn[axis] = sign * step
+                angles.append((turn[0], turn[1], turn[2]))
+    return angles
 
 
 def _start(fixed: sitk.Image, fixed_brain: sitk.Image, moving: sitk.Image,
@@ -207,25 +214,17 @@ def _start(fixed: sitk.Image, fixed_brain: sitk.Image, moving: sitk.Image,
     by whichever of a few rotations (none, ±start_deg about each axis) gives the best metric at 4x coarser.
 
     The masks' centres, not the intensities': a T1ce with a bright tumour and a T1 template weigh their voxels
-    differently, the brain outlines do not. Gradient descent from no rotation alone stalled on a head turned
-    13° and 11° about two axes (measured); the trial costs a few metric evaluations at 8 mm."""
+    differently, the brain outlines do not. From no rotation alone, a head turned −15°, 12° and 15° about the
+    three axes ended 10.7 mm off on average (measured); the trial costs seven metric evaluations at 8 mm."""
     moving_brain = sitk.Cast(moving > 0, sitk.sitkUInt8)
     centred = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
         fixed_brain, moving_brain, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS))
-    angles: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)]
-    if options.start_deg > 0:
-        step = float(np.radians(options.start_deg))
-        for axis in range(3):
-            for sign in (-1.0, 1.0):
-                turn = [0.0, 0.0, 0.0]
-                turn[axis] = sign * step
-                angles.append((turn[0], turn[1], turn[2]))
     factor = options.shrink_factors[0]
     fixed_small, mask_small = sitk.BinShrink(fixed, [factor] * 3), sitk.Cast(
         sitk.BinShrink(sitk.Cast(fixed_brain, sitk.sitkFloat32), [factor] * 3) >= 0.5, sitk.sitkUInt8)
     moving_small = sitk.BinShrink(moving, [factor] * 3)
     trials = []
-    for angle in angles:
+    for angle in _trial_angles(options.start_deg):
         candidate = sitk.Euler3DTransform(centred)
         candidate.SetRotation(*angle)
         probe = sitk.ImageRegistrationMethod()
