@@ -20,7 +20,7 @@ from seg_edge.errors import InputError
 pytest.importorskip("nilearn")
 sitk = pytest.importorskip("SimpleITK")
 
-from seg_edge.synth.phantom import make_phantom  # noqa: E402
+from seg_edge.synth.phantom import Phantom, make_phantom  # noqa: E402
 from seg_edge.synth.raw import atlas_grid, raw_case_id, write_raw_study  # noqa: E402
 
 SEED, INDEX, SCALE = 7, 1, 0.4  # a 96x96x62 atlas grid at 2.5 mm
@@ -42,7 +42,9 @@ def truth(study) -> dict:
 @pytest.fixture(scope="module")
 def phantom():
     shape, _ = atlas_grid(SCALE)
-    return make_phantom(np.random.default_rng([SEED, INDEX]), shape, 4, "mni152")
+    plain = make_phantom(np.random.default_rng([SEED, INDEX]), shape, 4, "mni152")
+    # SynBraTS 'mni152' cases face backwards in world space; a raw study's brain is the same one turned 180°
+    return Phantom(images=plain.images[:, ::-1, ::-1], labels=plain.labels[::-1, ::-1], has_et=plain.has_et)
 
 
 def _data(path: Path) -> np.ndarray:
@@ -151,6 +153,22 @@ def test_native_brain_centroid_maps_onto_the_atlas_brain(study, truth):
     rotation = np.asarray(truth["series"]["t1ce"]["world_from_atlas_ras"])[:3, :3]
     angle = np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1)))
     assert np.linalg.norm(native_world - atlas_centroid) > 2.0 or angle > 1.0
+
+
+def test_the_brain_faces_the_front_like_the_shipped_atlas(study):
+    from scipy import ndimage
+
+    from seg_edge.preprocess.atlas import SHIPPED_BRAIN
+
+    brain = _data(study / "truth" / "atlas_brain.nii.gz") > 0
+    atlas = _data(SHIPPED_BRAIN) > 0  # MNI152 on the BraTS grid, facing the front (+y in RAS)
+    atlas = ndimage.zoom(atlas.astype(np.float32), np.divide(brain.shape, atlas.shape), order=1) > 0.5
+
+    def dice(a: np.ndarray) -> float:
+        return float(2 * (a & brain).sum() / (a.sum() + brain.sum()))
+
+    facing, turned = dice(atlas), dice(atlas[::-1, ::-1])
+    assert facing > 0.85 and facing > turned + 0.05, (facing, turned)
 
 
 def test_truth_volumes_agree(study, phantom):

@@ -1,9 +1,10 @@
 """Synthetic raw studies: what a scanner (and dcm2niix) produces, with the truth a test needs.
 
-A study is the MNI152 phantom's brain (the same one ``write_case(seed, index, anatomy="mni152")`` writes) inside
-a head with skull and scalp (``synth.head``), placed in the scanner with a random pose, and acquired as four
-series, each after its own patient motion, on its own grid (``synth.scanner.PROTOCOL``: sagittal 3D T1,
-axial 3D T1ce, axial 2D T2, tilted axial 2D FLAIR). Layout, for case id ``SynRaw_<seed>_<index>``::
+A study is the MNI152 phantom's brain (the one ``write_case(seed, index, anatomy="mni152")`` writes, turned 180°
+about the vertical axis so that it faces the front: see ``facing_front``) inside a head with skull and scalp
+(``synth.head``), placed in the scanner with a random pose, and acquired as four series, each after its own
+patient motion, on its own grid (``synth.scanner.PROTOCOL``: sagittal 3D T1, axial 3D T1ce, axial 2D T2,
+tilted axial 2D FLAIR). Layout, for case id ``SynRaw_<seed>_<index>``::
 
     <id>/<id>_{t1,t1ce,t2,flair}.nii.gz   the raw series: int16, head with skull, own grids (qform = sform)
     <id>/truth/truth.json                 the true transforms, grids, motion and scanner settings
@@ -34,7 +35,7 @@ import numpy as np
 from seg_edge.card import MODALITIES
 from seg_edge.errors import InputError
 from seg_edge.synth.head import build_head
-from seg_edge.synth.phantom import REFERENCE_SHAPE, make_phantom
+from seg_edge.synth.phantom import REFERENCE_SHAPE, Phantom, make_phantom
 from seg_edge.synth.scanner import (MOTION_ROTATION_DEG, MOTION_SHIFT_MM, POSE_ROTATION_DEG, POSE_SHIFT_MM,
                                     PROTOCOL, Acquisition, SeriesSpec, acquire, box_through, euler_matrix, limited,
                                     resample_box, rigid, series_affine)
@@ -76,7 +77,7 @@ def write_raw_study(out_dir: Path, seed: int, index: int, *, scale: float = 1.0,
     if not 0.0 <= bias <= MAX_BIAS:
         raise InputError(f"raw study bias spread {bias:g} (expected 0 to {MAX_BIAS:g})")
     shape, atlas = atlas_grid(scale)
-    phantom = make_phantom(np.random.default_rng([seed, index]), shape, et_label, "mni152")
+    phantom = facing_front(make_phantom(np.random.default_rng([seed, index]), shape, et_label, "mni152"))
     brain = phantom.images[0] > 0  # the phantom's tissue mask: every brain voxel is >= 1 on every contrast
     rng = np.random.default_rng([seed, index, 22])  # the head and scanner draw from their own stream
     head = build_head(phantom.images, brain, rng, 1.0 / scale)
@@ -147,6 +148,19 @@ CONVENTIONS = {
             "translation_mm from the isocentre",
     "motion": "after the pose, before that series: rotation about the posed brain centre, then translation_mm",
 }
+
+
+def facing_front(phantom: Phantom) -> Phantom:
+    """The phantom turned 180° about the grid's vertical axis (x and y voxel order reversed).
+
+    ``synth.mni`` draws the MNI152 template in its own voxel order (x to the right, y to the front) onto a grid
+    that ``brats_affine`` reads as x to the left and y to the back, so a SynBraTS 'mni152' case faces backwards
+    in world space. The shipped atlas (and every real scan) faces the front, and the head built here puts the
+    face at the front of the BraTS grid; the SynBraTS cases themselves are left as they are (models were trained
+    on them).
+    """
+    return Phantom(images=np.ascontiguousarray(phantom.images[:, ::-1, ::-1]),
+                   labels=np.ascontiguousarray(phantom.labels[::-1, ::-1]), has_et=phantom.has_et)
 
 
 def _centred(spec: SeriesSpec, tilt: float, points: np.ndarray) -> np.ndarray:
