@@ -41,11 +41,12 @@ from seg_edge.runtime.io import Case
 COREG_MM = 2.0
 # The fixed image is cropped to the head (voxels above Otsu's threshold) grown by this margin.
 HEAD_MARGIN_MM = 10.0
-# Measured on two full-size synthetic raw studies (seed 7), mean error over brain voxels against the true
-# transforms, 1 thread on this 2-core machine under load: 3 levels at 8, 4 and 2 mm with 5 % of the head's
-# voxels sampled and steps of up to 2 mm reach FLAIR 0.64-0.74 mm and T2 0.21-0.43 mm in 1.2-2.7 s per series;
-# 20 % sampling and 1 mm steps gave the same errors (0.75, 0.47 mm) in 12-13 s, and an unshrunk moving image
-# the same errors in twice the time.
+# Measured on a full-size synthetic raw study (seed 7 index 0, as first written), mean error over brain voxels
+# against the true transforms, 1 thread on this 2-core machine under load: 3 levels at 8, 4 and 2 mm with 5 % of
+# the head's voxels sampled and steps of up to 2 mm: FLAIR 0.74 mm, T2 0.43 mm in 2.2-2.7 s per series; 20 %
+# sampling and 1 mm steps: the same errors (0.75, 0.47 mm) in 12-13 s; an unshrunk moving image: the same errors
+# in twice the time. With these settings on four full-size studies as written now (seed 7 index 0, seed 3100
+# indices 0-2): FLAIR 0.22-0.47 mm, T1 0.04-0.16 mm, T2 0.09-0.42 mm.
 COREG_OPTIONS = RigidOptions(shrink_factors=(4, 2, 1), smoothing_sigmas=(2.0, 1.0, 0.0), iterations=100,
                              sampling_percentage=0.05, histogram_bins=32, learning_rate=2.0, min_step=1e-3)
 DONE = "co-registered to {reference}, skull-stripped, resampled to the 240×240×155 atlas grid"
@@ -62,7 +63,8 @@ class RawOptions:
     affine: AffineOptions = field(default_factory=AffineOptions)  # its threads are replaced by ``threads``
     limits: qc.Limits = field(default_factory=qc.Limits)
     # register each series mirrored left-right too, and refuse it if the mirror fits better (a flipped series):
-    # one more rigid registration per series (measured: 3-7 s each at half scale under load)
+    # one more rigid registration per series (measured: the co-registration stage, three series and their
+    # mirrors, 12-17 s of a 21-27 s preprocessing on full-size studies, 1 thread)
     check_mirror: bool = True
 
     def __post_init__(self) -> None:
