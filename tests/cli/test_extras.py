@@ -97,6 +97,7 @@ def needs_extra(i: dict[str, Path]) -> list[tuple[tuple[str, ...], list[str], st
         (("predict",), ["predict", str(EXAMPLE), "--out", str(o / "pv"), "--preview"], "preview"),
         (("predict",), ["predict", str(EXAMPLE), "--out", str(o / "po"), "--backend", "openvino"], "openvino"),
         (("predict",), ["predict", str(EXAMPLE.parent), "--out", str(o / "pr"), "--engine", "ray"], "ray"),
+        (("predict",), ["predict", str(EXAMPLE), "--out", str(o / "rw"), "--raw"], "preprocess"),
         (("predict",), ["predict", str(EXAMPLE), "--out", str(o / "pt"), "--backend", "triton", "--url",
                         "127.0.0.1:9"], "triton"),
         (("build-engine",), ["build-engine", str(MODEL), "--out", str(o / "m.plan")], None),

@@ -103,6 +103,18 @@ def predict(
     actors: int = typer.Option(None, "--actors", min=1, help="--engine ray: actors, one model each (default 2)."),
     actor_cpus: float = typer.Option(None, "--actor-cpus", help="--engine ray: CPUs each actor reserves (default 1; "
                                      "--threads defaults to it)."),
+    raw: bool = typer.Option(False, "--raw", help="The input is a study's raw scanner series (own grids, skull, "
+                             "motion): co-register them to the T1ce, skull-strip, register to the atlas (MNI152, not "
+                             "SRI24), segment there and write the labels on the T1ce's own grid, with the atlas-grid "
+                             "labels, brain mask and transforms beside them (docs/PREPROCESSING.md; extra "
+                             "'preprocess')."),
+    atlas: Path = typer.Option(None, "--atlas", help="--raw: a 1 mm atlas template (e.g. SRI24 T1) instead of the "
+                               "shipped MNI152 one; with --atlas-brain."),
+    atlas_brain: Path = typer.Option(None, "--atlas-brain", help="--raw: the --atlas template's brain mask."),
+    coregister_to: str = typer.Option(None, "--coregister-to", help="--raw: the series the others are registered "
+                                      "to and whose grid the labels come back on (default t1ce, as BraTS)."),
+    labels_on_every_series: bool = typer.Option(False, "--labels-on-every-series", help="--raw: also write the "
+                                                "labels on each series' own grid (<case>_labels_on_<series>.nii.gz)."),
 ) -> None:
     """Segment a BraTS-style case: writes a uint8 label map (NCR=1, ED=2, ET=4 or 3) and a JSON report."""
     from seg_edge.runtime.jobs import finished, plan_jobs, start_loading  # not the segmenter's imports: see below
@@ -110,6 +122,19 @@ def predict(
     if overlap is not None and not 0.0 <= overlap < 1.0:  # also NaN
         raise InputError(f"--overlap {overlap} (expected 0 <= overlap < 1)")
     files = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v is not None}
+    if raw:
+        return _predict_raw(input, files, out, model, backend, threads, precision_hint, not reference, url,
+                            overwrite=overwrite, preview=preview, probabilities=probabilities, json_out=json_out,
+                            engine_is_local=engine == Engine.local, modalities=modalities, resample=resample,
+                            atlas=atlas, atlas_brain=atlas_brain, coregister_to=coregister_to,
+                            every_series=labels_on_every_series,
+                            options=dict(overlap=overlap, blend=blend.value if blend else None,
+                                         batch_size=batch_size, tta=tta, et_rule=et_rule,
+                                         label_scheme=label_scheme.value if label_scheme else None))
+    from seg_edge.cli.predict_raw import not_raw_options
+
+    not_raw_options(atlas=atlas, atlas_brain=atlas_brain, coregister_to=coregister_to,
+                    labels_on_every_series=labels_on_every_series)
     jobs, batch = plan_jobs(input, files or None, out, parse_modalities(modalities))
     ray_options = _ray_options(engine, batch, address, actors, actor_cpus)
     if not batch:
@@ -153,6 +178,43 @@ def predict(
         raise results[0].error  # one case: its error as the CLI says any error (one line, its exit code)
     _render(results, batch, json_out, jobs[0].out.parent)
     if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+def _predict_raw(input, files, out, model, backend, threads, precision_hint, use_profile, url, *, overwrite, preview,
+                 probabilities, json_out, engine_is_local, modalities, resample, atlas, atlas_brain, coregister_to,
+                 every_series, options) -> None:
+    """``--raw``: each study's series preprocessed, segmented on the atlas grid, labels back on its own grid."""
+    from seg_edge.cli.predict_raw import check_raw_options, raw_options, render_raw, run_raw
+    from seg_edge.runtime.jobs import plan_jobs
+
+    check_raw_options(engine_is_local=engine_is_local, modalities=modalities, resample=resample, atlas=atlas,
+                      atlas_brain=atlas_brain, coregister_to=coregister_to)
+    jobs, batch = plan_jobs(input, files or None, out, None)
+    if preview:
+        from seg_edge.runtime.pictures import require_pillow
+
+        require_pillow()
+    pipeline = raw_options(atlas, atlas_brain, coregister_to, threads)
+    from seg_edge.artifact import load_artifact
+    from seg_edge.preprocess.study import RawOutputs, raw_targets
+    from seg_edge.runtime.outputs import check_targets
+    from seg_edge.runtime.segmenter import Segmenter, SegmenterOptions
+
+    artifact = load_artifact(model_path(model))
+    outputs = RawOutputs(probabilities=probabilities, preview=preview, native_series=every_series,
+                         overwrite=overwrite)
+    if not batch:
+        order = tuple(dict.fromkeys((*artifact.card.modalities, pipeline.reference)))
+        check_targets(list(raw_targets(jobs[0], order, outputs).values()), overwrite)  # before any work
+    seg_options = SegmenterOptions(**options, probabilities=True)  # the way back resamples probabilities
+    with Segmenter.open_profiled(artifact, backend.value if backend else None, threads, seg_options,
+                                 precision_hint.value if precision_hint else None, use_profile, url) as segmenter:
+        report_auto(segmenter.session, err)
+        if segmenter.profile_note:
+            err.print(segmenter.profile_note, markup=False, highlight=False)
+        results = run_raw(segmenter, jobs, batch, pipeline, outputs)
+    if render_raw(results, json_out):
         raise typer.Exit(1)
 
 

@@ -137,10 +137,10 @@ def stack_files(files: dict[str, Path], order: tuple[str, ...], case_id: str) ->
     for m in order[1:]:
         if _shape(files[m], imgs[m], (3,)) != shape:
             raise InputError(f"{files[m]}: shape {imgs[m].shape} differs from {files[first].name} "
-                             f"{ref.shape} (expected co-registered modalities)")
+                             f"{ref.shape} (expected co-registered modalities; raw scanner series: predict --raw)")
         if not np.allclose(imgs[m].affine, ref.affine, atol=AFFINE_ATOL_MM):
             raise InputError(f"{files[m]}: affine differs from {files[first].name} "
-                             "(expected co-registered modalities on one grid)")
+                             "(expected co-registered modalities on one grid; raw scanner series: predict --raw)")
     images = np.empty((len(order),) + tuple(shape), dtype=np.float32)
     for i, m in enumerate(order):
         image_data(files[m], imgs[m], notes, images[i])
