@@ -50,7 +50,7 @@ def predict(args: list[str]) -> tuple[dict, float]:
                           text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        sys.exit(f"seg-edge predict {' '.join(args)} failed: {done.stderr.strip()}")
+        raise RuntimeError(done.stderr.strip())
     return json.loads(done.stdout), wall
 
 
@@ -110,8 +110,11 @@ def one_study(study: Path, model: Path, work: Path, threads: int, card) -> dict:
     truth = json.loads((study / "truth" / "truth.json").read_text())
     case, et = study.name, 4 if truth["label_scheme"] == "brats2021" else 3
     out = work / case
-    report, wall = predict([str(study), "--raw", "--model", str(model), "--out", str(out), "--threads",
-                            str(threads)])
+    try:
+        report, wall = predict([str(study), "--raw", "--model", str(model), "--out", str(out), "--threads",
+                                str(threads)])
+    except RuntimeError as exc:  # a good study refused: counted, and the others still run
+        return {"case_id": case, "refused": str(exc)}
     native_truth = np.asarray(nib.load(study / "truth" / "native_seg.nii.gz").dataobj)
     pred = np.asarray(nib.load(out / f"{case}.nii.gz").dataobj)
     brain = np.asarray(nib.load(out / f"{case}_brain.nii.gz").dataobj) > 0
@@ -130,9 +133,11 @@ def one_study(study: Path, model: Path, work: Path, threads: int, card) -> dict:
 
 
 def summary(rows: list[dict]) -> dict:
+    refused = [r["case_id"] for r in rows if "refused" in r]
+    rows = [r for r in rows if "refused" not in r]
     errors = [e for r in rows for e in r["coregistration_error_mm"].values()]
-    out = {"studies": len(rows), "coregistration_error_mm": {"mean": float(np.mean(errors)),
-                                                             "max": float(np.max(errors))},
+    out = {"studies": len(rows) + len(refused), "refused": refused,
+           "coregistration_error_mm": {"mean": float(np.mean(errors)), "max": float(np.max(errors))},
            "brain_dice": {"mean": float(np.mean([r["brain_dice"] for r in rows])),
                           "min": float(np.min([r["brain_dice"] for r in rows]))},
            "wall_s": {"mean": float(np.mean([r["wall_s"] for r in rows])),
@@ -157,6 +162,9 @@ def main() -> None:
         for study in studies:
             rows.append(one_study(study, args.model, Path(tmp), args.threads, card))
             r = rows[-1]
+            if "refused" in r:
+                print(f"{r['case_id']}: REFUSED {r['refused']}", flush=True)
+                continue
             print(f"{r['case_id']}: {r['wall_s']:.1f} s, co-registration "
                   f"{max(r['coregistration_error_mm'].values()):.2f} mm max, brain Dice {r['brain_dice']:.3f}, "
                   f"raw {r['dice_raw']}, ideal {r['dice_ideal']}", flush=True)
