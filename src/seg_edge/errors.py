@@ -78,6 +78,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "tritonclient": ("tritonclient", "triton"),
     "nnunetv2": ("nnunetv2", "nnunet"),
     "SimpleITK": ("simpleitk", "preprocess"),
+    "pydicom": ("pydicom", "dicom"),
+    "highdicom": ("highdicom", "dicom"),
 }
 
 

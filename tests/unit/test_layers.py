@@ -40,6 +40,9 @@ def test_import_contracts_hold():
     ("serve/app.py", "from seg_edge.evaluation import parity", "seg_edge.serve is not allowed to import torch"),
     ("runtime/jobs.py", "from seg_edge.serve import app", "seg_edge.runtime.jobs -> seg_edge.serve.app"),
     ("engines/ray.py", "import torch", "seg_edge.engines is not allowed to import torch"),
+    ("dicom/__init__.py", "import torch", "seg_edge.dicom is not allowed to import torch"),
+    ("dicom/__init__.py", "from seg_edge.serve import app", "seg_edge.dicom -> seg_edge.serve"),
+    ("runtime/io.py", "import pydicom", "seg_edge.runtime is not allowed to import pydicom"),
 ])
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, expected):
     copy = tmp_path / "src" / "seg_edge"
