@@ -151,7 +151,9 @@ def segment_raw(job: Job, segmenter: Segmenter, options: RawOptions, outputs: Ra
     volumes = region_volumes(labels, segmenter.et, spacing)
     per_series = ({m: labels_on(to_native(rule_free_probabilities(seg, segmenter), pre, m), segmenter)
                    for m in order} if outputs.native_series else {})
-    timings = {**pre.timings, **seg.timings, "back_to_scanner": round(time.perf_counter() - t0, 4)}
+    # the segmenter's "preprocess" is its crop and normalisation: named so beside the raw series' own stages
+    segmenting = {("normalise" if k == "preprocess" else k): v for k, v in seg.timings.items()}
+    timings = {**pre.timings, **segmenting, "back_to_scanner": round(time.perf_counter() - t0, 4)}
     report = _report(seg, job, segmenter, pre, volumes, targets, timings, files, options)
     with StagedOutputs(list(targets.values()), outputs.overwrite) as staged:
         write_volume(seg.labels.astype(np.uint8), pre.case, staged.temp(targets["atlas"]))
