@@ -1,0 +1,255 @@
+"""A label map as a DICOM Segmentation (BINARY) on the reference series' own frames, written with highdicom.
+
+The label map's axes are the source series' frame order, not NIfTI's: ``labels[i, r, c]`` is the label of
+row ``r``, column ``c`` of the instance ``source_datasets[i]`` (the order the caller gives; ``frame_order``
+sorts a series along its slice normal). ``frames_from_nifti`` takes a label map on the series' NIfTI grid
+(x, y, z and the RAS affine nibabel reads) onto these frames by each pixel's position, exactly: the converter's
+axis order and flips do not matter, only that its grid is the series' own.
+
+One segment per tissue label, always all three, numbered the same in every SEG seg-edge writes:
+
+    segment 1  NCR  necrotic tumour core  SCT 6574001 'Necrosis'         (DICOM CID 7168)
+    segment 2  ED   peritumoural oedema   SCT 79654002 'Edema'           (CID 7169)
+    segment 3  ET   enhancing tumour      NCIt C113842 'Enhancing Lesion' (CID 7169)
+
+all of category SCT 49755003 'Morphologically Abnormal Structure' (CID 7150), anatomic region SCT 12738006
+'Brain'. A fixed numbering lets the SR and any reader find ET as segment 3 without reading labels, and an
+empty segment says the model found none of that tissue instead of leaving the reader to guess why it is
+missing. BINARY, not LABELMAP: PACS built on older DCMTK refuse the Label Map SEG at association time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from seg_edge.errors import InputError
+from seg_edge.runtime.atomic import atomic_write
+from seg_edge.runtime.regions import et_label
+
+__all__ = ["SEGMENTS", "Segment", "frame_order", "frames_from_nifti", "labels_from_seg", "write_seg"]
+
+_MORPHOLOGICALLY_ABNORMAL = codes.SCT.MorphologicallyAbnormalStructure
+_ENHANCING_LESION = hd.sr.CodedConcept("C113842", "NCIt", "Enhancing Lesion")
+_ORIENTATION_TOL = 1e-4  # direction cosines written with ~6 decimals
+_LO_MAX = 64  # DICOM's LO value representation: series description, algorithm name and version
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of the SEG: its number, the BraTS tissue it holds, its label, coded type and colour."""
+
+    number: int
+    tissue: str
+    label: str
+    property_type: Code | hd.sr.CodedConcept
+    rgb: tuple[int, int, int]
+
+    def value(self, label_scheme: str) -> int:
+        """This tissue's value in a label map of ``label_scheme`` (NCR 1, ED 2, ET 4 or 3)."""
+        return {"NCR": 1, "ED": 2, "ET": et_label(label_scheme)}[self.tissue]
+
+
+# Colours as ITK-SNAP and 3D Slicer show BraTS labels (red core, green oedema, yellow enhancing).
+SEGMENTS = (
+    Segment(number=1, tissue="NCR", label="Necrotic tumour core (NCR)", property_type=codes.SCT.Necrosis,
+            rgb=(255, 0, 0)),
+    Segment(number=2, tissue="ED", label="Peritumoural oedema (ED)", property_type=codes.SCT.Edema,
+            rgb=(0, 255, 0)),
+    Segment(number=3, tissue="ET", label="Enhancing tumour (ET)", property_type=_ENHANCING_LESION,
+            rgb=(255, 255, 0)),
+)
+
+
+def _name(ds: Dataset, index: int) -> str:
+    """How an error names an instance: its file when it was read from one (never the patient)."""
+    filename = getattr(ds, "filename", None)
+    return str(filename) if filename else f"source instance {index + 1} (SOPInstanceUID {ds.get('SOPInstanceUID')})"
+
+
+def _normal(ds: Dataset) -> np.ndarray:
+    iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+    return np.cross(iop[:3], iop[3:])
+
+
+def check_series(source_datasets: Sequence[Dataset]) -> None:
+    """Refuse what is not one classic single-frame series on one grid: names the instance and the value."""
+    if not source_datasets:
+        raise InputError("source series: no instances (expected the reference series' single-frame images)")
+    first = source_datasets[0]
+    for key in ("SOPInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "ImageOrientationPatient",
+                "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
+        for i, ds in enumerate(source_datasets):
+            if key not in ds:
+                raise InputError(f"{_name(ds, i)}: no {key} (expected an image with its geometry)")
+    for i, ds in enumerate(source_datasets):
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames != 1:
+            raise InputError(f"{_name(ds, i)}: NumberOfFrames {frames} (expected classic single-frame images)")
+        for key in ("SeriesInstanceUID", "FrameOfReferenceUID", "Rows", "Columns"):
+            if ds[key].value != first[key].value:
+                raise InputError(f"{_name(ds, i)}: {key} {ds[key].value} differs from the first instance's "
+                                 f"{first[key].value} (expected one series on one grid)")
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+        reference = [float(v) for v in first.ImageOrientationPatient]
+        if np.abs(np.subtract(iop, reference)).max() > _ORIENTATION_TOL:
+            raise InputError(f"{_name(ds, i)}: ImageOrientationPatient {[round(v, 6) for v in iop]} differs from "
+                             f"the first instance's {[round(v, 6) for v in reference]} (expected one orientation)")
+    uids = [ds.SOPInstanceUID for ds in source_datasets]
+    if len(set(uids)) != len(uids):
+        raise InputError("source series: the same SOPInstanceUID twice (expected each instance once)")
+
+
+def frame_order(source_datasets: Sequence[Dataset]) -> list[Dataset]:
+    """The instances sorted along the slice normal (ImageOrientationPatient's row x column), feet first for an
+    axial series: the order in which a (frames, rows, cols) label map is most often built."""
+    check_series(source_datasets)
+    normal = _normal(source_datasets[0])
+    return sorted(source_datasets, key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)))
+
+
+def _check_labels(labels: np.ndarray, source_datasets: Sequence[Dataset], label_scheme: str) -> None:
+    expected = (len(source_datasets), int(source_datasets[0].Rows), int(source_datasets[0].Columns))
+    if labels.ndim != 3 or tuple(labels.shape) != expected:
+        raise InputError(f"label map: shape {tuple(labels.shape)} (expected (frames, rows, cols) = {expected}, "
+                         "the source series' frames in the order given)")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"label map: dtype {labels.dtype} (expected integer labels)")
+    allowed = {0, *(s.value(label_scheme) for s in SEGMENTS)}
+    found = {int(v) for v in np.unique(labels)}
+    if found - allowed:
+        raise InputError(f"label map: values {sorted(found - allowed)} (expected {sorted(allowed)} for label "
+                         f"scheme {label_scheme})")
+
+
+def _check_model(model_name: str, model_version: str, model_sha256: str) -> None:
+    if not re.fullmatch(r"[0-9a-f]{64}", model_sha256):
+        raise InputError(f"model sha256 '{model_sha256}' (expected 64 lower-case hex digits)")
+    for what, value in (("model name", model_name), ("model version", model_version)):
+        if not value.strip() or len(value) > _LO_MAX or "\\" in value:
+            raise InputError(f"{what} '{value}' (expected 1-{_LO_MAX} characters without a backslash: DICOM LO)")
+
+
+def algorithm(model_name: str, model_version: str, model_sha256: str) -> hd.AlgorithmIdentificationSequence:
+    """The model as DICOM algorithm identification: name, version, family AI, seg-edge as its source and the
+    checkpoint's sha256 as a parameter."""
+    return hd.AlgorithmIdentificationSequence(
+        name=model_name, version=model_version, family=codes.DCM.ArtificialIntelligence,
+        source=f"seg-edge {package_version('seg-edge')}", parameters={"sha256": model_sha256})
+
+
+def _descriptions(algorithm_id: hd.AlgorithmIdentificationSequence) -> list[hd.seg.SegmentDescription]:
+    return [hd.seg.SegmentDescription(
+        segment_number=s.number, segment_label=s.label, segmented_property_category=_MORPHOLOGICALLY_ABNORMAL,
+        segmented_property_type=s.property_type, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm_id, tracking_id=s.tissue, tracking_uid=generate_uid(),
+        anatomic_regions=[codes.SCT.Brain], display_color=hd.color.CIELabColor.from_rgb(*s.rgb))
+        for s in SEGMENTS]
+
+
+def write_seg(labels: np.ndarray, source_datasets: Sequence[Dataset], *, model_name: str, model_version: str,
+              model_sha256: str, label_scheme: str, out: Path) -> Dataset:
+    """Write ``labels`` (frames, rows, cols; frame ``i`` is ``source_datasets[i]``) as a BINARY DICOM SEG to
+    ``out`` atomically and return it. Patient and study attributes come from the source series; the SEG is a
+    new series of that study, described "seg-edge <model name>" (cut to DICOM's 64 characters)."""
+    labels = np.asarray(labels)
+    check_series(source_datasets)
+    _check_labels(labels, source_datasets, label_scheme)
+    _check_model(model_name, model_version, model_sha256)
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: folder {out.parent} does not exist (expected an existing output folder)")
+    # one bit-plane per segment, frames in the caller's order
+    planes = np.stack([labels == s.value(label_scheme) for s in SEGMENTS], axis=-1)
+    first = source_datasets[0]
+    seg = hd.seg.Segmentation(
+        source_images=list(source_datasets), pixel_array=planes.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=_descriptions(algorithm(model_name, model_version, model_sha256)),
+        series_instance_uid=generate_uid(), series_number=_derived_series_number(first, 1000),
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="seg-edge",
+        manufacturer_model_name=model_name, software_versions=package_version("seg-edge"),
+        device_serial_number=model_sha256[:16], series_description=f"seg-edge {model_name}"[:_LO_MAX],
+        content_label="SEGEDGE", content_description=f"BraTS tumour sub-regions by {model_name}"[:_LO_MAX],
+        # empty frames are kept: a frame per source instance and segment, so that every segment references
+        # every source frame and an empty segment is present (not missing)
+        omit_empty_frames=False)
+    with atomic_write(out) as tmp:
+        seg.save_as(tmp, enforce_file_format=True)
+    return seg
+
+
+def _derived_series_number(source: Dataset, offset: int) -> int:
+    """The source's SeriesNumber plus ``offset`` (1000 for the SEG, 2000 for the SR): beside it in a viewer's
+    series list, and the same on every run. DICOM's IS holds up to 2^31 - 1."""
+    number = int(source.get("SeriesNumber", 0) or 0) + offset
+    return number if number < 2**31 else offset
+
+
+def labels_from_seg(seg: Dataset, source_datasets: Sequence[Dataset], *, label_scheme: str) -> np.ndarray:
+    """A SEG written by ``write_seg`` read back with highdicom as the label map (frames, rows, cols) on
+    ``source_datasets`` in the order given."""
+    segmentation = seg if isinstance(seg, hd.seg.Segmentation) else hd.seg.Segmentation.from_dataset(seg)
+    numbers = [int(item.SegmentNumber) for item in segmentation.SegmentSequence]
+    if numbers != [s.number for s in SEGMENTS]:
+        raise InputError(f"SEG {segmentation.SOPInstanceUID}: segments {numbers} (expected "
+                         f"{[s.number for s in SEGMENTS]}, as seg-edge writes them)")
+    planes = segmentation.get_pixels_by_source_instance(
+        source_sop_instance_uids=[ds.SOPInstanceUID for ds in source_datasets],
+        segment_numbers=[s.number for s in SEGMENTS], dtype=np.uint8)
+    labels = np.zeros(planes.shape[:3], dtype=np.uint8)
+    for k, s in enumerate(SEGMENTS):
+        if (labels[planes[..., k] > 0] != 0).any():
+            raise InputError(f"SEG {segmentation.SOPInstanceUID}: segment {s.number} overlaps another "
+                             "(expected one tissue per pixel)")
+        labels[planes[..., k] > 0] = s.value(label_scheme)
+    return labels
+
+
+
+def frames_from_nifti(labels_xyz: np.ndarray, affine: np.ndarray, source_datasets: Sequence[Dataset]) -> np.ndarray:
+    """A label map on the series' NIfTI grid (x, y, z with a RAS ``affine`` as nibabel reads a conversion of
+    the series: SimpleITK's in the tests) taken onto ``source_datasets``' frames, in the order given: (frames,
+    rows, cols). Each pixel's centre (LPS, from ImagePositionPatient, ImageOrientationPatient and PixelSpacing) must
+    fall on a voxel centre of that grid, every voxel once: a grid that is not this series' is refused, never
+    resampled."""
+    check_series(source_datasets)
+    labels_xyz, affine = np.asarray(labels_xyz), np.asarray(affine, dtype=float)
+    first = source_datasets[0]
+    rows, cols = int(first.Rows), int(first.Columns)
+    if labels_xyz.ndim != 3 or labels_xyz.size != len(source_datasets) * rows * cols or affine.shape != (4, 4):
+        raise InputError(f"label map: shape {tuple(labels_xyz.shape)}, affine {affine.shape} (expected "
+                         f"{len(source_datasets) * rows * cols} voxels, the series' {len(source_datasets)} frames of "
+                         f"{rows}x{cols}, and a 4x4 affine)")
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    to_voxel = np.linalg.inv(affine)
+    iop = np.asarray(first.ImageOrientationPatient, dtype=float)
+    row_mm, col_mm = (float(v) for v in first.PixelSpacing)  # between rows, between columns
+    step_c = to_voxel[:3, :3] @ lps_to_ras @ (iop[:3] * col_mm)  # one column to the right
+    step_r = to_voxel[:3, :3] @ lps_to_ras @ (iop[3:] * row_mm)  # one row down
+    origins = np.array([to_voxel[:3, :3] @ lps_to_ras @ np.asarray(ds.ImagePositionPatient, dtype=float)
+                        + to_voxel[:3, 3] for ds in source_datasets])
+    r, c = np.mgrid[:rows, :cols]
+    index = origins[:, None, None, :] + r[None, ..., None] * step_r + c[None, ..., None] * step_c
+    nearest = np.rint(index)
+    off = float(np.abs(index - nearest).max())
+    ijk = nearest.astype(np.int64)
+    inside = bool(((ijk >= 0) & (ijk < labels_xyz.shape)).all())
+    # with as many pixels as voxels, all inside and none twice means every voxel is read exactly once
+    once = inside and np.unique(np.ravel_multi_index(tuple(ijk.reshape(-1, 3).T), labels_xyz.shape)).size == \
+        labels_xyz.size
+    if off > 1e-2 or not once:
+        raise InputError(f"label map: its grid is not this series' (pixel centres up to {off:.3f} voxel off the "
+                         f"voxel centres, all inside: {inside}; expected the NIfTI converted from these instances)")
+    result: np.ndarray = labels_xyz[ijk[..., 0], ijk[..., 1], ijk[..., 2]]
+    return result
