@@ -356,6 +356,10 @@ def test_zip_input(tmp_path: Path, rules) -> None:
     assert {m: s.series_uid for m, s in selection.chosen.items()} == expected
     assert all(f.path == archive and f.member for f in selection["flair"].files)
     assert pydicom.dcmread(selection["flair"].files[0].open()).SeriesDescription == "3D_Brain_VIEW_FLAIR"
+    # a .zip inside the folder given is read as part of it
+    (tmp_path / "holder").mkdir()
+    archive.rename(tmp_path / "holder" / "upload.zip")
+    assert [s.series_uid for s in scan(tmp_path / "holder")] == [s.series_uid for s in result.series]
 
 
 def test_non_dicom_files_skipped_and_counted(tmp_path: Path, rules) -> None:
