@@ -362,6 +362,14 @@ def test_zip_input(tmp_path: Path, rules) -> None:
     assert [s.series_uid for s in scan(tmp_path / "holder")] == [s.series_uid for s in result.series]
 
 
+def test_not_a_study(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"missing: no such folder or \.zip"):
+        scan(tmp_path / "missing")
+    (tmp_path / "study.zip").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(InputError, match=r"study\.zip: a file that is not a zip archive"):
+        scan(tmp_path / "study.zip")
+
+
 def test_non_dicom_files_skipped_and_counted(tmp_path: Path, rules) -> None:
     expected = write_study(tmp_path, STUDIES["siemens_2d"])
     (tmp_path / "README.txt").write_text("exported by a viewer")

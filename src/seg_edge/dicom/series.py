@@ -95,6 +95,8 @@ def scan_study(folder: Path) -> ScanResult:
     folder = Path(folder)
     if not folder.exists():
         raise InputError(f"{folder}: no such folder or .zip (expected a DICOM study)")
+    if folder.is_file() and not zipfile.is_zipfile(folder):
+        raise InputError(f"{folder}: a file that is not a zip archive; expected a DICOM study's folder or .zip")
     groups: dict[str, dict[str, list[tuple[Any, SourceFile]]]] = {}
     patients: set[str] = set()
     skipped = 0
