@@ -62,3 +62,19 @@ def edge_onnx(tmp_path_factory, edge_checkpoint) -> Path:
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+RAW_SCALE = 0.5  # raw studies at half scale: 2 mm phantom, the same physical head and fields of view, 8-10 mm slices
+RAW_SEED = 2207  # not a seed the acceptance figures use
+
+
+@pytest.fixture(scope="session")
+def raw_studies(tmp_path_factory) -> list[Path]:
+    """Two small synthetic raw studies (``seg-edge synth --raw``) of two synthetic patients (index 0 and 1 of
+    one seed), written once per session. (Here, not in tests/preprocess/conftest.py: a second conftest module
+    would shadow this one for the tests that import helpers from it.)"""
+    pytest.importorskip("SimpleITK")
+    from seg_edge.synth.raw import write_raw_study
+
+    out = tmp_path_factory.mktemp("raw")
+    return [write_raw_study(out, RAW_SEED, index, scale=RAW_SCALE) for index in (0, 1)]
