@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -11,6 +12,14 @@ from seg_edge.cli.options import Anatomy, LabelScheme, parse_triplet
 from seg_edge.errors import InputError
 
 DEFAULT_SHAPE = "240,240,155"
+
+
+class Vendor(str, Enum):
+    """Whose naming conventions a synthetic DICOM study follows."""
+
+    siemens = "siemens"
+    ge = "ge"
+    philips = "philips"
 
 
 @guarded
@@ -33,14 +42,31 @@ def synth(
                              "grids, the perfectly preprocessed case). Needs the 'synth' extra."),
     scale: float | None = typer.Option(None, "--scale", help="With --raw: voxels 1/SCALE times larger, same fields "
                                        "of view (0.25 to 1; default 1: the 240x240x155 1 mm atlas grid)."),
+    dicom: bool = typer.Option(False, "--dicom", help="With --raw: also write each study as DICOM in <id>/dicom/ "
+                               "(one folder per series, MR Image Storage one file per slice; localiser, DWI, ADC "
+                               "and an MPR besides the four) and <id>/dicom_truth.json. Needs the 'dicom' extra."),
+    vendor: Vendor | None = typer.Option(None, "--vendor", help="With --dicom: series names in this vendor's style "
+                                         "[default: siemens, ge, philips in turn by study index]."),
+    enhanced: bool = typer.Option(False, "--enhanced", help="With --dicom: Enhanced MR Image Storage, one "
+                                  "multi-frame file per series."),
 ) -> None:
     """Generate synthetic BraTS-like cases or raw studies (procedural or MNI152 brain + glioma; not patient data)."""
     from seg_edge.runtime.regions import et_label
 
+    if not dicom and (vendor is not None or enhanced):
+        raise InputError(f"{'--vendor' if vendor is not None else '--enhanced'} without --dicom (expected "
+                         f"--raw --dicom)")
     if raw:
         _refuse_with_raw(shape, anatomy)
-        _write_raw(out_dir, n, seed, scale if scale is not None else 1.0, et_label(label_scheme.value), workers)
+        if dicom:
+            _check_dicom(out_dir, n, seed)
+        done = _write_raw(out_dir, n, seed, scale if scale is not None else 1.0, et_label(label_scheme.value),
+                          workers)
+        if dicom:
+            _write_dicom(done, seed, vendor, enhanced)
         return
+    if dicom:
+        raise InputError("--dicom without --raw (expected --raw --dicom: DICOM studies are written from raw studies)")
     if scale is not None:
         raise InputError(f"--scale {scale:g} without --raw (expected --raw, or --shape for BraTS-like cases)")
     from seg_edge.synth import write_cases
@@ -67,7 +93,7 @@ def _refuse_with_raw(shape: str | None, anatomy: Anatomy | None) -> None:
                          f"MNI152 brain)")
 
 
-def _write_raw(out_dir: Path, n: int, seed: int, scale: float, et: int, workers: int) -> None:
+def _write_raw(out_dir: Path, n: int, seed: int, scale: float, et: int, workers: int) -> list[Path]:
     from seg_edge.synth.mni import tissue_maps
     from seg_edge.synth.raw import MAX_SCALE, MIN_SCALE, write_raw_studies
 
@@ -77,6 +103,29 @@ def _write_raw(out_dir: Path, n: int, seed: int, scale: float, et: int, workers:
     done = write_raw_studies(out_dir, n, seed, scale=scale, et_label=et, workers=workers,
                              progress=lambda p: err.print(f"  {p.name}", highlight=False))
     out.print(f"wrote {len(done)} synthetic raw studies to {out_dir} (truth in <id>/truth/)")
+    return done
+
+
+def _check_dicom(out_dir: Path, n: int, seed: int) -> None:
+    """Before anything is written: the dicom extra is there and no study's DICOM folder exists yet."""
+    import seg_edge.synth.dicom  # noqa: F401  (MissingExtra now rather than after the raw studies)
+    from seg_edge.synth.raw import raw_case_id
+
+    for index in range(n):
+        target = out_dir / raw_case_id(seed, index) / "dicom"
+        if target.exists():
+            raise InputError(f"{target} already exists (expected a folder not yet written: choose another --out)")
+
+
+def _write_dicom(folders: list[Path], seed: int, vendor: Vendor | None, enhanced: bool) -> None:
+    from seg_edge.synth.dicom import VENDORS, write_dicom_study
+
+    for index, folder in enumerate(folders):
+        name = vendor.value if vendor is not None else VENDORS[index % len(VENDORS)]
+        write_dicom_study(folder, folder, vendor=name, enhanced=enhanced, seed=seed)
+        err.print(f"  {folder.name}/dicom ({name})", highlight=False)
+    out.print(f"wrote {len(folders)} DICOM studies ({'enhanced' if enhanced else 'classic'} MR): <id>/dicom/, "
+              f"truth in <id>/dicom_truth.json")
 
 
 def register(app: typer.Typer) -> None:
