@@ -121,6 +121,9 @@ def test_one_patient_study_and_frame_of_reference(classic):
     for role in ROLES:
         ds = pydicom.dcmread(_files(classic, role)[0], stop_before_pixels=True)
         assert ds.SeriesInstanceUID == truth["modalities"][role]
+    times = [pydicom.dcmread(next((classic / e["folder"]).glob("*.dcm")), stop_before_pixels=True).SeriesTime
+             for e in sorted(truth["series"], key=lambda e: e["series_number"])]
+    assert times == sorted(set(times))  # one series after another, in series-number order
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -64,7 +64,8 @@ def write_dicom_study(raw_study_folder: Path, out_dir: Path, *, vendor: str, enh
             description, protocol = NAMES[vendor][role]
             header = Header(study=study, series_uid=generate_uid(entropy_srcs=[*key, role, "series"]),
                             series_number=number, description=description, protocol=protocol,
-                            sequence=SEQUENCES[role], entropy=[*key, role], rescale=rescale)
+                            sequence=SEQUENCES[role], entropy=[*key, role], rescale=rescale,
+                            time=f"{9 + position // 10:02d}{position % 10 * 6:02d}00")  # 6 min a series
             files = _write_series(tmp / f"{number:04d}", stacks, header, enhanced)
             listed.append({"series_instance_uid": header.series_uid, "series_number": number, "role": role,
                            "modality": role if role in RAW_ROLES else None, "description": description,

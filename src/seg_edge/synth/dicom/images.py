@@ -32,6 +32,7 @@ class Header:
     sequence: Sequence
     entropy: list[str]  # seeds the instances' UIDs
     rescale: tuple[float, float] = (1.0, 0.0)  # slope, intercept: stored value to the NIfTI's value
+    time: str = "090000"  # SeriesTime, AcquisitionTime, ContentTime (HHMMSS; the series' place in the exam)
 
 
 def ds_value(value: float) -> str:
@@ -83,9 +84,9 @@ def enhanced_dataset(stacks: list[Stack], header: Header) -> Dataset:
     ds.MagneticFieldStrength = ds_value(3.0)
     ds.ApplicableSafetyStandardAgency, ds.ImageComments = "IEC", "synthetic phantom, not patient data"
     ds.BurnedInAnnotation, ds.LossyImageCompression = "NO", "00"
-    ds.AcquisitionDateTime = f"{header.study['StudyDate']}{header.study['StudyTime']}"
+    ds.AcquisitionDateTime = f"{header.study['StudyDate']}{header.time}"
     ds.AcquisitionDuration = 0.0
-    ds.ContentDate, ds.ContentTime = header.study["StudyDate"], header.study["StudyTime"]
+    ds.ContentDate, ds.ContentTime = header.study["StudyDate"], header.time
     ds.AcquisitionContextSequence = DicomSequence([])
     if not derived:
         _pulse_sequence(ds, seq)
@@ -94,7 +95,8 @@ def enhanced_dataset(stacks: list[Stack], header: Header) -> Dataset:
     frames = [(n, one, s) for n, one in enumerate(stacks) for s in range(one.pixels.shape[0])]
     ds.NumberOfFrames = len(frames)
     shared = _shared_groups(stack, header)
-    per_frame = [_frame_groups(one, s, n + 1, seq, header.study) for n, one, s in frames]
+    when = f"{header.study['StudyDate']}{header.time}"
+    per_frame = [_frame_groups(one, s, n + 1, seq, when) for n, one, s in frames]
     if len(stacks) > 1:  # the orientation differs between frames: it goes with each frame
         for groups, (_, one, _) in zip(per_frame, frames):
             groups.PlaneOrientationSequence = DicomSequence([_item(
@@ -137,7 +139,9 @@ def _base(header: Header, sop_class: UID, number: int) -> Dataset:
     ds.Modality = "MR"
     ds.SeriesInstanceUID, ds.SeriesNumber = header.series_uid, header.series_number
     ds.SeriesDescription, ds.ProtocolName = header.description, header.protocol
-    ds.SeriesDate, ds.SeriesTime = header.study["StudyDate"], header.study["StudyTime"]
+    ds.SeriesDate, ds.SeriesTime = header.study["StudyDate"], header.time
+    ds.AcquisitionDate, ds.AcquisitionTime = header.study["StudyDate"], header.time
+    ds.ContentDate, ds.ContentTime = header.study["StudyDate"], header.time
     ds.InstanceNumber = number
     ds.BodyPartExamined = "BRAIN"
     ds.PatientPosition = "HFS"
@@ -276,10 +280,9 @@ def _acquisition_groups(groups: Dataset, stack: Stack, seq: Sequence) -> None:
                                                           DiffusionDirectionality="ISOTROPIC")])
 
 
-def _frame_groups(stack: Stack, s: int, stack_id: int, seq: Sequence, study: dict[str, object]) -> Dataset:
+def _frame_groups(stack: Stack, s: int, stack_id: int, seq: Sequence, when: str) -> Dataset:
     content = _item(StackID=str(stack_id), InStackPositionNumber=s + 1, DimensionIndexValues=[stack_id, s + 1],
-                    FrameAcquisitionDateTime=f"{study['StudyDate']}{study['StudyTime']}",
-                    FrameReferenceDateTime=f"{study['StudyDate']}{study['StudyTime']}",
+                    FrameAcquisitionDateTime=when, FrameReferenceDateTime=when,
                     FrameAcquisitionDuration=seq.tr_ms)
     if seq.image_type[0] == "DERIVED":
         for keyword in ("FrameAcquisitionDateTime", "FrameReferenceDateTime", "FrameAcquisitionDuration"):
