@@ -84,17 +84,18 @@ def test_the_same_file_twice(raw_studies):
 
 QC_REFUSAL = r"(mutual information with the reference -?\d\.\d{3} after registration \(expected below" \
              r"|rotated \d+\.\d° from the reference series \(expected at most" \
-             r"|mirrored left-right it registers to the reference better)"
+             r"|mirrored left-right it registers to the reference better" \
+             r"|its head is \d+\.\d% larger or smaller than the reference series)"
 FLIPPED = r"mirrored left-right it registers to the reference better \(mutual information -\d\.\d{3}, rotation " \
           r"\d+\.\d°, against -\d\.\d{3} and \d+\.\d° as given; expected the series as given to fit better: it is " \
           r"flipped left-right, or not of this head\)"
 
 
 @pytest.mark.parametrize(("damage", "modality", "expected"), [
-    ("wrong_patient", "t1", QC_REFUSAL), ("flipped_left_right", "flair", FLIPPED),
-    ("rotated_180", "t2", QC_REFUSAL), ("non_brain", "flair", QC_REFUSAL)])
+    ("wrong_patient", "t1", QC_REFUSAL), ("wrong_patient", "flair", QC_REFUSAL),
+    ("flipped_left_right", "flair", FLIPPED), ("rotated_180", "t2", QC_REFUSAL), ("non_brain", "flair", QC_REFUSAL)])
 def test_a_series_that_does_not_register_is_refused(raw_studies, tmp_path, damage, modality, expected):
-    """Quality control after co-registration: another patient's T1 (index 1 of the seed), a FLAIR mirrored
+    """Quality control after co-registration: another patient's T1 and FLAIR (index 1 of the seed), a FLAIR mirrored
     left-right and a T2 turned 180° with their headers unchanged, a bottle phantom instead of a FLAIR.
     (Another patient's FLAIR in nearly the same pose was not caught on an earlier version of the synthetic
     studies: see qc.Limits for the margins.)"""
@@ -103,3 +104,22 @@ def test_a_series_that_does_not_register_is_refused(raw_studies, tmp_path, damag
     else:
         files = getattr(broken, damage)(raw_studies[0], modality, tmp_path / "study")
     _refused(files, match=re.escape(str(files[modality])) + ": " + expected)
+
+
+def test_a_series_whose_head_has_another_size_is_refused(tmp_path):
+    """The size check alone: one head has one size (qc.Limits.max_scale_change); a series scaled 3 % along one
+    axis against the reference is another head, 0.5 % is the same one."""
+    from seg_edge.preprocess import qc
+
+    same = dict(metric=-1.0, brain_metric=-0.5, mirrored_metric=-0.8, mirrored_rotation_deg=5.0, rotation_deg=5.0,
+                translation_mm=(1.0, 2.0, 3.0), determinant=1.0, iterations=50)
+    path, limits = tmp_path / "a_flair.nii.gz", qc.Limits()
+    qc.check_series(qc.SeriesQc(**same, scales=(1.005, 0.996, 1.0), scale_voxel_mm=(2, 2, 2)), path, limits)
+    with pytest.raises(InputError, match=r"a_flair\.nii\.gz: its head is 3\.0% larger or smaller than the reference"
+                                         r" series' along one axis \(scales 1\.000, 0\.970, 1\.010; expected within "
+                                         r"2\.0% there"):
+        qc.check_series(qc.SeriesQc(**same, scales=(1.0, 0.97, 1.01), scale_voxel_mm=(2, 2, 2)), path, limits)
+    # along 5 mm slices a 3 % change is within a slice over 150 mm (3.3 %): not measurable, not refused
+    qc.check_series(qc.SeriesQc(**same, scales=(1.0, 1.0, 1.03), scale_voxel_mm=(2, 2, 5)), path, limits)
+    with pytest.raises(InputError, match=r"its head is 4\.0% larger or smaller"):
+        qc.check_series(qc.SeriesQc(**same, scales=(1.0, 1.0, 1.04), scale_voxel_mm=(2, 2, 5)), path, limits)

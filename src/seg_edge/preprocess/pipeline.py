@@ -66,6 +66,9 @@ class RawOptions:
     # one more rigid registration per series (measured: the co-registration stage, three series and their
     # mirrors, 12-17 s of a 21-27 s preprocessing on full-size studies, 1 thread)
     check_mirror: bool = True
+    # measure each series' head size against the reference's (a 9-parameter registration from the rigid one) and
+    # refuse a different size: another patient in the same pose passed the other checks (qc.Limits)
+    check_scale: bool = True
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -140,7 +143,11 @@ def _coregister_all(series: dict[str, Series], reference: Series, mask: sitk.Ima
         rigid[m] = coregister(fixed, one, options)
         mirror = coregister(fixed, Series(m, one.path, qc.mirrored_left_right(one.image)), options) \
             if options.check_mirror else None
-        measured[m] = qc.measure_series(reference, one, rigid[m], mask, mirrored=mirror, threads=options.threads)
+        working = _working(one.image)
+        scales = qc.measure_scales(fixed, working, rigid[m], threads=options.threads) \
+            if options.check_scale else None
+        measured[m] = qc.measure_series(reference, one, rigid[m], mask, mirrored=mirror, scales=scales,
+                                        scale_voxel_mm=qc.voxel_along(fixed, working), threads=options.threads)
         qc.check_series(measured[m], one.path, options.limits)
     return rigid, measured
 
@@ -192,10 +199,15 @@ def coregistration_fixed(reference: sitk.Image) -> sitk.Image:
 def coregister(fixed: sitk.Image, moving: Series, options: RawOptions) -> RigidResult:
     """``moving`` registered rigidly to the (prepared) reference: the result maps a reference point to the
     series' point (``series_from_reference``)."""
-    factors = [max(1, int(round(COREG_MM / s))) for s in moving.image.GetSpacing()]
-    image = sitk.BinShrink(moving.image, factors) if max(factors) > 1 else moving.image
     rigid = replace(options.rigid, threads=options.threads)
-    return register_rigid(Volume(fixed, "the reference series"), Volume(image, str(moving.path)), options=rigid)
+    return register_rigid(Volume(fixed, "the reference series"), Volume(_working(moving.image), str(moving.path)),
+                          options=rigid)
+
+
+def _working(image: sitk.Image) -> sitk.Image:
+    """A series box-averaged to about COREG_MM: what co-registration and its checks run on."""
+    factors = [max(1, int(round(COREG_MM / s))) for s in image.GetSpacing()]
+    return sitk.BinShrink(image, factors) if max(factors) > 1 else image
 
 
 def _on_atlas(series: dict[str, Series], order: tuple[str, ...], series_from_atlas: dict[str, sitk.Transform],
