@@ -215,7 +215,8 @@ def test_info_says_a_schema_2_0_card_was_read_as_2_2_and_states_the_2_1_fields(t
     onnx.save(model, str(path))
     result = CliRunner().invoke(app, ["info", str(path)], env=WIDE)
     assert result.exit_code == 0, result.output
-    for phrase in ("schema 2.0, read as schema 2.2", "input space", "atlas: co-registered", "input N, C, spatial, output N, C, spatial",
+    for phrase in ("schema 2.0, read as schema 2.2", "input space", "atlas: co-registered",
+                   "input N, C, spatial, output N, C, spatial",
                    "all of them, each resized to 160×192 (nearest); the logits resized back to the slice (nearest)"):
         assert phrase in result.stdout, (phrase, result.stdout)
     spec = SliceSpec(axis=0, size=(160, 192), interpolation="linear", back="labels", back_interpolation="nearest",
