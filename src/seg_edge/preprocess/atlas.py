@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from seg_edge.errors import InputError
 from seg_edge.preprocess.registration import (LPS_TO_RAS, Volume, _checked, _last_line, _threads,
-                                              box_averaged)
+                                              box_averaged, registration_method)
 
 ATLAS_DIR = Path(__file__).resolve().parents[1] / "assets" / "atlas"
 SHIPPED_IMAGE = ATLAS_DIR / "mni152_2009_t1.nii.gz"
@@ -162,7 +162,7 @@ def register_to_atlas(atlas: Atlas, brain_image: sitk.Image | Volume, *,
     start = time.perf_counter()
     fixed, fixed_brain = atlas.coarse
     moving_coarse = box_averaged(moving_image, COARSE_MM)
-    method = _method(options, _rim(fixed_brain, options.rim_mm))
+    method = registration_method(options, _rim(fixed_brain, options.rim_mm))
     method.SetInitialTransform(_start(fixed, fixed_brain, moving_coarse, options), inPlace=False)
     try:
         with _threads(options.threads):
@@ -250,24 +250,6 @@ def _rim(brain: sitk.Image, rim_mm: float) -> sitk.Image:
     radius = [max(1, int(round(rim_mm / s))) for s in brain.GetSpacing()]
     grown: sitk.Image = sitk.BinaryDilate(brain, radius, sitk.sitkBall)
     return grown
-
-
-def _method(options: AffineOptions, mask: sitk.Image) -> sitk.ImageRegistrationMethod:
-    method = sitk.ImageRegistrationMethod()
-    method.SetNumberOfThreads(options.threads)
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=options.histogram_bins)
-    method.SetMetricFixedMask(mask)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(options.sampling_percentage, options.seed)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=options.learning_rate, minStep=options.min_step, numberOfIterations=options.iterations,
-        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(shrinkFactors=list(options.shrink_factors))
-    method.SetSmoothingSigmasPerLevel(smoothingSigmas=list(options.smoothing_sigmas))
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    return method
 
 
 def _checked_grid(volume: Volume) -> sitk.Image:

@@ -19,12 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import SimpleITK as sitk
 
 from seg_edge.errors import InputError
+
+if TYPE_CHECKING:  # the atlas module builds its affine registration with this module's method
+    from seg_edge.preprocess.atlas import AffineOptions
 
 MIN_VOXELS_PER_AXIS = 4
 # LPS ↔ RAS: x and y change sign (the map is its own inverse)
@@ -124,7 +127,7 @@ def register_rigid(fixed: Volume, moving: Volume, *, options: RigidOptions | Non
         fixed_image, moving_image, sitk.Euler3DTransform(),
         sitk.CenteredTransformInitializerFilter.MOMENTS if options.initialisation == "moments"
         else sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    method = _method(options)
+    method = registration_method(options)
     method.SetInitialTransform(initial, inPlace=False)
     try:
         with _threads(options.threads):
@@ -165,10 +168,15 @@ def box_averaged(image: sitk.Image, voxel_mm: float) -> sitk.Image:
     return averaged
 
 
-def _method(options: RigidOptions) -> sitk.ImageRegistrationMethod:
+def registration_method(options: RigidOptions | AffineOptions, mask: sitk.Image | None = None
+                        ) -> sitk.ImageRegistrationMethod:
+    """Mattes MI, seeded random sampling, regular-step gradient descent, the multi-resolution levels of
+    ``options``; ``mask``: the metric only over it (on the fixed image's grid)."""
     method = sitk.ImageRegistrationMethod()
     method.SetNumberOfThreads(options.threads)
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=options.histogram_bins)
+    if mask is not None:
+        method.SetMetricFixedMask(mask)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(options.sampling_percentage, options.seed)
     method.SetInterpolator(sitk.sitkLinear)

@@ -36,6 +36,7 @@ from seg_edge.card import MODALITIES
 from seg_edge.errors import InputError
 from seg_edge.synth.head import build_head
 from seg_edge.synth.phantom import REFERENCE_SHAPE, Phantom, make_phantom
+from seg_edge.synth.writer import save_nifti
 from seg_edge.synth.scanner import (MOTION_ROTATION_DEG, MOTION_SHIFT_MM, POSE_ROTATION_DEG, POSE_SHIFT_MM,
                                     PROTOCOL, Acquisition, SeriesSpec, acquire, box_through, euler_matrix, limited,
                                     resample_box, rigid, series_affine)
@@ -102,7 +103,7 @@ def write_raw_study(out_dir: Path, seed: int, index: int, *, scale: float = 1.0,
         channel = MODALITIES.index(spec.modality)
         got = acquire(head, channel, head_affine, spec, series_affine(spec, plan, tilt), world_from_atlas, rng,
                       bias=bias)
-        _save(got.data, got.affine, folder / f"{cid}_{spec.modality}.nii.gz")
+        save_nifti(got.data, got.affine, folder / f"{cid}_{spec.modality}.nii.gz")
         acquired[spec.modality] = got
         series[spec.modality] = _series_truth(spec, got, world_from_atlas, motion_deg, motion_mm, tilt)
         series[spec.modality]["file"] = f"{cid}_{spec.modality}.nii.gz"
@@ -193,22 +194,22 @@ def _write_truth_volumes(folder: Path, cid: str, labels: np.ndarray, brain: np.n
                          acquired: dict[str, Acquisition], series: dict[str, dict[str, object]],
                          et_label: int) -> None:
     truth = folder / "truth"
-    _save(labels, atlas, truth / "atlas_seg.nii.gz")
-    _save(brain.astype(np.uint8), atlas, truth / "atlas_brain.nii.gz")
+    save_nifti(labels, atlas, truth / "atlas_seg.nii.gz")
+    save_nifti(brain.astype(np.uint8), atlas, truth / "atlas_brain.nii.gz")
     hits = np.argwhere(brain)
     brain_box = (np.maximum(hits.min(axis=0) - 1, 0), np.minimum(hits.max(axis=0) + 2, brain.shape))
     for name, got in acquired.items():
         world_from_atlas = np.asarray(series[name]["world_from_atlas_ras"])
         ideal = resample_box(got.data.astype(np.float32), np.linalg.inv(got.affine) @ world_from_atlas @ atlas,
                              brain.shape, brain_box)
-        _save(ideal * brain, atlas, truth / "ideal" / f"{cid}_{name}.nii.gz")
+        save_nifti(ideal * brain, atlas, truth / "ideal" / f"{cid}_{name}.nii.gz")
     ref = acquired[REFERENCE]
     to_atlas = np.linalg.inv(atlas) @ np.linalg.inv(np.asarray(series[REFERENCE]["world_from_atlas_ras"])) \
         @ ref.affine
     shape = ref.data.shape
     native_brain = resample_box(brain.astype(np.float32), to_atlas, shape, box_through(*brain_box, to_atlas, shape))
-    _save((native_brain >= 0.5).astype(np.uint8), ref.affine, truth / "native_brain.nii.gz")
-    _save(_native_labels(labels, to_atlas, shape, et_label), ref.affine, truth / "native_seg.nii.gz")
+    save_nifti((native_brain >= 0.5).astype(np.uint8), ref.affine, truth / "native_brain.nii.gz")
+    save_nifti(_native_labels(labels, to_atlas, shape, et_label), ref.affine, truth / "native_seg.nii.gz")
 
 
 def _native_labels(labels: np.ndarray, voxel_map: np.ndarray, shape: tuple[int, ...], et_label: int) -> np.ndarray:
@@ -240,17 +241,6 @@ def _translation(voxels: np.ndarray) -> np.ndarray:
     matrix = np.eye(4)
     matrix[:3, 3] = voxels
     return matrix
-
-
-def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """NIfTI with the affine in qform and sform (scanner code 1), written to a temporary name and renamed."""
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm", "sec")
-    tmp = path.with_name(path.name + ".part.nii.gz")
-    nib.save(img, tmp)
-    tmp.replace(path)
 
 
 def _write_text(text: str, path: Path) -> None:

@@ -22,7 +22,8 @@ def brats_affine(shape: tuple[int, int, int]) -> np.ndarray:
     return affine
 
 
-def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """NIfTI with the affine in qform and sform (scanner code 1), written to a temporary name and renamed."""
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
@@ -45,8 +46,8 @@ def write_case(out_dir: Path, seed: int, index: int, shape: tuple[int, int, int]
     folder.mkdir(parents=True, exist_ok=True)
     affine = brats_affine(shape)
     for suffix, image in zip(SUFFIXES, phantom.images):
-        _save(image, affine, folder / f"{cid}_{suffix}.nii.gz")
-    _save(phantom.labels, affine, folder / f"{cid}_seg.nii.gz")
+        save_nifti(image, affine, folder / f"{cid}_{suffix}.nii.gz")
+    save_nifti(phantom.labels, affine, folder / f"{cid}_seg.nii.gz")
     return folder
 
 
