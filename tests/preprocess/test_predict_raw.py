@@ -66,6 +66,7 @@ def test_labels_come_back_on_the_reference_grid_with_everything_beside_them(firs
     assert (out / f"{case}_preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # ~60 s; the pipeline's own two-run test (test_raw_pipeline) stays in make test
 def test_two_runs_write_the_same_bytes(first_run, tmp_path):
     study, out, _ = first_run
     again = tmp_path / "b"

@@ -200,4 +200,6 @@ def test_the_cli_the_server_and_ray_run_cases_through_run_cases(edge_onnx, case_
     staging = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "StagedOutputs(" in p.read_text())
     writers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
                      if "outputs import" in p.read_text() and "write_case" in p.read_text())
-    assert staging == ["runtime/outputs.py"] and writers == ["runtime/runner.py"]
+    # a case's outputs are staged in one place; a raw study's set (labels on the scanner's grid, atlas labels, brain
+    # mask, transforms: predict --raw, issue 22) in one other, with the same StagedOutputs
+    assert staging == ["preprocess/study.py", "runtime/outputs.py"] and writers == ["runtime/runner.py"]
