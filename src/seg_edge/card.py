@@ -361,33 +361,9 @@ def card_from_dict(raw: dict[str, Any], source: str) -> ModelCard:
     if schema > CARD_SCHEMA:
         raise ArtifactError(f"{source}: model card schema {schema} is newer than {CARD_SCHEMA}; "
                             "upgrade seg-edge to read it")
-    # older layouts, in their own module
-    from seg_edge.cardmigrate import migrate_schema1, migrate_schema2_0, migrate_schema2_1
+    from seg_edge.cardmigrate import to_current  # older layouts, in their own module
 
-    if schema == 1:
-        try:
-            raw = migrate_schema1(raw)
-        except ValueError as exc:
-            raise ArtifactError(f"{source}: invalid model card (schema 1): {exc}") from None
-    minor = raw.get("schema_minor")
-    if minor is None:
-        try:
-            raw = migrate_schema2_0(raw)
-        except ValueError as exc:
-            raise ArtifactError(f"{source}: invalid model card (schema 2.0): {exc}") from None
-    elif not _is_int(minor) or minor < 0:
-        raise ArtifactError(f"{source}: invalid model card: schema_minor is {show(minor)} (expected an integer "
-                            f"0..{CARD_SCHEMA_MINOR})")
-    elif minor > CARD_SCHEMA_MINOR:
-        raise ArtifactError(f"{source}: model card schema {schema}.{minor} is newer than "
-                            f"{CARD_SCHEMA}.{CARD_SCHEMA_MINOR}; upgrade seg-edge to read it")
-    elif minor == 0:
-        raw = migrate_schema2_0({k: v for k, v in raw.items() if k != "schema_minor"})
-    if raw.get("schema_minor") == 1:
-        try:
-            raw = migrate_schema2_1(raw)
-        except ValueError as exc:
-            raise ArtifactError(f"{source}: invalid model card (schema 2.1): {exc}") from None
+    raw = to_current(raw, schema, source)
     problems: list[str] = []
     card: ModelCard | None = _build_dataclass(ModelCard, raw, "", problems)
     if problems or card is None:

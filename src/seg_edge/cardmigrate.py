@@ -7,9 +7,37 @@ puts after the source's name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from seg_edge.card import CARD_SCHEMA, CARD_SCHEMA_MINOR, MODALITIES, REGIONS, show
+from seg_edge.card import CARD_SCHEMA, CARD_SCHEMA_MINOR, MODALITIES, REGIONS, _is_int, show
+from seg_edge.errors import ArtifactError
+
+
+def to_current(raw: dict[str, Any], schema: int, source: str) -> dict[str, Any]:
+    """``raw`` (of major ``schema``, already checked) as a 2.2 dict, step by step; ArtifactError naming
+    ``source`` for a defect or a newer minor version."""
+    steps: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = []
+    if schema == 1:
+        steps.append(("1", migrate_schema1))
+    minor = raw.get("schema_minor")
+    if schema != 1 and minor is not None:
+        if not _is_int(minor) or minor < 0:
+            raise ArtifactError(f"{source}: invalid model card: schema_minor is {show(minor)} (expected an integer "
+                                f"0..{CARD_SCHEMA_MINOR})")
+        if minor > CARD_SCHEMA_MINOR:
+            raise ArtifactError(f"{source}: model card schema {schema}.{minor} is newer than "
+                                f"{CARD_SCHEMA}.{CARD_SCHEMA_MINOR}; upgrade seg-edge to read it")
+    if schema == 1 or not minor:  # no schema_minor (or 0): a 2.0 card
+        steps.append(("2.0", lambda r: migrate_schema2_0({k: v for k, v in r.items() if k != "schema_minor"})))
+    if schema == 1 or not minor or minor == 1:
+        steps.append(("2.1", migrate_schema2_1))
+    for version, step in steps:
+        try:
+            raw = step(raw)
+        except ValueError as exc:
+            raise ArtifactError(f"{source}: invalid model card (schema {version}): {exc}") from None
+    return raw
 
 
 def migrate_schema1(raw: dict[str, Any]) -> dict[str, Any]:
