@@ -144,12 +144,13 @@ def segment_raw(job: Job, segmenter: Segmenter, options: RawOptions, outputs: Ra
     pre.case.case_id = job.case_id
     seg = segmenter.predict(pre.case)
     t0 = time.perf_counter()
-    probs = to_native(rule_free_probabilities(seg, segmenter), pre)
+    atlas_probs = rule_free_probabilities(seg, segmenter)
+    probs = to_native(atlas_probs, pre)
     labels = labels_on(probs, segmenter)
     reference = native_case(files[options.reference], job.case_id)
     spacing = reference.spacing
     volumes = region_volumes(labels, segmenter.et, spacing)
-    per_series = ({m: labels_on(to_native(rule_free_probabilities(seg, segmenter), pre, m), segmenter)
+    per_series = ({m: labels if m == options.reference else labels_on(to_native(atlas_probs, pre, m), segmenter)
                    for m in order} if outputs.native_series else {})
     # the segmenter's "preprocess" is its crop and normalisation: named so beside the raw series' own stages
     segmenting = {("normalise" if k == "preprocess" else k): v for k, v in seg.timings.items()}
