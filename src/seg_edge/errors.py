@@ -80,6 +80,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "SimpleITK": ("simpleitk", "preprocess"),
     "pydicom": ("pydicom", "dicom"),
     "highdicom": ("highdicom", "dicom"),
+    "pynetdicom": ("pynetdicom", "dicom"),
 }
 
 
