@@ -1,0 +1,161 @@
+"""seg_edge.dicom.volume.read_series: a series' voxels and RAS geometry, checked against two independent
+references: the synthetic study's own source NIfTIs (each series was written from one, voxels reordered, never
+resampled) and SimpleITK's GDCM series reader (its own slice sorting and geometry)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+sitk = pytest.importorskip("SimpleITK")
+
+from seg_edge.dicom.seg import frame_order, frames_from_nifti  # noqa: E402
+from seg_edge.dicom.series import SeriesInfo, scan  # noqa: E402
+from seg_edge.dicom.volume import read_series, save_series  # noqa: E402
+from seg_edge.errors import InputError  # noqa: E402
+from seg_edge.synth.dicom import write_dicom_study  # noqa: E402
+from seg_edge.synth.raw import write_raw_study  # noqa: E402
+
+ROLES = ("t1", "t1ce", "t2", "flair")
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+AFFINE_TOLERANCE_MM = 1e-3  # the synth writes positions as DS of 16 characters
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    return write_raw_study(tmp_path_factory.mktemp("raw"), 11, 0, scale=0.4)
+
+
+@pytest.fixture(scope="module")
+def studies(raw, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("dicom")
+    return {"classic": write_dicom_study(raw, out / "classic", vendor="siemens", seed=5),
+            "enhanced": write_dicom_study(raw, out / "enhanced", vendor="philips", enhanced=True, seed=5)}
+
+
+def _series(study: Path, role: str) -> SeriesInfo:
+    truth = json.loads((study.parent / "dicom_truth.json").read_text())
+    uid = next(e["series_instance_uid"] for e in truth["series"] if e["role"] == role)
+    return next(s for s in scan(study) if s.series_uid == uid)
+
+
+def _same_as_nifti(image: nib.Nifti1Image, source: nib.Nifti1Image) -> None:
+    """The read image is the source NIfTI up to axis order and flips: the voxel map between the two affines is
+    a signed permutation with whole-voxel offsets, and the voxels equal through it."""
+    voxel_map = np.linalg.inv(source.affine) @ image.affine
+    exact = np.round(voxel_map)
+    assert np.abs(voxel_map - exact).max() < 1e-4
+    permutation = exact[:3, :3]
+    assert sorted(np.abs(permutation).sum(axis=0)) == [1, 1, 1] and sorted(np.abs(permutation).sum(axis=1)) == [1, 1, 1]
+    index = np.indices(image.shape).reshape(3, -1)
+    target = (exact[:3, :3] @ index + exact[:3, 3:4]).astype(int)
+    want = source.get_fdata(dtype=np.float32)
+    assert (target >= 0).all() and (target < np.array(want.shape)[:, None]).all()
+    got = np.asarray(image.dataobj).reshape(-1)
+    np.testing.assert_allclose(got, want[tuple(target)], rtol=1e-6, atol=1e-5)
+    # and the corners of the grid in millimetres
+    corners = np.array([[i, j, k, 1] for i in (0, image.shape[0] - 1) for j in (0, image.shape[1] - 1)
+                        for k in (0, image.shape[2] - 1)]).T
+    assert np.abs(image.affine @ corners - source.affine @ (voxel_map @ corners)).max() < AFFINE_TOLERANCE_MM
+
+
+@pytest.mark.parametrize("form", ["classic", "enhanced"])
+@pytest.mark.parametrize("role", ROLES)
+def test_series_read_equal_their_source_nifti(raw, studies, form, role):
+    volume = read_series(_series(studies[form], role))
+    assert volume.image.get_data_dtype() == np.float32
+    _same_as_nifti(volume.image, nib.load(raw / f"{raw.name}_{role}.nii.gz"))
+    assert len(volume.datasets) == (volume.image.shape[2] if form == "classic" else 1)
+
+
+def test_tilted_flair_and_sagittal_t1_keep_their_geometry(studies):
+    flair = read_series(_series(studies["classic"], "flair")).image.affine
+    t1 = read_series(_series(studies["classic"], "t1")).image.affine
+    normal = flair[:3, 2] / np.linalg.norm(flair[:3, 2])
+    assert 9.9 < np.degrees(np.arccos(abs(normal[2]))) < 20.1  # the raw writer's tilt range
+    assert np.argmax(np.abs(t1[:3, 2])) == 0  # slices stacked left-right: sagittal
+
+
+@pytest.mark.parametrize("role", ROLES + ("mpr",))
+def test_classic_geometry_equal_gdcm(studies, role):
+    info = _series(studies["classic"], role)
+    volume = read_series(info)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(info.files[0].path.parent)))
+    image = reader.Execute()
+    affine = np.eye(4)
+    affine[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    np.testing.assert_allclose(volume.image.affine, LPS @ affine, atol=AFFINE_TOLERANCE_MM)
+    np.testing.assert_array_equal(np.asarray(volume.image.dataobj),
+                                  sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32))
+
+
+def test_file_names_and_instance_numbers_do_not_order_slices(studies, tmp_path):
+    info = _series(studies["classic"], "flair")
+    expected = read_series(info)
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    rng = np.random.default_rng(0)
+    for n, k in enumerate(rng.permutation(len(info.files))):
+        ds = pydicom.dcmread(info.files[k].path)
+        ds.InstanceNumber = int(rng.integers(1, 10_000))
+        ds.save_as(shuffled / f"img{n:03d}.dcm")
+    (again,) = scan(shuffled)
+    volume = read_series(again)
+    np.testing.assert_array_equal(np.asarray(volume.image.dataobj), np.asarray(expected.image.dataobj))
+    np.testing.assert_allclose(volume.image.affine, expected.image.affine)
+    reversed_info = dataclasses.replace(info, files=tuple(reversed(info.files)))
+    assert [d.SOPInstanceUID for d in read_series(reversed_info).datasets] == \
+        [d.SOPInstanceUID for d in expected.datasets]
+
+
+@pytest.mark.parametrize("role", ["flair", "t1"])
+def test_frames_from_nifti_accepts_the_read_grid(studies, role):
+    volume = read_series(_series(studies["classic"], role))
+    assert [d.SOPInstanceUID for d in frame_order(volume.datasets)] == \
+        [d.SOPInstanceUID for d in volume.datasets]
+    labels = (np.arange(np.prod(volume.image.shape)) % 5).reshape(volume.image.shape).astype(np.uint8)
+    frames = frames_from_nifti(labels, volume.image.affine, volume.datasets)
+    np.testing.assert_array_equal(frames, labels.transpose(2, 1, 0))
+
+
+def test_rescale_applied(raw, tmp_path):
+    scaled = tmp_path / "scaled" / raw.name
+    shutil.copytree(raw, scaled)
+    path = scaled / f"{raw.name}_t2.nii.gz"
+    original = nib.load(path)
+    img = nib.Nifti1Image(np.asarray(original.dataobj, dtype=np.int16), original.affine, original.header)
+    img.header.set_slope_inter(0.5, 10.0)
+    nib.save(img, path)
+    for enhanced in (False, True):
+        study = write_dicom_study(scaled, tmp_path / f"out{enhanced}", vendor="ge", enhanced=enhanced,
+                                  extras=False, seed=0)
+        volume = read_series(_series(study, "t2"))
+        _same_as_nifti(volume.image, nib.load(path))
+        assert np.asarray(volume.image.dataobj).min() >= 10.0
+
+
+def test_save_series_round_trip(studies, tmp_path):
+    volume = read_series(_series(studies["enhanced"], "t1ce"))
+    save_series(volume, tmp_path / "t1ce.nii.gz")
+    back = nib.load(tmp_path / "t1ce.nii.gz")
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(volume.image.dataobj))
+    np.testing.assert_allclose(back.affine, volume.image.affine, atol=1e-5)
+    with pytest.raises(InputError, match="does not exist"):
+        save_series(volume, tmp_path / "missing" / "x.nii.gz")
+
+
+def test_localiser_of_three_planes_refused_in_one_line(studies):
+    for form in ("classic", "enhanced"):
+        with pytest.raises(InputError, match=r"^#\d+ '.*': .*ImageOrientationPatient .* differs .*expected one "
+                                             r"orientation") as error:
+            read_series(_series(studies[form], "localizer"))
+        assert "\n" not in str(error.value)
