@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -159,3 +162,77 @@ def test_localiser_of_three_planes_refused_in_one_line(studies):
                                              r"orientation") as error:
             read_series(_series(studies[form], "localizer"))
         assert "\n" not in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def flair_nifti(raw) -> nib.Nifti1Image:
+    return nib.load(raw / f"{raw.name}_flair.nii.gz")
+
+
+@pytest.mark.parametrize("enhanced", [False, True])
+@pytest.mark.parametrize("syntax", ["deflated", "rle", "jpeg-ls", "jpeg2000"])
+def test_compressed_series_read_equal_their_source(raw, tmp_path, flair_nifti, syntax, enhanced):
+    study = write_dicom_study(raw, tmp_path, vendor="ge", enhanced=enhanced, extras=False, seed=5,
+                              transfer_syntax=syntax)
+    info = _series(study, "flair")
+    assert pydicom.dcmread(info.files[0].path).file_meta.TransferSyntaxUID.is_compressed == (syntax != "deflated")
+    _same_as_nifti(read_series(info).image, flair_nifti)
+
+
+def _jpeg_lossless_copy(info: SeriesInfo, folder: Path) -> None:
+    """The series re-encoded as JPEG Lossless SV1 (process 14, the syntax MR archives use most), which pydicom
+    cannot encode: GDCM (SimpleITK) encodes each slice and its encapsulated pixel data replaces the original."""
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.UseCompressionOn()
+    writer.SetCompressor("JPEG")
+    for n, source in enumerate(info.files):
+        ds = pydicom.dcmread(source.path)
+        writer.SetFileName(str(folder / "gdcm.dcm"))
+        writer.Execute(sitk.GetImageFromArray(ds.pixel_array))
+        encoded = pydicom.dcmread(folder / "gdcm.dcm")
+        assert encoded.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+        ds.PixelData = encoded.PixelData
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGLosslessSV1
+        ds.save_as(folder / f"{n:03d}.dcm", enforce_file_format=True)
+    (folder / "gdcm.dcm").unlink()
+
+
+def test_jpeg_lossless_read_equal_uncompressed(studies, tmp_path, flair_nifti):
+    _jpeg_lossless_copy(_series(studies["classic"], "flair"), tmp_path / "jpeg")
+    (info,) = scan(tmp_path / "jpeg")
+    _same_as_nifti(read_series(info).image, flair_nifti)
+
+
+def test_missing_decoder_names_the_syntax_and_package(studies, tmp_path):
+    """In a Python where pylibjpeg cannot be imported (as without the package), JPEG Lossless is refused in one
+    line naming the syntax and pydicom's list of what would decode it."""
+    _jpeg_lossless_copy(_series(studies["classic"], "flair"), tmp_path / "jpeg")
+    script = ("import sys; sys.modules['pylibjpeg'] = None\n"
+              "from pathlib import Path\nfrom seg_edge.dicom.series import scan\n"
+              "from seg_edge.dicom.volume import read_series\nfrom seg_edge.errors import InputError\n"
+              f"try:\n    read_series(scan(Path({str(tmp_path / 'jpeg')!r}))[0])\n"
+              "except InputError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    line = done.stdout.strip()
+    assert done.returncode == 0 and "\n" not in line, done.stderr
+    assert re.search(r"^#\d+ '.*': .*000\.dcm: transfer syntax JPEG Lossless, Non-Hierarchical, First-Order "
+                     r"Prediction .*\(1\.2\.840\.10008\.1\.2\.4\.70\) cannot be decoded here: no decoder installed "
+                     r"\(.*pylibjpeg-libjpeg.*\)", line), line
+
+
+def test_video_syntax_refused(studies, tmp_path):
+    info = _series(studies["classic"], "t2")
+    (tmp_path / "video").mkdir()
+    for n, source in enumerate(info.files):
+        ds = pydicom.dcmread(source.path)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML
+        ds.PixelData = pydicom.encaps.encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(tmp_path / "video" / f"{n:03d}.dcm", enforce_file_format=True)
+    (video,) = scan(tmp_path / "video")
+    with pytest.raises(InputError, match=r"transfer syntax MPEG2 Main Profile / Main Level \(1\.2\.840\.10008\.1\.2"
+                                         r"\.4\.100\) has no pixel decoder in pydicom"):
+        read_series(video)

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 from scipy import ndimage
 
 from seg_edge.errors import InputError
 from seg_edge.synth.dicom.geometry import Stack, slice_axis_for, to_stack
-from seg_edge.synth.dicom.images import Header, classic_datasets, enhanced_dataset, write_dataset
+from seg_edge.synth.dicom.images import (TRANSFER_SYNTAXES, Header, classic_datasets, enhanced_dataset,
+                                         syntax_uid, write_dataset)
 from seg_edge.synth.dicom.protocols import (EQUIPMENT, NAMES, ORDER, RAW_ROLES, SEQUENCES, VENDORS,
                                             series_number)
 
@@ -32,17 +33,20 @@ PATIENT_NAME = "SYNTHETIC^PHANTOM"
 LOCALIZER_PIXELS, LOCALIZER_MM, LOCALIZER_SLICE_MM = 128, 2.0, 8.0
 INT16 = (-32768, 32767)
 
-__all__ = ["PATIENT_NAME", "VENDORS", "write_dicom_study"]
+__all__ = ["PATIENT_NAME", "TRANSFER_SYNTAXES", "VENDORS", "write_dicom_study"]
 
 
 def write_dicom_study(raw_study_folder: Path, out_dir: Path, *, vendor: str, enhanced: bool = False,
-                      extras: bool = True, seed: int) -> Path:
+                      extras: bool = True, seed: int, transfer_syntax: str = "explicit") -> Path:
     """Write the raw study in ``raw_study_folder`` as DICOM under ``out_dir/dicom`` (layout: module doc) and
-    return that folder. Refuses an unknown vendor, a folder that is not a raw study, or an existing
-    ``out_dir/dicom``; nothing is left behind on failure (the study is written under a temporary name)."""
+    return that folder. ``transfer_syntax`` names the transfer syntax (``TRANSFER_SYNTAXES``: explicit VR little endian,
+    deflated, RLE, JPEG-LS or JPEG 2000 lossless). Refuses an unknown vendor or syntax, a folder that is not a
+    raw study, or an existing ``out_dir/dicom``; nothing is left behind on failure (the study is written under a
+    temporary name)."""
     raw = Path(raw_study_folder)
     if vendor not in VENDORS:
         raise InputError(f"DICOM vendor {vendor!r} (expected one of {', '.join(VENDORS)})")
+    uid = syntax_uid(transfer_syntax)
     truth = _raw_truth(raw)
     target = Path(out_dir) / "dicom"
     if target.exists():
@@ -66,7 +70,7 @@ def write_dicom_study(raw_study_folder: Path, out_dir: Path, *, vendor: str, enh
                             series_number=number, description=description, protocol=protocol,
                             sequence=SEQUENCES[role], entropy=[*key, role], rescale=rescale,
                             time=f"{9 + position // 10:02d}{position % 10 * 6:02d}00")  # 6 min a series
-            files = _write_series(tmp / f"{number:04d}", stacks, header, enhanced)
+            files = _write_series(tmp / f"{number:04d}", stacks, header, enhanced, uid)
             listed.append({"series_instance_uid": header.series_uid, "series_number": number, "role": role,
                            "modality": role if role in RAW_ROLES else None, "description": description,
                            "protocol": protocol, "image_type": list(SEQUENCES[role].image_type),
@@ -77,7 +81,7 @@ def write_dicom_study(raw_study_folder: Path, out_dir: Path, *, vendor: str, enh
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     record = {"schema": SCHEMA, "synthetic": True, "case_id": cid, "vendor": vendor, "enhanced": enhanced,
-              "extras": extras, "seed": seed, "study_dir": target.name,
+              "extras": extras, "seed": seed, "study_dir": target.name, "transfer_syntax": str(uid),
               "patient": {"name": PATIENT_NAME, "id": study["PatientID"]},
               "study_instance_uid": study["StudyInstanceUID"],
               "frame_of_reference_uid": study["FrameOfReferenceUID"],
@@ -187,15 +191,15 @@ def _localizer(t1: np.ndarray, affine: np.ndarray, raw: Path) -> list[Stack]:
     return stacks
 
 
-def _write_series(folder: Path, stacks: list[Stack], header: Header, enhanced: bool) -> int:
+def _write_series(folder: Path, stacks: list[Stack], header: Header, enhanced: bool, syntax: UID) -> int:
     folder.mkdir()
     if enhanced:
-        write_dataset(enhanced_dataset(stacks, header), folder / "00001.dcm")
+        write_dataset(enhanced_dataset(stacks, header), folder / "00001.dcm", syntax)
         return 1
     count = 0
     for stack in stacks:
         for ds in classic_datasets(stack, header, first_instance=count + 1):
-            write_dataset(ds, folder / f"{int(ds.InstanceNumber):05d}.dcm")
+            write_dataset(ds, folder / f"{int(ds.InstanceNumber):05d}.dcm", syntax)
             count += 1
     return count
 

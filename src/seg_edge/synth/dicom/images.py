@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import UID, EnhancedMRImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.pixels.encoders.base import get_encoder
+from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, EnhancedMRImageStorage, ExplicitVRLittleEndian,
+                         JPEG2000Lossless, JPEGLSLossless, MRImageStorage, RLELossless, generate_uid)
 from pydicom.valuerep import format_number_as_ds
 
+from seg_edge.errors import InputError
 from seg_edge.synth.dicom.geometry import Stack
 from seg_edge.synth.dicom.protocols import CONTRAST_AGENT, CONTRAST_ML, Sequence
 
@@ -292,6 +295,35 @@ def _frame_groups(stack: Stack, s: int, stack_id: int, seq: Sequence, when: str)
                      ImagePositionPatient=[ds_value(v) for v in stack.position(s)])]))
 
 
-def write_dataset(ds: Dataset, path: Path) -> None:
-    """Write ``ds`` as a DICOM file (preamble and file meta) at ``path``."""
+# The transfer syntaxes the writer can produce, by the name a caller (and the CLI) gives: what pydicom 3 encodes
+# with the dicom extra's packages. Lossless only: a lossy synthetic study would not equal its source NIfTI.
+# JPEG Lossless (process 14), the syntax MR archives use most, has no encoder in pydicom (pylibjpeg-libjpeg only
+# decodes it).
+TRANSFER_SYNTAXES: dict[str, UID] = {
+    "explicit": ExplicitVRLittleEndian, "deflated": DeflatedExplicitVRLittleEndian, "rle": RLELossless,
+    "jpeg-ls": JPEGLSLossless, "jpeg2000": JPEG2000Lossless}
+
+
+def syntax_uid(name: str) -> UID:
+    """The UID of a syntax named as in ``TRANSFER_SYNTAXES`` (or given by its UID); refused when unknown or when
+    its encoder is not installed here."""
+    uid = TRANSFER_SYNTAXES.get(name) or next((u for u in TRANSFER_SYNTAXES.values() if u == name), None)
+    if uid is None:
+        raise InputError(f"transfer syntax {name!r} (expected one of {', '.join(TRANSFER_SYNTAXES)} or its UID)")
+    if uid.is_compressed:
+        encoder = get_encoder(uid)
+        if not encoder.is_available:
+            needs = "; ".join(encoder.missing_dependencies) or "an encoder plugin"
+            raise InputError(f"transfer syntax {name!r} ({uid.name}): no encoder installed ({needs}; expected "
+                             "the dicom extra's packages)")
+    return UID(uid)
+
+
+def write_dataset(ds: Dataset, path: Path, syntax: UID = ExplicitVRLittleEndian) -> None:
+    """Write ``ds`` as a DICOM file (preamble and file meta) at ``path`` in transfer syntax ``syntax``
+    (``transfer_syntax``'s: compressed ones encode every frame, losslessly)."""
+    if syntax.is_compressed:
+        ds.compress(syntax, generate_instance_uid=False)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
     ds.save_as(path, enforce_file_format=True)
