@@ -81,6 +81,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "pydicom": ("pydicom", "dicom"),
     "highdicom": ("highdicom", "dicom"),
     "pynetdicom": ("pynetdicom", "dicom"),
+    "surface_distance": ("surface-distance", "brats2023"),
 }
 
 

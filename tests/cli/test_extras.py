@@ -93,6 +93,8 @@ def needs_extra(i: dict[str, Path]) -> list[tuple[tuple[str, ...], list[str], st
         (("serve",), ["serve", "--data", str(o / "serve")], "serve"),
         (("evaluate",), ["evaluate", str(EXAMPLE.parent), str(EXAMPLE.parent), "--report", str(o / "r.html")],
          "preview"),
+        (("evaluate",), ["evaluate", str(EXAMPLE.parent), str(EXAMPLE.parent), "--challenge", "brats2023"],
+         "brats2023"),
         (("tune",), ["tune", str(MODEL), "--cases", str(EXAMPLE.parent), "--plot", str(o / "f.png")], "docs"),
         (("predict",), ["predict", str(EXAMPLE), "--out", str(o / "pv"), "--preview"], "preview"),
         (("predict",), ["predict", str(EXAMPLE), "--out", str(o / "po"), "--backend", "openvino"], "openvino"),

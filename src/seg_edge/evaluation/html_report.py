@@ -203,3 +203,56 @@ def parity_html(results: list, pictures: ParityPictures, against: str) -> str:
         body.append(f"<figure>{img_tag(png, f'{case_id} {backend}')}<figcaption>{html.escape(case_id)} / "
                     f"{html.escape(backend)}: {note}</figcaption></figure>")
     return page("seg-edge parity", "".join(body))
+
+
+def _score_cell(value: object, digits: int) -> str:
+    v = float(value)  # type: ignore[arg-type]
+    if np.isnan(v):
+        return '<td class="num muted">–</td>'
+    return f'<td class="num">{"inf" if np.isinf(v) else f"{v:.{digits}f}"}</td>'
+
+
+def challenge_html(result: dict) -> str:
+    """The ``evaluate --challenge X --report`` page: the terminal's table, lesion-wise Dice box plots and every
+    case's row of the challenge's own figures (the CSV's columns, less the per-case std)."""
+    from seg_edge.evaluation.challenge_eval import region_summary
+
+    challenge = result["challenge"]
+    lines, keys = region_summary(result)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    summary = "".join(f"<tr><td>{html.escape(stem)}</td>" + "".join(f'<td class="num">{html.escape(c)}</td>'
+                                                                    for c in cells) + "</tr>"
+                      for stem, cells in lines)
+    labels = ", ".join(f"{v} {n}" for v, n in sorted(challenge.labels.items()))
+    regions = "; ".join(f"{r.key} = {'+'.join(str(v) for v in r.labels)}" for r in challenge.regions)
+    body = [f"<p>{len(result['cases'])} cases scored as <b>{html.escape(challenge.title)}</b> "
+            f"(<code>--challenge {html.escape(challenge.name)}</code>): labels {html.escape(labels)}; regions "
+            f"{html.escape(regions)}. Rules from {html.escape(challenge.source)}.</p>",
+            f"<table><tr><th>metric (mean ± std over cases)</th>{head}</tr>{summary}</table>"]
+    dice_column = "lesionwise_dsc_mean" if challenge.method == "panoptica" else "Lesion_Wise_Score_Dice"
+    groups = {k: [float(v) for v in _column(result, dice_column, k) if not np.isnan(float(v))] for k in keys}
+    if any(groups.values()):
+        body += [f"<h2>Lesion-wise Dice per region ({html.escape(dice_column)})</h2>",
+                 boxplot_svg({k: v for k, v in groups.items() if v}, label="lesion-wise Dice")]
+    columns = [c for c in result["rows"][0] if c not in ("subject_id", "Case_Name") and "_std_" not in c]
+    cells = "".join(f"<th class=\"num\">{html.escape(c)}</th>" for c in columns)
+    rows = []
+    for row in result["rows"]:
+        name = row.get("subject_id", row.get("Case_Name", ""))
+        rows.append(f"<tr><td>{html.escape(str(name))}</td>" + "".join(
+            f"<td>{html.escape(row[c])}</td>" if isinstance(row[c], str) else
+            _score_cell(row[c], 2 if "hd95" in c.lower() else 4) for c in columns) + "</tr>")
+    body += ["<h2>Cases</h2>", f"<table><tr><th>case</th>{cells}</tr>{''.join(rows)}</table>"]
+    if result.get("missing"):
+        body.append(f"<p class=\"notice\">Ground truths without a prediction (scored with the challenge's penalty): "
+                    f"{html.escape(', '.join(result['missing']))}</p>")
+    if result.get("unmatched"):
+        unmatched = html.escape(", ".join(result["unmatched"]))
+        body.append(f"<p class=\"muted\">Predictions without ground truth: {unmatched}</p>")
+    return page(f"seg-edge evaluation: --challenge {challenge.name}", "".join(body))
+
+
+def _column(result: dict, stem: str, key: str) -> list[float]:
+    if result["challenge"].method == "panoptica":
+        return [row[f"{stem}_{key}"] for row in result["rows"][:len(result["cases"])]]
+    return [row[stem] for row in result["rows"] if row["Labels"] == key]
