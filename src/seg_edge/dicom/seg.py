@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -35,6 +36,7 @@ from pydicom.uid import generate_uid
 
 from seg_edge.errors import InputError
 from seg_edge.runtime.atomic import atomic_write
+from seg_edge.runtime.labelfiles import TISSUES
 from seg_edge.runtime.regions import et_label
 
 __all__ = ["SEGMENTS", "Segment", "frame_order", "frames_from_nifti", "labels_from_seg", "write_seg"]
@@ -60,15 +62,12 @@ class Segment:
         return {"NCR": 1, "ED": 2, "ET": et_label(label_scheme)}[self.tissue]
 
 
-# Colours as ITK-SNAP and 3D Slicer show BraTS labels (red core, green oedema, yellow enhancing).
-SEGMENTS = (
-    Segment(number=1, tissue="NCR", label="Necrotic tumour core (NCR)", property_type=codes.SCT.Necrosis,
-            rgb=(255, 0, 0)),
-    Segment(number=2, tissue="ED", label="Peritumoural oedema (ED)", property_type=codes.SCT.Edema,
-            rgb=(0, 255, 0)),
-    Segment(number=3, tissue="ET", label="Enhancing tumour (ET)", property_type=_ENHANCING_LESION,
-            rgb=(255, 255, 0)),
-)
+_TYPES: dict[str, Code | hd.sr.CodedConcept] = {"NCR": codes.SCT.Necrosis, "ED": codes.SCT.Edema,
+                                                "ET": _ENHANCING_LESION}
+# Names and colours (ITK-SNAP's and 3D Slicer's usual BraTS colours) from the viewer label files' table, so that
+# the SEG and the files written beside the NIfTI label map show a tissue alike.
+SEGMENTS = tuple(Segment(number=n, tissue=t.tissue, label=t.name, property_type=_TYPES[t.tissue], rgb=t.rgb)
+                 for n, t in enumerate(TISSUES, start=1))
 
 
 def _name(ds: Dataset, index: int) -> str:
@@ -77,34 +76,109 @@ def _name(ds: Dataset, index: int) -> str:
     return str(filename) if filename else f"source instance {index + 1} (SOPInstanceUID {ds.get('SOPInstanceUID')})"
 
 
-def _normal(ds: Dataset) -> np.ndarray:
-    iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-    return np.cross(iop[:3], iop[3:])
+@dataclass(frozen=True)
+class _Frame:
+    """One source frame's place: its top-left pixel's centre (LPS mm), its row and column directions (LPS unit
+    vectors, ImageOrientationPatient's two halves) and its spacing (between rows, between columns, mm)."""
+
+    position: np.ndarray
+    orientation: np.ndarray
+    spacing: tuple[float, float]
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.orientation[:3], self.orientation[3:])
+
+
+def _number_of_frames(ds: Dataset) -> int:
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 0
+
+
+def is_multiframe(source_datasets: Sequence[Dataset]) -> bool:
+    """Whether the source is one multi-frame instance (enhanced MR) rather than one instance per frame."""
+    return len(source_datasets) == 1 and _number_of_frames(source_datasets[0]) > 1
+
+
+def number_of_frames(source_datasets: Sequence[Dataset]) -> int:
+    """How many frames the source holds: its instances, or the one multi-frame instance's frames."""
+    return _number_of_frames(source_datasets[0]) if is_multiframe(source_datasets) else len(source_datasets)
+
+
+def _group_value(groups: Sequence[Dataset | None], sequence: str, keyword: str) -> Any:
+    """``keyword`` of the first item of ``sequence`` in the first of ``groups`` (per-frame, then shared) that
+    has it: enhanced images keep geometry shared when it is one for all frames, per frame otherwise."""
+    for group in groups:
+        items = group.get(sequence) if group is not None else None
+        if items and keyword in items[0]:
+            return items[0][keyword].value
+    return None
+
+
+def _enhanced_frames(ds: Dataset, index: int) -> list[_Frame]:
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    count = _number_of_frames(ds)
+    if not per_frame or len(per_frame) != count:
+        raise InputError(f"{_name(ds, index)}: {len(per_frame or [])} per-frame functional groups for "
+                         f"NumberOfFrames {count} (expected one per frame, with each frame's position)")
+    frames = []
+    for i, group in enumerate(per_frame):
+        groups = [group, shared[0] if shared else None]
+        values = {"ImagePositionPatient": _group_value(groups, "PlanePositionSequence", "ImagePositionPatient"),
+                  "ImageOrientationPatient": _group_value(groups, "PlaneOrientationSequence",
+                                                          "ImageOrientationPatient"),
+                  "PixelSpacing": _group_value(groups, "PixelMeasuresSequence", "PixelSpacing")}
+        for key, value in values.items():
+            if value is None:
+                raise InputError(f"{_name(ds, index)}: frame {i + 1} has no {key} in its functional groups "
+                                 "(expected an image with its geometry)")
+        spacing = [float(v) for v in values["PixelSpacing"]]
+        frames.append(_Frame(np.asarray(values["ImagePositionPatient"], dtype=float),
+                             np.asarray(values["ImageOrientationPatient"], dtype=float), (spacing[0], spacing[1])))
+    return frames
+
+
+def _frames(source_datasets: Sequence[Dataset]) -> list[_Frame]:
+    """Every source frame's geometry, in the order of the label map's frames."""
+    if is_multiframe(source_datasets):
+        return _enhanced_frames(source_datasets[0], 0)
+    return [_Frame(np.asarray(ds.ImagePositionPatient, dtype=float), np.asarray(ds.ImageOrientationPatient, float),
+                   (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))) for ds in source_datasets]
 
 
 def check_series(source_datasets: Sequence[Dataset]) -> None:
-    """Refuse what is not one classic single-frame series on one grid: names the instance and the value."""
+    """Refuse what is not one series on one grid: classic single-frame instances, or one multi-frame
+    (enhanced) instance. Names the instance and the value."""
     if not source_datasets:
-        raise InputError("source series: no instances (expected the reference series' single-frame images)")
+        raise InputError("source series: no instances (expected the reference series' images)")
     first = source_datasets[0]
-    for key in ("SOPInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "ImageOrientationPatient",
-                "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
+    multiframe = is_multiframe(source_datasets)
+    geometry = () if multiframe else ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")
+    for key in ("SOPInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Rows", "Columns", *geometry):
         for i, ds in enumerate(source_datasets):
             if key not in ds:
                 raise InputError(f"{_name(ds, i)}: no {key} (expected an image with its geometry)")
     for i, ds in enumerate(source_datasets):
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if frames != 1:
-            raise InputError(f"{_name(ds, i)}: NumberOfFrames {frames} (expected classic single-frame images)")
+        frames = _number_of_frames(ds)
+        if frames != 1 and not multiframe:
+            raise InputError(f"{_name(ds, i)}: NumberOfFrames {ds.get('NumberOfFrames')} in a series of "
+                             f"{len(source_datasets)} instances (expected single-frame images, or one multi-frame "
+                             "instance holding the whole series)")
         for key in ("SeriesInstanceUID", "FrameOfReferenceUID", "Rows", "Columns"):
             if ds[key].value != first[key].value:
                 raise InputError(f"{_name(ds, i)}: {key} {ds[key].value} differs from the first instance's "
                                  f"{first[key].value} (expected one series on one grid)")
-        iop = [float(v) for v in ds.ImageOrientationPatient]
-        reference = [float(v) for v in first.ImageOrientationPatient]
-        if np.abs(np.subtract(iop, reference)).max() > _ORIENTATION_TOL:
-            raise InputError(f"{_name(ds, i)}: ImageOrientationPatient {[round(v, 6) for v in iop]} differs from "
-                             f"the first instance's {[round(v, 6) for v in reference]} (expected one orientation)")
+    geometries = _frames(source_datasets)
+    reference = geometries[0].orientation
+    for i, frame in enumerate(geometries):
+        if np.abs(frame.orientation - reference).max() > _ORIENTATION_TOL:
+            where = f"{_name(first, 0)}: frame {i + 1}" if multiframe else _name(source_datasets[i], i)
+            raise InputError(f"{where}: ImageOrientationPatient {[round(float(v), 6) for v in frame.orientation]} "
+                             f"differs from the first frame's {[round(float(v), 6) for v in reference]} "
+                             "(expected one orientation)")
     uids = [ds.SOPInstanceUID for ds in source_datasets]
     if len(set(uids)) != len(uids):
         raise InputError("source series: the same SOPInstanceUID twice (expected each instance once)")
@@ -112,14 +186,17 @@ def check_series(source_datasets: Sequence[Dataset]) -> None:
 
 def frame_order(source_datasets: Sequence[Dataset]) -> list[Dataset]:
     """The instances sorted along the slice normal (ImageOrientationPatient's row x column), feet first for an
-    axial series: the order in which a (frames, rows, cols) label map is most often built."""
+    axial series: the order in which a (frames, rows, cols) label map is most often built. One multi-frame
+    instance is returned as it is (its frames keep their order in the instance)."""
     check_series(source_datasets)
-    normal = _normal(source_datasets[0])
+    if is_multiframe(source_datasets):
+        return list(source_datasets)
+    normal = _frames(source_datasets[0:1])[0].normal
     return sorted(source_datasets, key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)))
 
 
 def _check_labels(labels: np.ndarray, source_datasets: Sequence[Dataset], label_scheme: str) -> None:
-    expected = (len(source_datasets), int(source_datasets[0].Rows), int(source_datasets[0].Columns))
+    expected = (number_of_frames(source_datasets), int(source_datasets[0].Rows), int(source_datasets[0].Columns))
     if labels.ndim != 3 or tuple(labels.shape) != expected:
         raise InputError(f"label map: shape {tuple(labels.shape)} (expected (frames, rows, cols) = {expected}, "
                          "the source series' frames in the order given)")
@@ -159,7 +236,8 @@ def _descriptions(algorithm_id: hd.AlgorithmIdentificationSequence) -> list[hd.s
 
 def write_seg(labels: np.ndarray, source_datasets: Sequence[Dataset], *, model_name: str, model_version: str,
               model_sha256: str, label_scheme: str, out: Path) -> Dataset:
-    """Write ``labels`` (frames, rows, cols; frame ``i`` is ``source_datasets[i]``) as a BINARY DICOM SEG to
+    """Write ``labels`` (frames, rows, cols; frame ``i`` is ``source_datasets[i]``, or frame ``i + 1`` of one
+    multi-frame source instance) as a BINARY DICOM SEG to
     ``out`` atomically and return it. Patient and study attributes come from the source series; the SEG is a
     new series of that study, described "seg-edge <model name>" (cut to DICOM's 64 characters)."""
     labels = np.asarray(labels)
@@ -198,15 +276,22 @@ def _derived_series_number(source: Dataset, offset: int) -> int:
 
 def labels_from_seg(seg: Dataset, source_datasets: Sequence[Dataset], *, label_scheme: str) -> np.ndarray:
     """A SEG written by ``write_seg`` read back with highdicom as the label map (frames, rows, cols) on
-    ``source_datasets`` in the order given."""
+    ``source_datasets`` in the order given (or one multi-frame instance's frames, in its order)."""
     segmentation = seg if isinstance(seg, hd.seg.Segmentation) else hd.seg.Segmentation.from_dataset(seg)
     numbers = [int(item.SegmentNumber) for item in segmentation.SegmentSequence]
     if numbers != [s.number for s in SEGMENTS]:
         raise InputError(f"SEG {segmentation.SOPInstanceUID}: segments {numbers} (expected "
                          f"{[s.number for s in SEGMENTS]}, as seg-edge writes them)")
-    planes = segmentation.get_pixels_by_source_instance(
-        source_sop_instance_uids=[ds.SOPInstanceUID for ds in source_datasets],
-        segment_numbers=[s.number for s in SEGMENTS], dtype=np.uint8)
+    numbers = [s.number for s in SEGMENTS]
+    if is_multiframe(source_datasets):
+        planes = segmentation.get_pixels_by_source_frame(
+            source_sop_instance_uid=source_datasets[0].SOPInstanceUID,
+            source_frame_numbers=list(range(1, number_of_frames(source_datasets) + 1)),
+            segment_numbers=numbers, dtype=np.uint8)
+    else:
+        planes = segmentation.get_pixels_by_source_instance(
+            source_sop_instance_uids=[ds.SOPInstanceUID for ds in source_datasets],
+            segment_numbers=numbers, dtype=np.uint8)
     labels = np.zeros(planes.shape[:3], dtype=np.uint8)
     for k, s in enumerate(SEGMENTS):
         if (labels[planes[..., k] > 0] != 0).any():
@@ -216,31 +301,31 @@ def labels_from_seg(seg: Dataset, source_datasets: Sequence[Dataset], *, label_s
     return labels
 
 
-
 def frames_from_nifti(labels_xyz: np.ndarray, affine: np.ndarray, source_datasets: Sequence[Dataset]) -> np.ndarray:
     """A label map on the series' NIfTI grid (x, y, z with a RAS ``affine`` as nibabel reads a conversion of
-    the series: SimpleITK's in the tests) taken onto ``source_datasets``' frames, in the order given: (frames,
-    rows, cols). Each pixel's centre (LPS, from ImagePositionPatient, ImageOrientationPatient and PixelSpacing) must
-    fall on a voxel centre of that grid, every voxel once: a grid that is not this series' is refused, never
-    resampled."""
+    the series: SimpleITK's in the tests) taken onto the source's frames, in the order given (the instances, or
+    one multi-frame instance's frames): (frames, rows, cols). Each pixel's centre (LPS, from its position,
+    orientation and pixel spacing) must fall on a voxel centre of that grid, every voxel once: a grid that is
+    not this series' is refused, never resampled."""
     check_series(source_datasets)
     labels_xyz, affine = np.asarray(labels_xyz), np.asarray(affine, dtype=float)
     first = source_datasets[0]
     rows, cols = int(first.Rows), int(first.Columns)
-    if labels_xyz.ndim != 3 or labels_xyz.size != len(source_datasets) * rows * cols or affine.shape != (4, 4):
+    frames = _frames(source_datasets)
+    if labels_xyz.ndim != 3 or labels_xyz.size != len(frames) * rows * cols or affine.shape != (4, 4):
         raise InputError(f"label map: shape {tuple(labels_xyz.shape)}, affine {affine.shape} (expected "
-                         f"{len(source_datasets) * rows * cols} voxels, the series' {len(source_datasets)} frames of "
+                         f"{len(frames) * rows * cols} voxels, the series' {len(frames)} frames of "
                          f"{rows}x{cols}, and a 4x4 affine)")
     lps_to_ras = np.diag([-1.0, -1.0, 1.0])
     to_voxel = np.linalg.inv(affine)
-    iop = np.asarray(first.ImageOrientationPatient, dtype=float)
-    row_mm, col_mm = (float(v) for v in first.PixelSpacing)  # between rows, between columns
-    step_c = to_voxel[:3, :3] @ lps_to_ras @ (iop[:3] * col_mm)  # one column to the right
-    step_r = to_voxel[:3, :3] @ lps_to_ras @ (iop[3:] * row_mm)  # one row down
-    origins = np.array([to_voxel[:3, :3] @ lps_to_ras @ np.asarray(ds.ImagePositionPatient, dtype=float)
-                        + to_voxel[:3, 3] for ds in source_datasets])
+    linear = to_voxel[:3, :3] @ lps_to_ras
+    # per frame: its first pixel's voxel index, one column to the right, one row down
+    origins = np.array([linear @ f.position + to_voxel[:3, 3] for f in frames])
+    step_c = np.array([linear @ (f.orientation[:3] * f.spacing[1]) for f in frames])
+    step_r = np.array([linear @ (f.orientation[3:] * f.spacing[0]) for f in frames])
     r, c = np.mgrid[:rows, :cols]
-    index = origins[:, None, None, :] + r[None, ..., None] * step_r + c[None, ..., None] * step_c
+    index = (origins[:, None, None, :] + r[None, ..., None] * step_r[:, None, None, :]
+             + c[None, ..., None] * step_c[:, None, None, :])
     nearest = np.rint(index)
     off = float(np.abs(index - nearest).max())
     ijk = nearest.astype(np.int64)

@@ -10,8 +10,10 @@ removing the ET probability where it relabelled ET as NCR.
 Outputs beside ``<case>.nii.gz`` (labels on the reference series' grid, written last): ``_atlas.nii.gz``
 (labels on the atlas grid), ``_brain.nii.gz`` (the brain mask on the reference grid), one
 ``_<series>_from_atlas.tfm`` per series (ITK transforms, LPS, mapping an atlas point to that series'
-point: what 3D Slicer and ITK-SNAP load), the report, and on request the probabilities (reference grid),
-labels on every series' own grid, and the QC picture.
+point: what 3D Slicer and ITK-SNAP load), the labels' names and colours for ITK-SNAP (``_labels.txt``) and
+3D Slicer (``_labels.ctbl``), the report, on request the probabilities (reference grid), labels on every
+series' own grid and the QC picture, and whatever a caller adds (``ExtraOutputs``: the DICOM study's SEG and
+SR), all staged and renamed as one set.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from seg_edge.preprocess.pipeline import Preprocessed, RawOptions, preprocess_st
 from seg_edge.preprocess.transforms import compose, invert, write_transform
 from seg_edge.runtime.io import Case, find_modalities, write_volume
 from seg_edge.runtime.jobs import Job
+from seg_edge.runtime.labelfiles import itksnap_labels, slicer_color_table
 from seg_edge.runtime.outputs import StagedOutputs, report_dict
 from seg_edge.runtime.postprocess import label_values, to_labels
 from seg_edge.runtime.segmenter import Segmentation, Segmenter, region_volumes
@@ -45,6 +49,28 @@ class RawOutputs:
     preview: bool = False
     native_series: bool = False  # labels on every series' own grid too
     overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class NativeLabels:
+    """A study's result as an extra writer gets it: the labels on the reference series' grid (x, y, z, as
+    written to the label map), that grid's RAS affine (as nibabel reads the label map back), the region
+    volumes in mL and the label scheme."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    volumes_ml: dict[str, float]
+    label_scheme: str
+
+
+@dataclass(frozen=True)
+class ExtraOutputs:
+    """Files a caller adds to the study's staged set (the DICOM study: its SEG and SR). ``targets`` are
+    checked and renamed with the others (before the report and the label map); ``write(result, staged)``
+    writes each role's file to ``staged[role]`` and returns entries for the report (merged at its top level)."""
+
+    targets: dict[str, Path]
+    write: Callable[[NativeLabels, dict[str, Path]], dict[str, Any]]
 
 
 @dataclass
@@ -62,9 +88,11 @@ def _beside(job: Job, suffix: str) -> Path:
     return job.out.with_name(job.out.name.removesuffix(".gz").removesuffix(".nii") + suffix)
 
 
-def raw_targets(job: Job, modalities: tuple[str, ...], outputs: RawOutputs) -> dict[str, Path]:
+def raw_targets(job: Job, modalities: tuple[str, ...], outputs: RawOutputs,
+                extra: ExtraOutputs | None = None) -> dict[str, Path]:
     """Every file a study writes, by role, the label map last (its presence marks a finished study)."""
-    targets = {"atlas": _beside(job, "_atlas.nii.gz"), "brain": _beside(job, "_brain.nii.gz")}
+    targets = {"atlas": _beside(job, "_atlas.nii.gz"), "brain": _beside(job, "_brain.nii.gz"),
+               "itksnap": _beside(job, "_labels.txt"), "slicer": _beside(job, "_labels.ctbl")}
     targets |= {f"tfm:{m}": _beside(job, f"_{m}_from_atlas.tfm") for m in modalities}
     if outputs.native_series:
         targets |= {f"series:{m}": _beside(job, f"_labels_on_{m}.nii.gz") for m in modalities}
@@ -72,6 +100,10 @@ def raw_targets(job: Job, modalities: tuple[str, ...], outputs: RawOutputs) -> d
         targets["probabilities"] = job.probabilities
     if outputs.preview:
         targets["preview"] = job.preview
+    for role, path in (extra.targets.items() if extra is not None else ()):
+        if role in targets or path in targets.values() or path in (job.report, job.out):
+            raise ValueError(f"extra output {role}: {path} is already one of the study's outputs")
+        targets[role] = path
     targets["report"] = job.report
     targets["labels"] = job.out
     return targets
@@ -130,8 +162,10 @@ def labels_on(probs: np.ndarray, segmenter: Segmenter) -> np.ndarray:
     return to_labels(probs, segmenter.card.outputs, segmenter.et)
 
 
-def segment_raw(job: Job, segmenter: Segmenter, options: RawOptions, outputs: RawOutputs) -> RawResult:
-    """One raw study: preprocess, segment on the atlas grid, labels back on the reference grid, write."""
+def segment_raw(job: Job, segmenter: Segmenter, options: RawOptions, outputs: RawOutputs, *,
+                extra: ExtraOutputs | None = None) -> RawResult:
+    """One raw study: preprocess, segment on the atlas grid, labels back on the reference grid, write (with
+    ``extra``'s files, in the same staged set)."""
     card = segmenter.card
     if card.inputs.space != "atlas":
         raise InputError(f"model {card.name!r} takes inputs in {card.inputs.space} space (card inputs.space): "
@@ -139,7 +173,7 @@ def segment_raw(job: Job, segmenter: Segmenter, options: RawOptions, outputs: Ra
     start = time.perf_counter()
     order = tuple(dict.fromkeys((*card.modalities, options.reference)))
     files = study_files(job, order)
-    targets = raw_targets(job, order, outputs)
+    targets = raw_targets(job, order, outputs, extra)
     pre = preprocess_study(files, card.modalities, options=options)
     pre.case.case_id = job.case_id
     seg = segmenter.predict(pre.case)
@@ -168,6 +202,14 @@ def segment_raw(job: Job, segmenter: Segmenter, options: RawOptions, outputs: Ra
                          f"seg-edge {card.outputs.kind} probabilities: {','.join(card.outputs.channels)}")
         if outputs.preview:
             staged.temp(targets["preview"]).write_bytes(_qc_png(pre, files, labels, volumes, segmenter, options))
+        staged.temp(targets["itksnap"]).write_text(itksnap_labels(seg.label_scheme, model=card.name))
+        staged.temp(targets["slicer"]).write_text(slicer_color_table(seg.label_scheme, model=card.name))
+        if extra is not None:
+            t1 = time.perf_counter()
+            result = NativeLabels(labels=labels.astype(np.uint8), affine=np.asarray(reference.affine),
+                                  volumes_ml=volumes, label_scheme=seg.label_scheme)
+            report.update(extra.write(result, {role: staged.temp(targets[role]) for role in extra.targets}))
+            report["timings_s"]["extra_outputs"] = round(time.perf_counter() - t1, 4)
         report["timings_s"]["total"] = round(time.perf_counter() - start, 4)
         staged.temp(targets["report"]).write_text(json.dumps(report, indent=2))
         write_volume(labels.astype(np.uint8), reference, staged.temp(targets["labels"]))
@@ -227,6 +269,7 @@ def _report(seg: Segmentation, job: Job, segmenter: Segmenter, pre: Preprocessed
                        f"{targets['atlas']} on the atlas grid")
     report["volumes_ml"] = {k: round(v, 3) for k, v in volumes.items()}
     report["volumes_ml_atlas_grid"] = {k: round(v, 3) for k, v in seg.volumes_ml.items()}
+    report["viewer_files"] = {"itksnap": str(targets["itksnap"]), "slicer": str(targets["slicer"])}
     report["preprocessing"] = {
         **pre.qc,
         "reference": options.reference,
