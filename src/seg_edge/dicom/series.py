@@ -23,6 +23,9 @@ from pydicom.errors import InvalidDicomError
 from seg_edge.errors import InputError
 
 log = logging.getLogger(__name__)
+# An MR examination holds tens of series, a few hundred with every reformat; many more is an export of many
+# examinations, and the selection's one-line refusal lists every series it considered.
+MAX_SERIES = 1000
 
 
 @dataclass(frozen=True)
@@ -98,29 +101,43 @@ def scan_study(folder: Path) -> ScanResult:
     if folder.is_file() and not zipfile.is_zipfile(folder):
         raise InputError(f"{folder}: a file that is not a zip archive; expected a DICOM study's folder or .zip")
     groups: dict[str, dict[str, list[tuple[Any, SourceFile]]]] = {}
-    patients: set[str] = set()
-    skipped = 0
+    patient: str | None = None
+    skipped = directories = read = 0
     for source, stream in _walk(folder):
         header = _read_header(source, stream)
+        read += 1
         if header is None or not header.get("SeriesInstanceUID") or not header.get("StudyInstanceUID"):
             skipped += 1
+            directories += header is not None and header.get("DirectoryRecordSequence") is not None
             continue
-        patients.add(str(header.get("PatientID", "")))
+        this_patient = str(header.get("PatientID", ""))
+        if patient is not None and this_patient != patient:
+            # stop at the first instance of a second patient: the folder is refused whatever the rest holds, and
+            # a PACS export of thousands of unrelated instances is refused at once instead of after reading all
+            raise InputError(f"{folder}: holds instances of at least 2 patients (their PatientIDs differ; found "
+                             f"after reading {read} files); expected one patient's study")
+        patient = this_patient
         study = groups.setdefault(str(header.StudyInstanceUID), {})
         study.setdefault(str(header.SeriesInstanceUID), []).append((header, source))
     if skipped:
         # the count only: a folder's name may be a patient's (PACS exports name them so)
         log.info("%d files skipped (not DICOM, or DICOM without a series)", skipped)
-    if len(patients) > 1:
-        raise InputError(f"{folder}: holds instances of {len(patients)} patients (their PatientIDs differ); "
-                         "expected one patient's study")
     if len(groups) > 1:
-        counts = ", ".join(f"{len(s)} series" for s in groups.values())
-        raise InputError(f"{folder}: holds {len(groups)} studies ({counts}); expected one study "
+        counts = ", ".join(f"{len(s)} series" for s in list(groups.values())[:10])
+        more = ", ..." if len(groups) > 10 else ""
+        raise InputError(f"{folder}: holds {len(groups)} studies ({counts}{more}); expected one study "
                          "(one StudyInstanceUID)")
+    if not groups and directories:
+        raise InputError(f"{folder}: a DICOMDIR without the images it indexes ({skipped} files skipped, "
+                         f"{directories} of them DICOMDIR); expected the study's DICOM files (copy the whole "
+                         "folder or disc, not only its DICOMDIR)")
     if not groups:
         raise InputError(f"{folder}: no DICOM series found ({skipped} files skipped); expected a DICOM study")
-    series = [_describe(instances) for instances in next(iter(groups.values())).values()]
+    found = next(iter(groups.values()))
+    if len(found) > MAX_SERIES:
+        raise InputError(f"{folder}: one study of {len(found)} series ({read} files read); expected one MR "
+                         f"examination of at most {MAX_SERIES} series (an export of many examinations?)")
+    series = [_describe(instances) for instances in found.values()]
     series.sort(key=lambda s: (s.number is None, s.number or 0, s.series_uid))
     return ScanResult(tuple(series), skipped, folder)
 

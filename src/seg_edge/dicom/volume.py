@@ -100,8 +100,9 @@ def read_series(info: SeriesInfo) -> SeriesVolume:
     bad = ~np.isfinite(voxels)
     if bad.any():
         z = int(np.argwhere(bad)[0][2])
-        raise InputError(f"{info.label}: {frames[z].where}: {int(bad.sum())} non-finite values after rescaling "
-                         "(expected finite intensities)")
+        count = int(bad.sum())
+        raise InputError(f"{info.label}: {frames[z].where}: {count} non-finite value{'s' if count > 1 else ''} "
+                         "after rescaling (expected finite intensities)")
     image = nib.Nifti1Image(voxels, _affine(frames[0], spacing))
     image.header.set_xyzt_units("mm")
     image.set_qform(image.affine, code=1)  # scanner coordinates
@@ -238,9 +239,12 @@ def _sorted_along_normal(info: SeriesInfo, frames: list[_Frame]) -> tuple[list[_
                              f"({distance[k]:.3f} and {distance[k + 1]:.3f} mm along the normal; expected one slice "
                              "per position: a repeated acquisition, echoes or time points in one series?)")
         if abs(gap - typical) > tolerance:
+            missing = round(gap / typical) - 1
+            hint = f"{missing} missing slice{'s' if missing > 1 else ''}?" \
+                if missing >= 1 and abs(gap - (missing + 1) * typical) <= tolerance else "unevenly spaced slices"
             raise InputError(f"{info.label}: {a.where} to {b.where}: slice spacing {gap:.3f} mm (at "
                              f"{distance[k]:.3f} and {distance[k + 1]:.3f} mm along the normal; expected "
-                             f"{typical:.3f} mm, the series' median, within {tolerance:.3f} mm: a missing slice?)")
+                             f"{typical:.3f} mm, the series' median, within {tolerance:.3f} mm: {hint})")
     spacing = float(distance[-1] - distance[0]) / (len(frames) - 1)
     drift = distance - (distance[0] + spacing * np.arange(len(frames)))
     if np.abs(drift).max() > tolerance:
