@@ -8,7 +8,7 @@ EXAMPLE := examples/SynBraTS_3007_000
 MODEL := src/seg_edge/assets/seg-edge-edge.onnx
 SE := $(VENV)/bin/seg-edge
 
-.PHONY: demo test test-all lint reduced-precision install-runtime install-dev install-pytriton eval-synthetic bench bench-vs-monai bench-gpu figures clean
+.PHONY: demo test test-all lint reduced-precision install-runtime install-dev install-pytriton install-brats-eval eval-synthetic bench bench-vs-monai bench-gpu figures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,17 @@ $(PYTRITON_VENV)/.installed:
 	$(PYTRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton>=0.7" onnxruntime
 	touch $@
 
+# The official BraTS evaluation (brats-evaluation on PyPI, built on panoptica) as a test oracle for
+# seg-edge evaluate --challenge (tools/brats_eval_oracle.py, tests/evaluation_oracle/). A venv of its own: the
+# package is AGPL and pins numpy<2.3 and rich<14 through panoptica; seg-edge never imports it. Pinned so the
+# figures compared are always the same code's.
+BRATS_EVAL_VENV ?= .venv-brats-eval
+install-brats-eval: $(BRATS_EVAL_VENV)/.installed
+$(BRATS_EVAL_VENV)/.installed:
+	$(PYTHON) -m venv $(BRATS_EVAL_VENV)
+	$(BRATS_EVAL_VENV)/bin/python -m pip install -q "brats-evaluation==0.0.10" "panoptica==2.1.7"
+	touch $@
+
 demo: install-runtime
 	$(VENV)/bin/seg-edge predict $(EXAMPLE) --out out/demo/ --overwrite
 	$(VENV)/bin/seg-edge evaluate out/demo/ examples/
@@ -45,11 +56,11 @@ lint:
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: install-dev install-pytriton
+test: install-dev install-pytriton install-brats-eval
 	$(MAKE) lint
 	$(PY) -m pytest -q
 
-test-all: install-dev install-pytriton
+test-all: install-dev install-pytriton install-brats-eval
 	$(MAKE) lint
 	$(PY) -m pytest -q -m ''
 

@@ -49,6 +49,11 @@ def synth(
                                          "[default: siemens, ge, philips in turn by study index]."),
     enhanced: bool = typer.Option(False, "--enhanced", help="With --dicom: Enhanced MR Image Storage, one "
                                   "multi-frame file per series."),
+    tumours: int = typer.Option(1, "--tumours", min=1, help="Tumours per case: the main one and TUMOURS-1 smaller "
+                                "foci (each a necrotic core, an enhancing rim and oedema, clear of the others)."),
+    satellites: int = typer.Option(0, "--satellites", min=0, help="Small enhancing lesions per case near its "
+                                   "tumours, alternately near (2-3 voxels away: inside the BraTS 2023 3-voxel "
+                                   "dilation) and far (6-10 voxels). Not with --raw."),
 ) -> None:
     """Generate synthetic BraTS-like cases or raw studies (procedural or MNI152 brain + glioma; not patient data)."""
     from seg_edge.runtime.regions import et_label
@@ -56,6 +61,9 @@ def synth(
     if not dicom and (vendor is not None or enhanced):
         raise InputError(f"{'--vendor' if vendor is not None else '--enhanced'} without --dicom (expected "
                          f"--raw --dicom)")
+    if raw and (tumours != 1 or satellites != 0):
+        raise InputError(f"{'--tumours' if tumours != 1 else '--satellites'} with --raw (expected BraTS-like "
+                         f"cases: multifocal phantoms are written without --raw)")
     if raw:
         _refuse_with_raw(shape, anatomy)
         if dicom:
@@ -80,7 +88,8 @@ def synth(
 
         tissue_maps()  # fail before writing anything if nilearn is missing
     done = write_cases(out_dir, n, seed, grid, et_label(label_scheme.value), workers, anatomy.value,
-                       progress=lambda p: err.print(f"  {p.name}", highlight=False))
+                       progress=lambda p: err.print(f"  {p.name}", highlight=False), tumours=tumours,
+                       satellites=satellites)
     out.print(f"wrote {len(done)} synthetic cases to {out_dir}")
 
 

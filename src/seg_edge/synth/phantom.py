@@ -10,7 +10,7 @@ randomised per case (SynthSeg-style): tissue means, bias field, noise, blur, sma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -37,11 +37,13 @@ TISSUE_MEANS = np.array([
 
 @dataclass(frozen=True)
 class Phantom:
-    """One synthetic case: images (4, X, Y, Z) int16 in FLAIR, T1, T1ce, T2 order; labels uint8."""
+    """One synthetic case: images (4, X, Y, Z) int16 in FLAIR, T1, T1ce, T2 order; labels uint8; the lesions
+    added to the main tumour (``tumours`` > 1 or ``satellites`` > 0; centres on the full grid)."""
 
     images: np.ndarray
     labels: np.ndarray
     has_et: bool
+    lesions: tuple = field(default=())
 
 
 def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, cell: float) -> np.ndarray:
@@ -167,10 +169,13 @@ def _mni_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], scale: f
 
 
 def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = REFERENCE_SHAPE,
-                 et_label: int = 4, anatomy: str = "procedural") -> Phantom:
+                 et_label: int = 4, anatomy: str = "procedural", *, tumours: int = 1,
+                 satellites: int = 0) -> Phantom:
     """Generate one case on a grid of ``shape`` voxels (1 mm), deterministic for a given ``rng``.
 
-    ``anatomy`` is 'procedural' (no dependencies) or 'mni152' (nilearn's templates).
+    ``anatomy`` is 'procedural' (no dependencies) or 'mni152' (nilearn's templates). ``tumours`` > 1 adds
+    further tumours and ``satellites`` small lesions near them (``seg_edge.synth.multifocal``); with the
+    defaults the case is the one earlier versions wrote.
     """
     scale = min(s / r for s, r in zip(shape, REFERENCE_SHAPE))
     fractions = None
@@ -184,6 +189,17 @@ def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = REFEREN
     else:
         raise InputError(f"anatomy '{anatomy}' (expected procedural or mni152)")
     tumour, has_et = _tumour(u, tissue, rng)
+    lesions: list = []
+    if tumours != 1 or satellites != 0:
+        from seg_edge.synth.multifocal import add_lesions
+
+        if tumours < 1:
+            raise InputError(f"tumours {tumours} (expected >= 1)")
+        # one draw seeds the lesions' own stream (their placement retries vary in number); without the options
+        # nothing is drawn here, so default cases stay as they were
+        tumour, lesions = add_lesions(tumour, tissue, np.random.default_rng(rng.integers(2 ** 63)),
+                                      foci=tumours - 1, satellites=satellites)
+        has_et = bool((tumour == ET).any())
     tissue = np.where(tumour > 0, tumour, tissue)
     brain = tissue > 0
     box_images = _render(tissue, rng, box, fractions)
@@ -199,4 +215,7 @@ def make_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = REFEREN
     images[(slice(None),) + where] = np.rint(box_images).astype(np.int16)
     labels = np.zeros(shape, dtype=np.uint8)
     labels[where] = box_labels
-    return Phantom(images=images, labels=labels, has_et=has_et)
+    shift = np.array(offset)
+    placed = tuple(replace(lesion, centre=tuple(int(c) for c in np.array(lesion.centre) + shift))
+                   for lesion in lesions)
+    return Phantom(images=images, labels=labels, has_et=has_et, lesions=placed)

@@ -38,10 +38,12 @@ def case_id(seed: int, index: int) -> str:
 
 
 def write_case(out_dir: Path, seed: int, index: int, shape: tuple[int, int, int] = REFERENCE_SHAPE,
-               et_label: int = 4, anatomy: str = "procedural") -> Path:
-    """Generate case ``index`` of ``seed`` and write ``<id>/<id>_{flair,t1,t1ce,t2,seg}.nii.gz``."""
+               et_label: int = 4, anatomy: str = "procedural", *, tumours: int = 1, satellites: int = 0) -> Path:
+    """Generate case ``index`` of ``seed`` and write ``<id>/<id>_{flair,t1,t1ce,t2,seg}.nii.gz``
+    (``tumours``, ``satellites``: see ``make_phantom``)."""
     cid = case_id(seed, index)
-    phantom = make_phantom(np.random.default_rng([seed, index]), shape, et_label, anatomy)
+    phantom = make_phantom(np.random.default_rng([seed, index]), shape, et_label, anatomy, tumours=tumours,
+                           satellites=satellites)
     folder = Path(out_dir) / cid
     folder.mkdir(parents=True, exist_ok=True)
     affine = brats_affine(shape)
@@ -51,15 +53,18 @@ def write_case(out_dir: Path, seed: int, index: int, shape: tuple[int, int, int]
     return folder
 
 
-def _write_one(args: tuple[Path, int, int, tuple[int, int, int], int, str]) -> Path:
-    return write_case(*args)
+def _write_one(args: tuple[Path, int, int, tuple[int, int, int], int, str, int, int]) -> Path:
+    *positional, tumours, satellites = args
+    return write_case(*positional, tumours=tumours, satellites=satellites)
 
 
 def write_cases(out_dir: Path, n: int, seed: int, shape: tuple[int, int, int] = REFERENCE_SHAPE,
                 et_label: int = 4, workers: int = 1, anatomy: str = "procedural",
-                progress: Callable[[Path], None] | None = None) -> list[Path]:
-    """Write ``n`` cases; ``workers`` > 1 generates them in parallel processes."""
-    jobs = [(Path(out_dir), seed, i, shape, et_label, anatomy) for i in range(n)]
+                progress: Callable[[Path], None] | None = None, *, tumours: int = 1,
+                satellites: int = 0) -> list[Path]:
+    """Write ``n`` cases; ``workers`` > 1 generates them in parallel processes; ``tumours`` and ``satellites``
+    per case as ``make_phantom`` takes them."""
+    jobs = [(Path(out_dir), seed, i, shape, et_label, anatomy, tumours, satellites) for i in range(n)]
     done: list[Path] = []
     if workers <= 1:
         results = map(_write_one, jobs)
