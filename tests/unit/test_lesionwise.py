@@ -195,3 +195,24 @@ def test_anisotropic_volumes_and_thresholds():
     truth = box(empty(), (5, 5, 5), 3)
     assert b2023(truth, empty())["Num_FN"] == 0
     assert b2023(truth, empty(), (1.0, 1.0, 2.0))["Num_FN"] == 1
+
+
+# the package imports scipy.ndimage.filters/morphology (deprecated names): its warnings, not ours
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 1.2, 2.5), (0.7, 1.0, 1.3)])
+def test_2023_hd95_equals_deepminds_surface_distance(spacing):
+    """The 2023 code's HD95 is DeepMind's ``compute_robust_hausdorff(compute_surface_distances(…), 95)``: checked
+    against that package's own functions on random blobs."""
+    sdm = pytest.importorskip("surface_distance.metrics", reason="the brats2023 extra is not installed")
+    from scipy import ndimage
+
+    from seg_edge.evaluation.brats2023 import robust_hd95
+
+    rng = np.random.default_rng(sum(int(10 * s) for s in spacing))
+    for _ in range(4):
+        f, g = (ndimage.gaussian_filter(rng.standard_normal((40, 36, 30)), 3) for _ in range(2))
+        a, b = f > 0.8 * f.std(), (f + 0.4 * g) > 0.9 * f.std()
+        assert a.any() and b.any() and not np.array_equal(a, b)
+        with np.errstate(all="ignore"):
+            expected = sdm.compute_robust_hausdorff(sdm.compute_surface_distances(a, b, spacing), 95)
+        assert robust_hd95(a, b, spacing) == pytest.approx(expected, abs=1e-9)

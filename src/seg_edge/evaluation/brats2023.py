@@ -26,7 +26,7 @@ from scipy import ndimage
 from seg_edge.errors import MissingExtra
 from seg_edge.evaluation.challenges import BRATS2023_HD95_PENALTY
 from seg_edge.evaluation.lesionwise import components
-from seg_edge.evaluation.surface import union_box
+from seg_edge.evaluation.surface import nearest_distances, union_box
 
 _CONNECT_18 = ndimage.generate_binary_structure(3, 2)
 _CORNER_KERNEL = np.array([[[128, 64], [32, 16]], [[8, 4], [2, 1]]])
@@ -60,9 +60,13 @@ def robust_hd95(truth: np.ndarray, pred: np.ndarray, spacing: tuple[float, ...])
     if not borders[0].any() or not borders[1].any():
         return float("inf")
     areas = surfel_areas(spacing)
+    sampling = np.asarray(spacing, dtype=np.float64)
+    points = [np.argwhere(b) for b in borders]
     worst = 0.0
     for own, other in ((0, 1), (1, 0)):
-        dist = ndimage.distance_transform_edt(~borders[other], sampling=spacing)[borders[own]]
+        # the distance transform of the other border, read at this border's corners: the nearest corner found
+        # with a k-d tree, the distance computed from the integer offset as the transform computes it
+        dist = nearest_distances(points[own], points[other], sampling)
         area = areas[codes[own][borders[own]]]
         order = np.lexsort((area, dist))  # as sorted(zip(distance, area))
         dist, area = dist[order], area[order]
@@ -125,10 +129,12 @@ def _legacy_figures(truth: np.ndarray, pred: np.ndarray, spacing: tuple[float, .
 
 
 def brats2023_region(name: str, truth: np.ndarray, pred: np.ndarray, spacing: tuple[float, ...], *,
-                     dilation: int, threshold_mm3: float) -> Region2023:
-    """The 2023 lesion-wise figures of one region (boolean masks of one shape)."""
+                     dilation: int, threshold_mm3: float, total_voxels: int | None = None) -> Region2023:
+    """The 2023 lesion-wise figures of one region (boolean masks of one shape). ``total_voxels``: the whole
+    image's, for the specificity, when the masks are a crop of it (a crop must keep ``dilation`` voxels
+    around every true voxel, or reach the image's edge)."""
     result = Region2023(region=name, threshold_mm3=threshold_mm3)
-    figures = _legacy_figures(truth, pred, spacing, truth.size)
+    figures = _legacy_figures(truth, pred, spacing, truth.size if total_voxels is None else total_voxels)
     box = union_box(truth, pred)
     if box is not None:  # grow the box by the dilation so that cropping changes nothing
         box = tuple(slice(max(s.start - dilation, 0), min(s.stop + dilation, n)) for s, n in zip(box, truth.shape))
@@ -137,11 +143,15 @@ def brats2023_region(name: str, truth: np.ndarray, pred: np.ndarray, spacing: tu
     pred_cc, n_pred = components(pred) if box is not None else (pred, 0)
     voxel_mm3 = float(np.prod(spacing))
     touched: set[int] = set()
-    for k in range(1, n_lesions + 1):
-        lesion = lesions == k
-        reach = ndimage.binary_dilation(lesion, structure=_CONNECT_18, iterations=dilation) if dilation else lesion
-        hit = sorted(int(v) for v in np.unique(pred_cc[reach]) if v)
+    for k, found in enumerate(ndimage.find_objects(lesions) if n_lesions else [], start=1):
+        # the lesion's reach (its own dilation) lies within its box grown by the dilation
+        near = tuple(slice(max(s.start - dilation, 0), min(s.stop + dilation, n)) for s, n in zip(found, lesions.shape))
+        lesion_near = lesions[near] == k
+        reach = (ndimage.binary_dilation(lesion_near, structure=_CONNECT_18, iterations=dilation) if dilation
+                 else lesion_near)
+        hit = sorted(int(v) for v in np.unique(pred_cc[near][reach]) if v)
         touched.update(hit)
+        lesion = lesions == k
         matched = np.isin(pred_cc, hit)
         inter = int(np.count_nonzero(matched & lesion))
         dice = 2.0 * inter / (int(np.count_nonzero(matched)) + int(np.count_nonzero(lesion)))
