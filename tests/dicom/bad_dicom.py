@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MediaStorageDirectoryStorage, MRImageStorage,
-                         SecondaryCaptureImageStorage, generate_uid)
+from pydicom.uid import (CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian,
+                         MediaStorageDirectoryStorage, MRImageStorage, RLELossless, SecondaryCaptureImageStorage,
+                         generate_uid)
 
 N_SLICES, SIZE, PIXEL_MM, SLICE_MM = 12, 32, 1.5, 4.0
 PATIENT_ID = "BAD-DICOM-0001"
@@ -121,6 +122,29 @@ def truncated_pixels(folder: Path) -> str:
     path = good_study(folder)["flair"][5]
     _cut(path, path.stat().st_size - SIZE * SIZE)
     return "pixel data cut short"
+
+
+def truncated_compressed(folder: Path) -> str:
+    """An RLE-compressed FLAIR, one file cut inside its encapsulated pixel data (pydicom then reads an empty
+    data set without a word)."""
+    def compress(datasets: list[Dataset]) -> list[Dataset]:
+        for ds in datasets:
+            ds.compress(RLELossless, generate_instance_uid=False)
+        return datasets
+    path = good_study(folder, flair=compress)["flair"][5]
+    _cut(path, path.stat().st_size - 100)
+    return "unreadable DICOM file (its data set breaks off"
+
+
+def truncated_deflated(folder: Path) -> str:
+    """A FLAIR in Deflated Explicit VR Little Endian, one file cut inside its deflated data set."""
+    def deflate(datasets: list[Dataset]) -> list[Dataset]:
+        for ds in datasets:
+            ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        return datasets
+    path = good_study(folder, flair=deflate)["flair"][5]
+    _cut(path, path.stat().st_size // 2)
+    return "unreadable DICOM header (deflated data cut short or damaged)"
 
 
 def no_pixel_data(folder: Path) -> str:
@@ -321,7 +345,7 @@ def many_series(folder: Path, count: int = 2000) -> str:
 
 
 CASES: dict[str, Callable[..., str]] = {case.__name__: case for case in (
-    truncated_header, truncated_pixels, no_pixel_data, missing_slice, duplicate_position, uneven_spacing,
-    inconsistent_orientation, differing_size, differing_pixel_spacing, non_finite, nan_pixels, non_mr_flair,
-    secondary_capture_only, two_patients, one_slice, zip_bad_member, dicomdir_only, unrelated_instances,
-    many_series)}
+    truncated_header, truncated_pixels, truncated_compressed, truncated_deflated, no_pixel_data, missing_slice,
+    duplicate_position, uneven_spacing, inconsistent_orientation, differing_size, differing_pixel_spacing,
+    non_finite, nan_pixels, non_mr_flair, secondary_capture_only, two_patients, one_slice, zip_bad_member,
+    dicomdir_only, unrelated_instances, many_series)}

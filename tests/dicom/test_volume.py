@@ -236,3 +236,16 @@ def test_video_syntax_refused(studies, tmp_path):
     with pytest.raises(InputError, match=r"transfer syntax MPEG2 Main Profile / Main Level \(1\.2\.840\.10008\.1\.2"
                                          r"\.4\.100\) has no pixel decoder in pydicom"):
         read_series(video)
+
+
+def test_enhanced_file_cut_in_its_pixel_data(studies, tmp_path):
+    info = _series(studies["enhanced"], "flair")
+    (source,) = info.files
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    data = source.path.read_bytes()
+    (cut / "flair.dcm").write_bytes(data[:-1000])
+    (again,) = scan(cut)
+    full = len(pydicom.dcmread(source.path).PixelData)
+    with pytest.raises(InputError, match=rf"flair\.dcm: pixel data cut short: {full - 1000} of {full} bytes"):
+        read_series(again)

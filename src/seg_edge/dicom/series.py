@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,9 +176,9 @@ def _read_header(source: SourceFile, stream: BinaryIO) -> Any | None:
         header = pydicom.dcmread(stream, stop_before_pixels=True)
     except InvalidDicomError:
         return None
-    except (EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+    except (EOFError, ValueError, TypeError, KeyError, OSError, zlib.error) as exc:
         # it said it was DICOM ('DICM' prefix) and then broke: a damaged file, not one to skip quietly
-        raise InputError(f"{source}: unreadable DICOM header ({type(exc).__name__}); expected a complete "
+        raise InputError(f"{source}: unreadable DICOM header ({_why(exc)}); expected a complete "
                          "DICOM file") from None
     if _cut_short(header):
         raise InputError(f"{source}: unreadable DICOM header (the file ends inside its last element); "
@@ -290,3 +291,8 @@ def _float(value: Any) -> float | None:
 def _int(value: Any) -> int | None:
     number = _float(value)
     return None if number is None else int(number)
+
+
+def _why(exc: BaseException) -> str:
+    """An exception's class as a reader understands it (zlib names its own just 'error')."""
+    return "deflated data cut short or damaged" if isinstance(exc, zlib.error) else type(exc).__name__

@@ -15,6 +15,7 @@ description (``info.label``, never the patient) and the file; the tolerances are
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,15 @@ def _read(info: SeriesInfo, source: SourceFile) -> Dataset:
             with source.open() as stream:
                 ds = pydicom.dcmread(stream)
                 ds.filename = str(source)  # the SEG writer names instances by their file
-    except (pydicom.errors.InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
-        raise InputError(f"{info.label}: {source}: unreadable DICOM file ({type(exc).__name__}); expected a "
+    except (pydicom.errors.InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError,
+            zlib.error) as exc:
+        raise InputError(f"{info.label}: {source}: unreadable DICOM file ({_why(exc)}); expected a "
                          "complete DICOM file") from None
+    if str(ds.get("SeriesInstanceUID", "")) != info.series_uid:
+        # pydicom returns an empty data set, without a word, for a file cut inside encapsulated pixel data
+        raise InputError(f"{info.label}: {source}: unreadable DICOM file (its data set breaks off: "
+                         f"{len(ds)} elements read, not this series' instance); expected a complete DICOM file, "
+                         "is it truncated?")
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if modality != "MR":
         raise InputError(f"{info.label}: {source}: Modality {modality or '(none)'!r} (expected MR: the models "
@@ -280,3 +287,8 @@ def _number(value: Any, default: float) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def _why(exc: BaseException) -> str:
+    """An exception's class as a reader understands it (zlib names its own just 'error')."""
+    return "deflated data cut short or damaged" if isinstance(exc, zlib.error) else type(exc).__name__
