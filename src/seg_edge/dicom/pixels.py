@@ -9,6 +9,8 @@ decoder is refused naming the syntax and the packages that would decode it (pydi
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
@@ -40,12 +42,13 @@ def decode(ds: Dataset, where: str) -> np.ndarray:
                          "file meta information)")
     syntax = UID(meta.TransferSyntaxUID)
     frames = _frames(ds, where)
-    if syntax.is_compressed:
-        _check_decoder(syntax, where)
-    elif "PixelData" in ds:
+    decoder = _decoder(syntax, where)
+    if not syntax.is_compressed and "PixelData" in ds:
         _check_length(ds, frames, where)
     try:
-        array = np.asarray(ds.pixel_array)
+        # the decoder's array, not ds.pixel_array: that one stays cached on the data set, which the caller keeps
+        # (the SEG references it) — a second copy of every series in memory
+        array = np.asarray(decoder.as_array(ds)[0])
     except _DECODE_ERRORS as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise InputError(f"{where}: pixel data ({syntax.name}) could not be decoded: {reason} (expected "
@@ -63,7 +66,8 @@ def _frames(ds: Dataset, where: str) -> int:
     return frames
 
 
-def _check_decoder(syntax: UID, where: str) -> None:
+def _decoder(syntax: UID, where: str) -> Any:
+    """pydicom's decoder for ``syntax``; refused when pydicom has none or none of its plugins is installed."""
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
@@ -73,6 +77,7 @@ def _check_decoder(syntax: UID, where: str) -> None:
         needs = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
         raise InputError(f"{where}: transfer syntax {syntax.name} ({syntax}) cannot be decoded here: no decoder "
                          f"installed ({needs}); expected a decodable syntax, or install one of these packages")
+    return decoder
 
 
 def _check_length(ds: Dataset, frames: int, where: str) -> None:
