@@ -249,3 +249,22 @@ def test_enhanced_file_cut_in_its_pixel_data(studies, tmp_path):
     full = len(pydicom.dcmread(source.path).PixelData)
     with pytest.raises(InputError, match=rf"flair\.dcm: pixel data cut short: {full - 1000} of {full} bytes"):
         read_series(again)
+
+
+def test_jpeg_ls_decoded_by_pyjpegls(raw, tmp_path, flair_nifti, monkeypatch):
+    """pydicom would pick pylibjpeg (6x slower here) for JPEG-LS once it is installed; the reader asks for
+    pyjpegls by name."""
+    from pydicom.pixels.decoders.base import get_decoder
+
+    study = write_dicom_study(raw, tmp_path, vendor="ge", extras=False, seed=5, transfer_syntax="jpeg-ls")
+    decoder = get_decoder(pydicom.uid.JPEGLSLossless)
+    plugins = []
+    original = decoder.as_array
+
+    def spy(*args, **kwargs):
+        plugins.append(kwargs.get("decoding_plugin"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "as_array", spy)
+    _same_as_nifti(read_series(_series(study, "flair")).image, flair_nifti)
+    assert plugins and set(plugins) == {"pyjpegls"}
