@@ -58,7 +58,10 @@ def _result_json(r) -> dict:
 
 @guarded
 def predict(
-    input: Path = typer.Argument(None, help="Case folder, folder of case folders, 4D NIfTI, or (4,X,Y,Z) .npy."),
+    input: Path = typer.Argument(None, help="Case folder, folder of case folders, 4D NIfTI, (4,X,Y,Z) .npy, or a "
+                                 "DICOM study: a folder (any depth, any file names) or .zip of DICOM files, whose "
+                                 "series are chosen by rules and read as --raw series; writes a DICOM SEG and SR "
+                                 "too (docs/DICOM.md; extras 'dicom' and 'preprocess')."),
     out: Path = typer.Option(None, "--out", "-o", help="Output .nii.gz, or a folder (default: the folder "
                              "predictions/ in the current directory)."),
     model: Path = typer.Option(None, "--model", "-m", help="ONNX model with a seg-edge card (default: shipped)."),
@@ -106,8 +109,8 @@ def predict(
     raw: bool = typer.Option(False, "--raw", help="The input is a study's raw scanner series (own grids, skull, "
                              "motion): co-register them to the T1ce, skull-strip, register to the atlas (MNI152, not "
                              "SRI24), segment there and write the labels on the T1ce's own grid, with the atlas-grid "
-                             "labels, brain mask and transforms beside them (docs/PREPROCESSING.md; extra "
-                             "'preprocess')."),
+                             "labels, brain mask, transforms and ITK-SNAP/Slicer label files beside them "
+                             "(docs/PREPROCESSING.md; extra 'preprocess'). Implied for a DICOM study."),
     atlas: Path = typer.Option(None, "--atlas", help="--raw: a 1 mm atlas template (e.g. SRI24 T1) instead of the "
                                "shipped MNI152 one; with --atlas-brain."),
     atlas_brain: Path = typer.Option(None, "--atlas-brain", help="--raw: the --atlas template's brain mask."),
@@ -115,6 +118,10 @@ def predict(
                                       "to and whose grid the labels come back on (default t1ce, as BraTS)."),
     labels_on_every_series: bool = typer.Option(False, "--labels-on-every-series", help="--raw: also write the "
                                                 "labels on each series' own grid (<case>_labels_on_<series>.nii.gz)."),
+    series: str = typer.Option(None, "--series", help="DICOM study: choose series by hand, MODALITY=SERIES_UID[,…] "
+                               "(e.g. flair=1.2.3,t1ce=1.2.4); the rules choose the others."),
+    rules: Path = typer.Option(None, "--rules", help="DICOM study: a site's series selection rules (JSON, the form "
+                               "of the shipped src/seg_edge/dicom/rules.json) instead of the shipped ones."),
 ) -> None:
     """Segment a BraTS-style case: writes a uint8 label map (NCR=1, ED=2, ET=4 or 3) and a JSON report."""
     from seg_edge.runtime.jobs import finished, plan_jobs, start_loading  # not the segmenter's imports: see below
@@ -122,6 +129,24 @@ def predict(
     if overlap is not None and not 0.0 <= overlap < 1.0:  # also NaN
         raise InputError(f"--overlap {overlap} (expected 0 <= overlap < 1)")
     files = {k: v for k, v in {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}.items() if v is not None}
+    from seg_edge.dicom.detect import is_dicom_study  # names and first bytes: no DICOM library
+
+    if input is not None and is_dicom_study(input):  # --raw implied: a study's series are raw scanner series
+        from seg_edge.cli.predict_dicom import DicomRequest, check_dicom_options, predict_dicom
+
+        check_dicom_options(files=files, engine_is_local=engine == Engine.local, modalities=modalities,
+                            resample=resample, atlas=atlas, atlas_brain=atlas_brain, coregister_to=coregister_to)
+        return predict_dicom(DicomRequest(
+            study=input, out=out, model=model, backend=backend.value if backend else None, threads=threads,
+            precision_hint=precision_hint.value if precision_hint else None, use_profile=not reference, url=url,
+            overwrite=overwrite, preview=preview, probabilities=probabilities, every_series=labels_on_every_series,
+            json_out=json_out, series=series, rules=rules, atlas=atlas, atlas_brain=atlas_brain,
+            coregister_to=coregister_to), dict(overlap=overlap, blend=blend.value if blend else None,
+                                               batch_size=batch_size, tta=tta, et_rule=et_rule,
+                                               label_scheme=label_scheme.value if label_scheme else None))
+    from seg_edge.cli.predict_dicom import not_dicom_options
+
+    not_dicom_options(series=series, rules=rules, source=input)
     if raw:
         return _predict_raw(input, files, out, model, backend, threads, precision_hint, not reference, url,
                             overwrite=overwrite, preview=preview, probabilities=probabilities, json_out=json_out,

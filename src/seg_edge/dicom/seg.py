@@ -330,9 +330,12 @@ def frames_from_nifti(labels_xyz: np.ndarray, affine: np.ndarray, source_dataset
     off = float(np.abs(index - nearest).max())
     ijk = nearest.astype(np.int64)
     inside = bool(((ijk >= 0) & (ijk < labels_xyz.shape)).all())
-    # with as many pixels as voxels, all inside and none twice means every voxel is read exactly once
-    once = inside and np.unique(np.ravel_multi_index(tuple(ijk.reshape(-1, 3).T), labels_xyz.shape)).size == \
-        labels_xyz.size
+    # with as many pixels as voxels, all inside and every voxel reached means every voxel is read exactly once
+    once = False
+    if inside:
+        reached = np.zeros(labels_xyz.size, dtype=bool)
+        reached[np.ravel_multi_index(tuple(ijk.reshape(-1, 3).T), labels_xyz.shape)] = True
+        once = bool(reached.all())
     if off > 1e-2 or not once:
         raise InputError(f"label map: its grid is not this series' (pixel centres up to {off:.3f} voxel off the "
                          f"voxel centres, all inside: {inside}; expected the NIfTI converted from these instances)")

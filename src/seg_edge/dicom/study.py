@@ -65,6 +65,7 @@ class StudyPlan:
     scan: ScanResult
     selection: Selection
     lines: list[str]  # the choice, one line per modality (``select.selection_lines``)
+    seconds: float  # scanning and choosing took
 
 
 @dataclass
@@ -109,12 +110,13 @@ def model_identity(card: ModelCard) -> tuple[str, str, str]:
 
 def plan_study(folder: Path, options: StudyOptions) -> StudyPlan:
     """Scan ``folder`` and choose its series (InputError, one line, for an ambiguous or incomplete study)."""
+    start = time.perf_counter()
     rules = load_rules(options.rules)
     scanned = scan_study(folder)
     selection = select(scanned.series, rules, manual=options.manual)
     if options.raw.reference not in selection.chosen:
         raise InputError(f"reference series {options.raw.reference} (expected one of {', '.join(selection.chosen)})")
-    return StudyPlan(scanned, selection, selection_lines(selection))
+    return StudyPlan(scanned, selection, selection_lines(selection), time.perf_counter() - start)
 
 
 def _job(out: Path, files: dict[str, Path] | None = None) -> Job:
@@ -165,12 +167,11 @@ def segment_study(folder: Path, segmenter: Segmenter, *, out: Path, options: Stu
 
         try:
             raw = segment_raw(_job(out, files), segmenter, options.raw, options.outputs,
-                              extra=ExtraOutputs(targets=targets, write=write))
+                              extra=ExtraOutputs(targets=targets, write=write, stage="seg_sr",
+                                                 timings={"scan_select": plan.seconds, "read_dicom": read_s}))
         except InputError as exc:
             raise InputError(_named(str(exc), files, chosen)) from None
-    report = raw.report
-    report["timings_s"] = {"read_dicom": round(read_s, 4), **report["timings_s"]}
-    return StudyResult(files=raw.files, seg=targets["seg"], sr=targets["sr"], report=report,
+    return StudyResult(files=raw.files, seg=targets["seg"], sr=targets["sr"], report=raw.report,
                        volumes_ml=raw.volumes_ml, selection_lines=plan.lines)
 
 
