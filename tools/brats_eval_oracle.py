@@ -12,6 +12,13 @@ the challenge's naming: truths ``TRUTH_DIR/BraTS-GLI-00000-000-seg.nii.gz``, pre
 ``PRED_DIR/BraTS-GLI-00000-000.nii.gz`` (the package pairs them by the 5+3-digit subject id). A subject the package
 could not evaluate (its ``evaluate_single_exam`` catches the exception and the parser skips the subject) makes the
 run exit 1 naming it, so that a comparison never runs on fewer cases than it was given.
+
+``--physical-spacing``: the package hands panoptica file paths, which panoptica 2.1.7 reads with SimpleITK as
+(z, y, x) arrays yet pairs with SimpleITK's (x, y, z) spacing, so on anisotropic voxels its per-lesion HD95 and
+NSD use the wrong axes' spacing. With this flag each pair is read with nibabel as (x, y, z) and evaluated with
+its header's spacing on those axes (``Panoptica_Evaluator.evaluate(pred, ref, voxelspacing=...)``, the package's
+evaluator and config otherwise unchanged): the figures the package's definitions give with the spacing right.
+On 1 mm isotropic grids (BraTS's own) both modes give the same figures.
 """
 
 from __future__ import annotations
@@ -45,10 +52,28 @@ def _run_main(main, argv: list[str]) -> None:
         sys.argv = saved
 
 
-def run(challenge: str, pred: Path, truth: Path, summary_json: Path, csv_path: Path) -> None:
+def _evaluate_with_nibabel_spacing(prediction_filepath: str, reference_filepath: str, subject_identifier: str,
+                                   evaluator) -> dict:
+    """``evaluation.evaluate_single_exam`` with (x, y, z) arrays and their spacing (see ``--physical-spacing``);
+    exceptions propagate (the package's version turns them into an ``error`` entry)."""
+    import nibabel as nib
+    import numpy as np
+
+    pred, ref = nib.load(prediction_filepath), nib.load(reference_filepath)
+    spacing = tuple(float(z) for z in ref.header.get_zooms()[:3])
+    results = evaluator.evaluate(np.asarray(pred.dataobj), np.asarray(ref.dataobj), voxelspacing=spacing)
+    out = {k: r.to_dict(True) for k, r in results.items()}
+    out["subject_name"] = subject_identifier
+    return out
+
+
+def run(challenge: str, pred: Path, truth: Path, summary_json: Path, csv_path: Path, *,
+        physical_spacing: bool = False) -> None:
     """The package's evaluation then its parser; raises SystemExit naming any subject it failed on."""
     from brats_evaluation import evaluation, metrics_parser
 
+    if physical_spacing:
+        evaluation.evaluate_single_exam = _evaluate_with_nibabel_spacing  # main() looks it up at call time
     config, parser = CHALLENGES[challenge]
     _run_main(evaluation.main, ["brats-evaluate", "--config", config, "--ref_path", str(truth),
                                 "--pred_path", str(pred), "--summary_json", str(summary_json)])
@@ -74,6 +99,8 @@ def main() -> None:
     ap.add_argument("truth", type=Path, help="folder of truths BraTS-XXX-00000-000-seg.nii.gz")
     ap.add_argument("--json", type=Path, help="also keep the package's summary JSON here")
     ap.add_argument("--csv", type=Path, help="also keep the package's CSV here")
+    ap.add_argument("--physical-spacing", action="store_true",
+                    help="read with nibabel and pass the header's spacing on the array's own axes (see above)")
     args = ap.parse_args()
     for folder in (args.pred, args.truth):
         if not folder.is_dir():
@@ -81,7 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         summary_json = args.json or Path(tmp) / "summary.json"
         csv_path = args.csv or Path(tmp) / "metrics.csv"
-        run(args.challenge, args.pred, args.truth, summary_json, csv_path)
+        run(args.challenge, args.pred, args.truth, summary_json, csv_path, physical_spacing=args.physical_spacing)
         sys.stdout.write(csv_path.read_text())
 
 

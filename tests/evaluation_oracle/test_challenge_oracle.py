@@ -74,11 +74,11 @@ def _prediction(truth: np.ndarray, i: int, rng: np.random.Generator) -> np.ndarr
     return add_speck(p, rng, voxels=SPECKS[i % 4], label=3 if i % 2 else 2)
 
 
-def _pairs(n_multifocal: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+def _pairs(n_multifocal: int, shape: tuple[int, int, int] = SHAPE) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """(truth, prediction) label maps: the multifocal cases, then the edge cases (prediction None: missing)."""
     out: list[tuple[np.ndarray, np.ndarray | None]] = []
     for i in range(n_multifocal):
-        phantom = make_phantom(np.random.default_rng([SEED, i]), SHAPE, 3, tumours=2 + i % 2, satellites=2 + i % 3)
+        phantom = make_phantom(np.random.default_rng([SEED, i]), shape, 3, tumours=2 + i % 2, satellites=2 + i % 3)
         rng = np.random.default_rng([SEED, i, 1])
         truth = phantom.labels
         if i % 5 == 4:  # a resection cavity in the truth: one lesion's NETC labelled 4
@@ -93,26 +93,30 @@ def _pairs(n_multifocal: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
     return out
 
 
-def _save(labels: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(labels.astype(np.uint8), np.diag([1.0, 1.0, 1.0, 1.0]))
+def _save(labels: np.ndarray, path: Path, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+    img = nib.Nifti1Image(labels.astype(np.uint8), np.diag([*spacing, 1.0]))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     nib.save(img, path)
 
 
+def _write(root: Path, pairs: list[tuple[np.ndarray, np.ndarray | None]],
+           spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[Path, Path]:
+    """Flat folders in the challenges' naming: truth/BraTS-GLI-0NNNN-000-seg.nii.gz, pred/BraTS-GLI-0NNNN-000.nii.gz."""
+    pred_dir, truth_dir = root / "pred", root / "truth"
+    pred_dir.mkdir(parents=True)
+    truth_dir.mkdir(parents=True)
+    for i, (truth, pred) in enumerate(pairs):
+        name = f"BraTS-GLI-{i:05d}-000"
+        _save(truth, truth_dir / f"{name}-seg.nii.gz", spacing)
+        if pred is not None:
+            _save(pred, pred_dir / f"{name}.nii.gz", spacing)
+    return pred_dir, truth_dir
+
+
 @pytest.fixture(scope="module")
 def challenge_files(tmp_path_factory) -> tuple[Path, Path]:
-    """Flat folders in the challenges' naming: truth/BraTS-GLI-0NNNN-000-seg.nii.gz, pred/BraTS-GLI-0NNNN-000.nii.gz."""
-    root = tmp_path_factory.mktemp("challenge_oracle")
-    pred_dir, truth_dir = root / "pred", root / "truth"
-    pred_dir.mkdir()
-    truth_dir.mkdir()
-    for i, (truth, pred) in enumerate(_pairs(N_MULTIFOCAL)):
-        name = f"BraTS-GLI-{i:05d}-000"
-        _save(truth, truth_dir / f"{name}-seg.nii.gz")
-        if pred is not None:
-            _save(pred, pred_dir / f"{name}.nii.gz")
-    return pred_dir, truth_dir
+    return _write(tmp_path_factory.mktemp("challenge_oracle"), _pairs(N_MULTIFOCAL))
 
 
 def _read_csv(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -131,39 +135,93 @@ def _agree(ours: str, official: str) -> bool:
     return abs(a - b) <= TOLERANCE
 
 
+def _run_oracle(python: Path, challenge: str, pred: Path, truth: Path, out: Path, *extra: str) -> Path:
+    ran = subprocess.run([str(python), str(RUNNER), "--challenge", challenge, str(pred), str(truth),
+                          "--csv", str(out), "--json", str(out.with_suffix(".json")), *extra],
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    return out
+
+
 @pytest.fixture(scope="module")
 def official(oracle_python, challenge_files, tmp_path_factory):
     """challenge → the oracle's CSV path, run once per challenge for the module."""
-    pred, truth = challenge_files
     done: dict[str, Path] = {}
 
     def run(challenge: str) -> Path:
         if challenge not in done:
             out = tmp_path_factory.mktemp(f"official_{challenge}") / "official.csv"
-            ran = subprocess.run([str(oracle_python), str(RUNNER), "--challenge", challenge, str(pred), str(truth),
-                                  "--csv", str(out), "--json", str(out.with_suffix(".json"))],
-                                 capture_output=True, text=True, timeout=600)
-            assert ran.returncode == 0, ran.stderr[-2000:]
-            done[challenge] = out
+            done[challenge] = _run_oracle(oracle_python, challenge, *challenge_files, out)
         return done[challenge]
     return run
 
 
-@pytest.mark.parametrize("challenge", ["gli", "mets"])
-def test_every_figure_equals_the_official_evaluation(challenge, official, challenge_files, tmp_path):
-    pred, truth = challenge_files
-    official_header, reference = _read_csv(official(challenge))
-    ours_csv = tmp_path / "ours.csv"
-    result = CliRunner().invoke(app, ["evaluate", str(pred), str(truth), "--challenge", challenge,
-                                      "--csv", str(ours_csv)])
+def _ours(challenge: str, pred: Path, truth: Path, out: Path) -> Path:
+    result = CliRunner().invoke(app, ["evaluate", str(pred), str(truth), "--challenge", challenge, "--csv", str(out)])
     assert result.exit_code == 0, result.output
+    return out
+
+
+def _differences(ours_csv: Path, official_csv: Path) -> list[tuple[str, str, str, str]]:
+    """(row, column, ours, official) for every cell that differs; the headers and row ids must be the same."""
+    official_header, reference = _read_csv(official_csv)
     header, ours = _read_csv(ours_csv)
     assert header == official_header
     assert list(ours) == list(reference)
-    assert len(reference) == N_MULTIFOCAL + 4 + 3  # cases, the missing one, mean/std/median
-    differ = [f"{row} {col}: ours {ours[row][col]!r}, official {reference[row][col]!r}"
-              for row in reference for col in official_header[1:] if not _agree(ours[row][col], reference[row][col])]
-    assert not differ, f"{len(differ)} figures differ, e.g.\n" + "\n".join(differ[:25])
+    return [(row, col, ours[row][col], reference[row][col])
+            for row in reference for col in header[1:] if not _agree(ours[row][col], reference[row][col])]
+
+
+@pytest.mark.parametrize("challenge", ["gli", "mets"])
+def test_every_figure_equals_the_official_evaluation(challenge, official, challenge_files, tmp_path):
+    reference = official(challenge)
+    differ = _differences(_ours(challenge, *challenge_files, tmp_path / "ours.csv"), reference)
+    assert len(_read_csv(reference)[1]) == N_MULTIFOCAL + 4 + 3  # cases, the missing one, mean/std/median
+    assert not differ, f"{len(differ)} figures differ, e.g.\n" + "\n".join(
+        f"{row} {col}: ours {a!r}, official {b!r}" for row, col, a, b in differ[:25])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("challenge", ["gli", "mets"])
+def test_full_size_cases_equal_the_official_evaluation(challenge, oracle_python, tmp_path):
+    """The same comparison on BraTS's own 240 x 240 x 155 grid: 8 multifocal cases (the first 8 mistakes) and the
+    edge cases (about 3 minutes on 2 cores)."""
+    files = _write(tmp_path / "files", _pairs(8, (240, 240, 155)))
+    differ = _differences(_ours(challenge, *files, tmp_path / "ours.csv"),
+                          _run_oracle(oracle_python, challenge, *files, tmp_path / "official.csv"))
+    assert not differ, f"{len(differ)} figures differ, e.g. {differ[:10]}"
+
+
+ANISOTROPIC = (0.8, 1.0, 1.5)  # mm; a voxel is 1.2 mm³, so the 15- and 20-voxel specks sit either side of 20 mm³
+
+
+@pytest.fixture(scope="module")
+def anisotropic_files(tmp_path_factory) -> tuple[Path, Path]:
+    """4 multifocal cases and the edge cases on 0.8 x 1.0 x 1.5 mm voxels."""
+    return _write(tmp_path_factory.mktemp("anisotropic"), _pairs(4), spacing=ANISOTROPIC)
+
+
+@pytest.mark.parametrize("challenge", ["gli", "mets"])
+def test_anisotropic_voxels_equal_the_official_definitions_with_the_spacing_on_the_right_axes(
+        challenge, oracle_python, anisotropic_files, tmp_path):
+    """Every figure equals the package's own evaluator given (x, y, z) arrays with their spacing (the runner's
+    --physical-spacing): per-lesion HD95 and NSD in mm, the metastasis size split in mm³."""
+    ours = _ours(challenge, *anisotropic_files, tmp_path / "ours.csv")
+    physical = _run_oracle(oracle_python, challenge, *anisotropic_files, tmp_path / "physical.csv",
+                           "--physical-spacing")
+    differ = _differences(ours, physical)
+    assert not differ, f"{len(differ)} figures differ, e.g. {differ[:10]}"
+
+
+def test_the_package_as_published_mixes_the_axes_on_anisotropic_voxels(oracle_python, anisotropic_files, tmp_path):
+    """What the docs say of the package: through file paths it reads (z, y, x) arrays with (x, y, z) spacing, so
+    on anisotropic voxels its lesion-wise HD95/NSD differ from seg-edge's — and nothing else does (its global
+    HD95/NSD ignore the spacing either way, as seg-edge's do to match)."""
+    ours = _ours("gli", *anisotropic_files, tmp_path / "ours.csv")
+    as_published = _differences(ours, _run_oracle(oracle_python, "gli", *anisotropic_files, tmp_path / "plain.csv"))
+    assert as_published
+    assert {col.rsplit("_", 1)[0] for _, col, _, _ in as_published} <= {
+        "lesionwise_hd95_mean", "lesionwise_hd95_std", "lesionwise_nsd_mean", "lesionwise_nsd_std"}
 
 
 def test_the_cases_hold_what_the_comparison_needs(challenge_files):
