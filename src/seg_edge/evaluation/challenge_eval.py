@@ -6,6 +6,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from seg_edge.errors import InputError
 from seg_edge.evaluation.challenge_table import case_row, missing_row, summary_rows
 from seg_edge.evaluation.challenges import PANOPTICA_HD95_PENALTY, Challenge
 from seg_edge.evaluation.evaluate import label_files
-from seg_edge.evaluation.lesionwise import RegionScore, panoptica_region
+from seg_edge.evaluation.lesionwise import panoptica_region
 from seg_edge.runtime.nifti import read_image
 
 # The official package's subject id inside a file name (brats_evaluation/evaluation.py): 12345-000, 12345, 1234-0.
@@ -55,8 +56,9 @@ def _values(path: Path, data: np.ndarray, expected: str, allowed: tuple[int, ...
     return set(np.unique(data).astype(int).tolist()) - {0, *allowed}
 
 
-def score_case(pred: Path, truth: Path, challenge: Challenge) -> dict[str, RegionScore]:
-    """Region key → every figure of that region, for one prediction against its ground truth."""
+def score_case(pred: Path, truth: Path, challenge: Challenge) -> dict[str, Any]:
+    """Region key → every figure of that region (a ``RegionScore``, or a ``Region2023`` for brats2023), for one
+    prediction against its ground truth."""
     p_labels, _, p_affine = read_label_map(pred, challenge)
     t_labels, spacing, t_affine = read_label_map(truth, challenge)
     if p_labels.shape != t_labels.shape:
@@ -111,11 +113,11 @@ def pair_files(pred: Path, truth: Path) -> tuple[list[tuple[str, Path, Path]], l
         preds = {next(iter(truths)): pred}
     pairs, missing, used = [], [], set()
     by_subject: dict[str, list[str]] = {}
-    for pid in preds:
-        if (m := _SUBJECT.search(pid)) is not None:
-            by_subject.setdefault(m.group(1), []).append(pid)
+    for name in preds:
+        if (m := _SUBJECT.search(name)) is not None:
+            by_subject.setdefault(m.group(1), []).append(name)
     for tid in sorted(truths, key=lambda t: truths[t].name):
-        pid = tid if tid in preds else None
+        pid: str | None = tid if tid in preds else None
         if pid is None and (m := _SUBJECT.search(tid)) is not None and len(by_subject.get(m.group(1), [])) == 1:
             pid = by_subject[m.group(1)][0]
         if pid is None or pid in used:
@@ -140,7 +142,8 @@ def evaluate_challenge(pred: Path, truth: Path, challenge: Challenge, *, keep_mi
 
         surfel_areas((1.0, 1.0, 1.0))
     pairs, missing, unmatched = pair_files(pred, truth)
-    cases, rows = [], []
+    cases: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     # cases in threads: inflating the files, the look-ups, labelling and the k-d trees release the GIL
     with ThreadPoolExecutor(max_workers=max(1, min(workers or (os.cpu_count() or 1), 8))) as pool:
         scored = list(pool.map(lambda pair: score_case(pair[1], pair[2], challenge), pairs))

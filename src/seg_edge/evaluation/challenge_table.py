@@ -42,7 +42,7 @@ def seg_columns(s: RegionScore, k: str) -> dict[str, float]:
 
 
 def _mets_lists(s: RegionScore, large_mm3: float, detect: float) -> dict:
-    large = {"dice": [], "hd95": [], "nsd": []}
+    large: dict[str, list[float]] = {"dice": [], "hd95": [], "nsd": []}
     det = {"large_tp": 0, "large_fn": 0, "small_tp": 0, "small_fn": 0}
     seen = {"large": False, "small": False}
     for pair in s.pairs:
@@ -57,7 +57,9 @@ def _mets_lists(s: RegionScore, large_mm3: float, detect: float) -> dict:
         seen[size] = True
         det[f"{size}_fn"] += 1
         if size == "large":
-            large["dice"].append(0.0), large["nsd"].append(0.0), large["hd95"].append(PANOPTICA_HD95_PENALTY)
+            large["dice"].append(0.0)
+            large["nsd"].append(0.0)
+            large["hd95"].append(PANOPTICA_HD95_PENALTY)
     for m, penalty in (("dice", 0.0), ("nsd", 0.0), ("hd95", PANOPTICA_HD95_PENALTY)):
         large[m].extend([penalty] * s.fp)
     return {"large": large, "det": det, "seen": seen}
