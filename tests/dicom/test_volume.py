@@ -24,7 +24,6 @@ from seg_edge.dicom.series import SeriesInfo, scan  # noqa: E402
 from seg_edge.dicom.volume import read_series, save_series  # noqa: E402
 from seg_edge.errors import InputError  # noqa: E402
 from seg_edge.synth.dicom import write_dicom_study  # noqa: E402
-from seg_edge.synth.raw import write_raw_study  # noqa: E402
 
 ROLES = ("t1", "t1ce", "t2", "flair")
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -32,8 +31,9 @@ AFFINE_TOLERANCE_MM = 1e-3  # the synth writes positions as DS of 16 characters
 
 
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory) -> Path:
-    return write_raw_study(tmp_path_factory.mktemp("raw"), 11, 0, scale=0.4)
+def raw(raw_studies) -> Path:
+    """A raw study of tests/conftest.py's session fixture (written once for the suite)."""
+    return raw_studies[0]
 
 
 @pytest.fixture(scope="module")
