@@ -86,13 +86,18 @@ def test_tilted_flair_and_sagittal_t1_keep_their_geometry(studies):
     assert np.argmax(np.abs(t1[:3, 2])) == 0  # slices stacked left-right: sagittal
 
 
+@pytest.mark.parametrize("form", ["classic", "enhanced"])
 @pytest.mark.parametrize("role", ROLES + ("mpr",))
-def test_classic_geometry_equal_gdcm(studies, role):
-    info = _series(studies["classic"], role)
+def test_geometry_equal_gdcm(studies, role, form):
+    """GDCM (SimpleITK) reads a classic series with its series reader and an enhanced instance as one image."""
+    info = _series(studies[form], role)
     volume = read_series(info)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(info.files[0].path.parent)))
-    image = reader.Execute()
+    if form == "classic":
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(info.files[0].path.parent)))
+        image = reader.Execute()
+    else:
+        image = sitk.ReadImage(str(info.files[0].path))
     affine = np.eye(4)
     affine[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
     affine[:3, 3] = image.GetOrigin()
