@@ -172,6 +172,13 @@ def duplicate_position(folder: Path) -> str:
     return "two slices at one position"
 
 
+def duplicate_file(folder: Path) -> str:
+    """A FLAIR file copied under a second name (an export run twice into one folder)."""
+    path = good_study(folder)["flair"][5]
+    (folder / f"copy_of_{path.name}").write_bytes(path.read_bytes())
+    return "the same instance twice (one SOPInstanceUID in two files"
+
+
 def uneven_spacing(folder: Path) -> str:
     """FLAIR slices 4 mm apart, one of them moved by 1 mm (a quarter of a spacing)."""
     def move(datasets: list[Dataset]) -> list[Dataset]:
@@ -346,6 +353,6 @@ def many_series(folder: Path, count: int = 2000) -> str:
 
 CASES: dict[str, Callable[..., str]] = {case.__name__: case for case in (
     truncated_header, truncated_pixels, truncated_compressed, truncated_deflated, no_pixel_data, missing_slice,
-    duplicate_position, uneven_spacing, inconsistent_orientation, differing_size, differing_pixel_spacing,
-    non_finite, nan_pixels, non_mr_flair, secondary_capture_only, two_patients, one_slice, zip_bad_member,
-    dicomdir_only, unrelated_instances, many_series)}
+    duplicate_position, duplicate_file, uneven_spacing, inconsistent_orientation, differing_size,
+    differing_pixel_spacing, non_finite, nan_pixels, non_mr_flair, secondary_capture_only, two_patients, one_slice,
+    zip_bad_member, dicomdir_only, unrelated_instances, many_series)}

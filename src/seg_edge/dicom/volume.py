@@ -65,6 +65,7 @@ class _Frame:
     instance: int  # index into the series' datasets
     frame: int  # frame inside that instance (0 for a classic instance)
     where: str  # the file (and frame) for messages
+    uid: str  # SOPInstanceUID: the same instance in two files is told apart from two slices at one place
     position: np.ndarray
     orientation: np.ndarray
     spacing: tuple[float, float]  # PixelSpacing: between rows, between columns
@@ -204,8 +205,9 @@ def _frame(info: SeriesInfo, ds: Dataset, places: list[Dataset], instance: int, 
         raise InputError(f"{info.label}: {where}: RescaleSlope {slope}, RescaleIntercept {intercept} (expected "
                          "finite numbers, a non-zero slope)")
     rows, cols = int(_number(ds.get("Rows"), 0)), int(_number(ds.get("Columns"), 0))
-    return _Frame(instance=instance, frame=k, where=where, position=position, orientation=orientation,
-                  spacing=(float(spacing[0]), float(spacing[1])), rows=rows, cols=cols, rescale=rescale)
+    return _Frame(instance=instance, frame=k, where=where, uid=str(ds.get("SOPInstanceUID", "")),
+                  position=position, orientation=orientation, spacing=(float(spacing[0]), float(spacing[1])),
+                  rows=rows, cols=cols, rescale=rescale)
 
 
 def _check_same_grid(info: SeriesInfo, frames: list[_Frame]) -> None:
@@ -241,6 +243,9 @@ def _sorted_along_normal(info: SeriesInfo, frames: list[_Frame]) -> tuple[list[_
     tolerance = spacing_tolerance_mm(typical)
     for k, gap in enumerate(gaps):
         a, b = frames[k], frames[k + 1]
+        if gap <= tolerance and a.uid and (a.uid, a.frame) == (b.uid, b.frame):
+            raise InputError(f"{info.label}: {a.where} and {b.where}: the same instance twice (one "
+                             "SOPInstanceUID in two files; expected each instance once: remove the copy)")
         if gap <= tolerance:
             raise InputError(f"{info.label}: {a.where} and {b.where}: two slices at one position "
                              f"({distance[k]:.3f} and {distance[k + 1]:.3f} mm along the normal; expected one slice "
