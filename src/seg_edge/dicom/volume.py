@@ -15,7 +15,10 @@ description (``info.label``, never the patient) and the file; the tolerances are
 
 from __future__ import annotations
 
+import io
+import zipfile
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +86,9 @@ def read_series(info: SeriesInfo) -> SeriesVolume:
     """The series' voxels and geometry (module doc); ``InputError`` in one line for anything that is not one
     complete, regular stack of MR slices (no pixel data, cut short, an undecodable transfer syntax, differing
     size, spacing or orientation, gaps or duplicates, fewer than ``MIN_SLICES`` slices, non-finite values)."""
-    datasets = [_read(info, source) for source in info.files]
+    with ExitStack() as archives:
+        opened: dict[Path, zipfile.ZipFile] = {}  # each .zip opened once, not once per member
+        datasets = [_read(info, source, opened, archives) for source in info.files]
     frames = [f for i, (ds, source) in enumerate(zip(datasets, info.files)) for f in _frames(info, ds, source, i)]
     if len(frames) < MIN_SLICES:
         raise InputError(f"{info.label}: {info.files[0]}: {len(frames)} slice{'s' if len(frames) != 1 else ''} "
@@ -122,16 +127,17 @@ def save_series(volume: SeriesVolume, path: Path) -> None:
         nib.save(volume.image, tmp)
 
 
-def _read(info: SeriesInfo, source: SourceFile) -> Dataset:
+def _read(info: SeriesInfo, source: SourceFile, opened: dict[Path, zipfile.ZipFile], archives: ExitStack) -> Dataset:
     try:
         if source.member is None:
             ds = pydicom.dcmread(source.path)
         else:
-            with source.open() as stream:
-                ds = pydicom.dcmread(stream)
-                ds.filename = str(source)  # the SEG writer names instances by their file
+            if source.path not in opened:
+                opened[source.path] = archives.enter_context(zipfile.ZipFile(source.path))
+            ds = pydicom.dcmread(io.BytesIO(opened[source.path].read(source.member)))
+            ds.filename = str(source)  # the SEG writer names instances by their file
     except (pydicom.errors.InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError,
-            zlib.error) as exc:
+            zlib.error, zipfile.BadZipFile) as exc:
         raise InputError(f"{info.label}: {source}: unreadable DICOM file ({_why(exc)}); expected a "
                          "complete DICOM file") from None
     if str(ds.get("SeriesInstanceUID", "")) != info.series_uid:
