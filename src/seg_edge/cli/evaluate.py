@@ -124,7 +124,9 @@ def _challenge(pred: Path, truth: Path, name: str, csv_path: Path | None, report
         out.print_json(dumps(to_json(result)))
         return
     rows, regions = region_summary(result)
-    table = Table(title=f"--challenge {name}: {len(result['cases'])} cases, mean ± std (HD95 in mm)",
+    # the official package computes the global HD95 without the voxel spacing (voxels), the per-lesion one in mm
+    units = "HD95 in mm" if spec.method != "panoptica" else "lesion-wise HD95 in mm, global HD95 in voxels"
+    table = Table(title=f"--challenge {name}: {len(result['cases'])} cases, mean ± std over cases ({units})",
                   title_justify="left")
     table.add_column("metric")
     for region in regions:
