@@ -67,8 +67,8 @@ def free_port() -> int:
         return port
 
 
-def config(folder: Path, *, http_port: int, dicom_port: int, aet: str,
-           unknown_sop_class_accepted: bool = False) -> dict[str, Any]:
+def config(folder: Path, *, http_port: int, dicom_port: int, aet: str, unknown_sop_class_accepted: bool = False,
+           modalities: dict[str, list[Any]] | None = None, lua_scripts: list[Path] | None = None) -> dict[str, Any]:
     """An Orthanc 1.10 configuration for a test: its own storage under ``folder``, no plugins, no
     authentication (loopback only), every calling AE allowed to C-ECHO and C-STORE, jobs not saved."""
     storage = folder / "storage"
@@ -81,7 +81,8 @@ def config(folder: Path, *, http_port: int, dicom_port: int, aet: str,
         "DicomServerEnabled": True, "DicomAet": aet, "DicomPort": dicom_port, "DicomCheckCalledAet": False,
         "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True,
         "UnknownSopClassAccepted": unknown_sop_class_accepted,
-        "DicomModalities": {},  # declared per test with PUT /modalities/{id} (ports are only known then)
+        # usually declared per test with PUT /modalities/{id}, once the peer's port is known
+        "DicomModalities": modalities or {}, "LuaScripts": [str(p) for p in lua_scripts or []],
         "DicomScuTimeout": 30, "DicomScpTimeout": 30,
         "SaveJobs": False, "ConcurrentJobs": 1, "StableAge": 60, "OverwriteInstances": False,
         "DeidentifyLogs": True, "LogExportedResources": False, "MetricsEnabled": False,
@@ -230,14 +231,15 @@ def wait_for(check: Callable[[], Any], *, timeout: float, what: str, interval: f
         time.sleep(interval)
 
 
-def _start(binary: str, folder: Path, aet: str, unknown_sop_class_accepted: bool, tcp_nodelay: bool) -> Orthanc:
+def _start(binary: str, folder: Path, aet: str, unknown_sop_class_accepted: bool, tcp_nodelay: bool,
+           extra: dict[str, Any]) -> Orthanc:
     http_port, dicom_port = free_port(), free_port()
     while dicom_port == http_port:
         dicom_port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     cfg = folder / "orthanc.json"
     cfg.write_text(json.dumps(config(folder, http_port=http_port, dicom_port=dicom_port, aet=aet,
-                                     unknown_sop_class_accepted=unknown_sop_class_accepted), indent=1))
+                                     unknown_sop_class_accepted=unknown_sop_class_accepted, **extra), indent=1))
     log_path = folder / "orthanc.log"
     log = log_path.open("ab")
     env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
@@ -264,19 +266,22 @@ def _ready(orthanc: Orthanc) -> bool:
 
 @contextlib.contextmanager
 def running_orthanc(folder: Path, *, aet: str = "ORTHANC", unknown_sop_class_accepted: bool = False,
-                    tcp_nodelay: bool = True, attempts: int = 3) -> Iterator[Orthanc]:
+                    tcp_nodelay: bool = True, modalities: dict[str, list[Any]] | None = None,
+                    lua_scripts: list[Path] | None = None, attempts: int = 3) -> Iterator[Orthanc]:
     """Start Orthanc with its config, storage and log under ``folder``, yield it once its REST API answers,
     and stop it (and wait for it) on the way out, whatever happened inside. Skips the test where Orthanc is
     not installed. A port taken between choosing it and Orthanc binding it: new ports, up to ``attempts``.
 
     ``tcp_nodelay`` sets DCMTK's TCP_NODELAY=1 in Orthanc's environment. Without it, DCMTK ≥ 3.6.2 leaves
-    Nagle's algorithm on, and each instance Orthanc sends waits on the receiver's delayed ACK: measured on
-    loopback here, 20 small MR instances from Orthanc to a pynetdicom SCP took 0.97 s without it and 0.13 s
-    with it. A PACS's setting, not the node's: both are measured in benchmarks/dicom_node.py."""
+    Nagle's algorithm on, and a small instance Orthanc sends waits on the receiver's delayed ACK: measured on
+    loopback here, 20 MR instances of 64x64 from Orthanc to a pynetdicom SCP took 0.97 s without it and 0.13 s
+    with it; a full-size study (795 instances of 256x256 and more, 95 MB) 10.7 s and 11.6 s, no gain. A PACS's
+    setting, not the node's (benchmarks/dicom_node.py measures both)."""
     binary = require_orthanc()
     orthanc = None
     for attempt in range(attempts):
-        orthanc = _start(binary, folder / f"run{attempt}", aet, unknown_sop_class_accepted, tcp_nodelay)
+        orthanc = _start(binary, folder / f"run{attempt}", aet, unknown_sop_class_accepted, tcp_nodelay,
+                         {"modalities": modalities, "lua_scripts": lua_scripts})
         try:
             wait_for(lambda o=orthanc: _ready(o), timeout=START_TIMEOUT_S, what="Orthanc's REST API",
                      interval=0.1, explain=orthanc.log_tail)
