@@ -81,6 +81,10 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "pydicom": ("pydicom", "dicom"),
     "highdicom": ("highdicom", "dicom"),
     "pynetdicom": ("pynetdicom", "dicom"),
+    # pydicom's decoders for JPEG Lossless and JPEG 2000 (found by pydicom itself, never imported by seg-edge)
+    "pylibjpeg": ("pylibjpeg", "dicom"),
+    "libjpeg": ("pylibjpeg-libjpeg", "dicom"),
+    "openjpeg": ("pylibjpeg-openjpeg", "dicom"),
     "surface_distance": ("surface-distance", "brats2023"),
 }
 
