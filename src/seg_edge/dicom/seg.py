@@ -324,20 +324,22 @@ def frames_from_nifti(labels_xyz: np.ndarray, affine: np.ndarray, source_dataset
     step_c = np.array([linear @ (f.orientation[:3] * f.spacing[1]) for f in frames])
     step_r = np.array([linear @ (f.orientation[3:] * f.spacing[0]) for f in frames])
     r, c = np.mgrid[:rows, :cols]
-    index = (origins[:, None, None, :] + r[None, ..., None] * step_r[:, None, None, :]
-             + c[None, ..., None] * step_c[:, None, None, :])
-    nearest = np.rint(index)
-    off = float(np.abs(index - nearest).max())
-    ijk = nearest.astype(np.int64)
-    inside = bool(((ijk >= 0) & (ijk < labels_xyz.shape)).all())
+    result = np.empty((len(frames), rows, cols), dtype=labels_xyz.dtype)
+    reached = np.zeros(labels_xyz.shape, dtype=bool)
+    off, inside = 0.0, True
+    # frame by frame: a (frames, rows, cols, 3) index array is 300 MB for a 256x256x192 series
+    for k in range(len(frames)):
+        index = origins[k] + r[..., None] * step_r[k] + c[..., None] * step_c[k]
+        nearest = np.rint(index)
+        off = max(off, float(np.abs(index - nearest).max()))
+        ijk = nearest.astype(np.int64)
+        inside = bool(((ijk >= 0) & (ijk < labels_xyz.shape)).all())
+        if off > 1e-2 or not inside:
+            break
+        result[k] = labels_xyz[ijk[..., 0], ijk[..., 1], ijk[..., 2]]
+        reached[ijk[..., 0], ijk[..., 1], ijk[..., 2]] = True
     # with as many pixels as voxels, all inside and every voxel reached means every voxel is read exactly once
-    once = False
-    if inside:
-        reached = np.zeros(labels_xyz.size, dtype=bool)
-        reached[np.ravel_multi_index(tuple(ijk.reshape(-1, 3).T), labels_xyz.shape)] = True
-        once = bool(reached.all())
-    if off > 1e-2 or not once:
+    if off > 1e-2 or not inside or not reached.all():
         raise InputError(f"label map: its grid is not this series' (pixel centres up to {off:.3f} voxel off the "
                          f"voxel centres, all inside: {inside}; expected the NIfTI converted from these instances)")
-    result: np.ndarray = labels_xyz[ijk[..., 0], ijk[..., 1], ijk[..., 2]]
     return result
