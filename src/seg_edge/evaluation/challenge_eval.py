@@ -13,7 +13,7 @@ import numpy as np
 from seg_edge.errors import InputError
 from seg_edge.evaluation.challenge_table import case_row, missing_row, summary_rows
 from seg_edge.evaluation.challenges import PANOPTICA_HD95_PENALTY, Challenge
-from seg_edge.evaluation.evaluate import label_files
+from seg_edge.evaluation.evaluate import label_box, label_files
 from seg_edge.evaluation.lesionwise import panoptica_region
 from seg_edge.runtime.nifti import read_image
 
@@ -68,7 +68,7 @@ def score_case(pred: Path, truth: Path, challenge: Challenge) -> dict[str, Any]:
     # every figure depends on the voxels near the tumour only: crop both maps to the box around their labels,
     # grown by the 2023 dilation (a region's own union box is taken again inside)
     margin = challenge.dilation if challenge.method == "brats2023" else 0
-    box = _label_box(t_labels, p_labels, margin)
+    box = label_box(t_labels, p_labels, margin)
     t_crop, p_crop = t_labels[box], p_labels[box]
     if challenge.method == "brats2023":
         from seg_edge.evaluation.brats2023 import brats2023_region
@@ -87,18 +87,6 @@ def _mask(labels: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
     table = np.zeros(256, dtype=bool)
     table[list(values)] = True
     return table[labels]
-
-
-def _label_box(a: np.ndarray, b: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """The box around the non-zero voxels of either map, grown by ``margin`` within the array (all of it when
-    both are empty). From two projections of ``a | b`` rather than a scan per label."""
-    either = a | b
-    plane = either.any(axis=2)
-    ranges = [np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0)),
-              np.flatnonzero(either.any(axis=(0, 1)))]
-    if ranges[0].size == 0:
-        return tuple(slice(0, n) for n in a.shape)
-    return tuple(slice(max(int(r[0]) - margin, 0), min(int(r[-1]) + 1 + margin, n)) for r, n in zip(ranges, a.shape))
 
 
 def pair_files(pred: Path, truth: Path) -> tuple[list[tuple[str, Path, Path]], list[tuple[str, Path]], list[str]]:

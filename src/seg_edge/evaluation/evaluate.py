@@ -56,11 +56,26 @@ def evaluate_case(pred: Path, truth: Path, et: int) -> dict:
     if not np.allclose(p_img.affine, t_img.affine, atol=1e-3):
         raise InputError(f"{pred}: affine differs from ground truth {truth} (expected the same grid)")
     spacing = tuple(float(z) for z in t_img.header.get_zooms()[:3])
-    p_regions, t_regions = labels_to_regions(p_labels, et), labels_to_regions(t_labels, et)
+    # every figure depends on the voxels around the labels only (the true negatives are counted from the whole
+    # image): the regions are made on the box around both maps' labels
+    box = label_box(p_labels, t_labels)
+    p_regions, t_regions = labels_to_regions(p_labels[box], et), labels_to_regions(t_labels[box], et)
     result: dict = {"case_id": _case_id(truth)}
     for name, pr, tr in zip(REGIONS, p_regions, t_regions):
-        result[name] = region_metrics(pr, tr, spacing)
+        result[name] = region_metrics(pr, tr, spacing, total=p_labels.size)
     return result
+
+
+def label_box(a: np.ndarray, b: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """The box around the non-zero voxels of either label map, grown by ``margin`` within the array (all of it
+    when both are empty). From two projections of ``a | b`` rather than a scan per label."""
+    either = a | b
+    plane = either.any(axis=2)
+    ranges = [np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0)),
+              np.flatnonzero(either.any(axis=(0, 1)))]
+    if ranges[0].size == 0:
+        return tuple(slice(0, n) for n in a.shape)
+    return tuple(slice(max(int(r[0]) - margin, 0), min(int(r[-1]) + 1 + margin, n)) for r, n in zip(ranges, a.shape))
 
 
 def evaluate(pred: Path, truth: Path, et: int) -> dict:
