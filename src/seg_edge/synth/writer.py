@@ -54,8 +54,8 @@ def write_case(out_dir: Path, seed: int, index: int, shape: tuple[int, int, int]
 
 
 def _write_one(args: tuple[Path, int, int, tuple[int, int, int], int, str, int, int]) -> Path:
-    *positional, tumours, satellites = args
-    return write_case(*positional, tumours=tumours, satellites=satellites)
+    out_dir, seed, index, shape, et_label, anatomy, tumours, satellites = args
+    return write_case(out_dir, seed, index, shape, et_label, anatomy, tumours=tumours, satellites=satellites)
 
 
 def write_cases(out_dir: Path, n: int, seed: int, shape: tuple[int, int, int] = REFERENCE_SHAPE,
