@@ -32,9 +32,9 @@ MAX_TRIES = 100
 
 @dataclass(frozen=True)
 class Lesion:
-    """One added lesion: ``kind`` 'focus', 'near' or 'far' satellite; centre (voxels of the phantom's grid
-    box), radius in voxels, and for satellites the nearest-voxel distance to its tumour and that tumour's index
-    (0: the main tumour, then the foci in order)."""
+    """One added lesion: ``kind`` 'focus', 'near' or 'far' satellite; centre in voxels (of the box ``add_lesions``
+    works on; ``Phantom.lesions`` gives it on the full grid), radius in voxels, and for satellites the
+    nearest-voxel distance to its tumour and that tumour's index (0: the main tumour, then the foci in order)."""
 
     kind: str
     centre: tuple[int, int, int]
