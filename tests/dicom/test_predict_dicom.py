@@ -290,7 +290,7 @@ def _native_card(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["ambiguous", "native card", "dicom and nifti", "series with nifti",
-                                  "rules with nifti", "unknown series", "files with a study"])
+                                  "rules with nifti", "unknown series", "files with a study", "ray option"])
 def test_refusals_are_one_line_exit_2_and_nothing_written(case, studies, raw_studies, tmp_path):
     study, extra = studies["classic"], []
     if case == "ambiguous":
@@ -306,6 +306,8 @@ def test_refusals_are_one_line_exit_2_and_nothing_written(case, studies, raw_stu
         study, extra, message = raw_studies[0], ["--raw", "--series", "flair=1.2.3"], "--series apply to a DICOM"
     elif case == "rules with nifti":
         study, extra, message = raw_studies[0], ["--rules", tmp_path / "r.json"], "--rules apply to a DICOM"
+    elif case == "ray option":
+        extra, message = ["--actors", 2], "--actors apply to --engine ray"
     elif case == "unknown series":
         extra, message = ["--series", "flair=1.2.3.4"], "--series flair=1.2.3.4: no such series in the study"
     else:

@@ -134,6 +134,8 @@ def predict(
     if input is not None and is_dicom_study(input):  # --raw implied: a study's series are raw scanner series
         from seg_edge.cli.predict_dicom import DicomRequest, check_dicom_options, predict_dicom
 
+        if engine == Engine.local:
+            _ray_options(engine, False, address, actors, actor_cpus)  # refuses Ray's options without Ray
         check_dicom_options(files=files, engine_is_local=engine == Engine.local, modalities=modalities,
                             resample=resample, atlas=atlas, atlas_brain=atlas_brain, coregister_to=coregister_to)
         return predict_dicom(DicomRequest(
