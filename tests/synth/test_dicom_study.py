@@ -316,10 +316,26 @@ def test_cli_writes_n_dicom_studies(tmp_path):
     assert again.exit_code == 2 and "already exists" in again.output and len(again.output.strip().splitlines()) == 1
 
 
+def test_cli_transfer_syntax_reaches_every_file(tmp_path):
+    import pydicom
+    from seg_edge.synth.dicom import TRANSFER_SYNTAXES
+
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["synth", "--raw", "--dicom", "--transfer-syntax", "rle", "--n", "1", "--seed", "6",
+                                 "--scale", "0.25", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    case = out / raw_case_id(6, 0)
+    assert json.loads((case / "dicom_truth.json").read_text())["transfer_syntax"] == TRANSFER_SYNTAXES["rle"]
+    syntaxes = {pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID
+                for f in (case / "dicom").rglob("*.dcm")}
+    assert syntaxes == {TRANSFER_SYNTAXES["rle"]}
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--dicom"], "--dicom without --raw"),
     (["--raw", "--vendor", "ge"], "--vendor without --dicom"),
     (["--raw", "--enhanced"], "--enhanced without --dicom"),
+    (["--raw", "--transfer-syntax", "rle"], "--transfer-syntax without --dicom"),
 ])
 def test_cli_bad_options_one_line(tmp_path, args, message):
     result = runner.invoke(app, ["synth", "--n", "1", "--scale", "0.25", "--out", str(tmp_path / "o"), *args])

@@ -22,6 +22,16 @@ class Vendor(str, Enum):
     philips = "philips"
 
 
+class TransferSyntax(str, Enum):
+    """How a synthetic DICOM study's pixels are stored (seg_edge.synth.dicom.TRANSFER_SYNTAXES)."""
+
+    explicit = "explicit"
+    deflated = "deflated"
+    rle = "rle"
+    jpeg_ls = "jpeg-ls"
+    jpeg2000 = "jpeg2000"
+
+
 @guarded
 def synth(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write <id>/<id>_{flair,t1,t1ce,t2,seg}.nii.gz "
@@ -49,18 +59,23 @@ def synth(
                                          "[default: siemens, ge, philips in turn by study index]."),
     enhanced: bool = typer.Option(False, "--enhanced", help="With --dicom: Enhanced MR Image Storage, one "
                                   "multi-frame file per series."),
+    transfer_syntax: TransferSyntax | None = typer.Option(None, "--transfer-syntax", help="With --dicom: how the "
+                                                          "pixels are stored: explicit VR little endian, deflated, "
+                                                          "or losslessly compressed (RLE, JPEG-LS, JPEG 2000) "
+                                                          "[default: explicit]."),
     tumours: int = typer.Option(1, "--tumours", min=1, help="Tumours per case: the main one and TUMOURS-1 smaller "
                                 "foci (each a necrotic core, an enhancing rim and oedema, clear of the others)."),
     satellites: int = typer.Option(0, "--satellites", min=0, help="Small enhancing lesions per case near its "
                                    "tumours, alternately near (2-3 voxels away: inside the BraTS 2023 3-voxel "
-                                   "dilation) and far (6-10 voxels). Not with --raw."),
+                                   "dilation) and far (11-14 voxels: a lesion of its own). Not with --raw."),
 ) -> None:
     """Generate synthetic BraTS-like cases or raw studies (procedural or MNI152 brain + glioma; not patient data)."""
     from seg_edge.runtime.regions import et_label
 
-    if not dicom and (vendor is not None or enhanced):
-        raise InputError(f"{'--vendor' if vendor is not None else '--enhanced'} without --dicom (expected "
-                         f"--raw --dicom)")
+    dicom_only = [n for n, v in (("--vendor", vendor), ("--enhanced", enhanced or None),
+                                 ("--transfer-syntax", transfer_syntax)) if v is not None]
+    if not dicom and dicom_only:
+        raise InputError(f"{', '.join(dicom_only)} without --dicom (expected --raw --dicom)")
     if raw and (tumours != 1 or satellites != 0):
         raise InputError(f"{'--tumours' if tumours != 1 else '--satellites'} with --raw (expected BraTS-like "
                          f"cases: multifocal phantoms are written without --raw)")
@@ -71,7 +86,7 @@ def synth(
         done = _write_raw(out_dir, n, seed, scale if scale is not None else 1.0, et_label(label_scheme.value),
                           workers)
         if dicom:
-            _write_dicom(done, seed, vendor, enhanced)
+            _write_dicom(done, seed, vendor, enhanced, (transfer_syntax or TransferSyntax.explicit).value)
         return
     if dicom:
         raise InputError("--dicom without --raw (expected --raw --dicom: DICOM studies are written from raw studies)")
@@ -126,12 +141,12 @@ def _check_dicom(out_dir: Path, n: int, seed: int) -> None:
             raise InputError(f"{target} already exists (expected a folder not yet written: choose another --out)")
 
 
-def _write_dicom(folders: list[Path], seed: int, vendor: Vendor | None, enhanced: bool) -> None:
+def _write_dicom(folders: list[Path], seed: int, vendor: Vendor | None, enhanced: bool, syntax: str) -> None:
     from seg_edge.synth.dicom import VENDORS, write_dicom_study
 
     for index, folder in enumerate(folders):
         name = vendor.value if vendor is not None else VENDORS[index % len(VENDORS)]
-        write_dicom_study(folder, folder, vendor=name, enhanced=enhanced, seed=seed)
+        write_dicom_study(folder, folder, vendor=name, enhanced=enhanced, seed=seed, transfer_syntax=syntax)
         err.print(f"  {folder.name}/dicom ({name})", highlight=False)
     out.print(f"wrote {len(folders)} DICOM studies ({'enhanced' if enhanced else 'classic'} MR): <id>/dicom/, "
               f"truth in <id>/dicom_truth.json")
