@@ -164,3 +164,16 @@ def test_a_label_outside_the_challenge_set_is_refused(challenge_files, tmp_path)
     assert "BraTS-GLI-00001-000.nii.gz: labels [4] found" in result.stderr and "men label set" in result.stderr
     assert not out.exists()
     assert run(pred, truth, "--challenge", "gli").exit_code == 0
+
+
+def test_pairs_by_subject_number_as_the_official_package(tmp_path):
+    # the package pairs a ground truth with the prediction whose name ends in its subject number
+    save(tumour(), tmp_path / "truth" / "BraTS-MET-00012-000-seg.nii.gz")
+    save(tumour(), tmp_path / "pred" / "team_x_00012-000.nii.gz")
+    save(tumour(), tmp_path / "pred" / "unrelated.nii.gz")
+    result = run(tmp_path / "pred", tmp_path / "truth", "--challenge", "mets", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [c["prediction"].rsplit("/", 1)[-1] for c in doc["cases"]] == ["team_x_00012-000.nii.gz"]
+    assert doc["unmatched"] == ["unrelated"] and doc["missing"] == []
+    assert "1 predictions without ground truth: unrelated" in result.stderr
