@@ -234,7 +234,8 @@ def _check_same_grid(info: SeriesInfo, frames: list[_Frame]) -> None:
 
 def _normal(frame: _Frame) -> np.ndarray:
     normal: np.ndarray = np.cross(frame.orientation[:3], frame.orientation[3:])
-    return normal / np.linalg.norm(normal)
+    unit: np.ndarray = normal / np.linalg.norm(normal)
+    return unit
 
 
 def _sorted_along_normal(info: SeriesInfo, frames: list[_Frame]) -> tuple[list[_Frame], float]:
