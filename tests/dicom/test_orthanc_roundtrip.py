@@ -9,9 +9,14 @@ dicom extra is absent (CI installs both)."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -19,11 +24,14 @@ hd = pytest.importorskip("highdicom", reason="the dicom extra is not installed (
 pydicom = pytest.importorskip("pydicom", reason="the dicom extra is not installed (pip install -e '.[dicom]')")
 pytest.importorskip("pynetdicom", reason="the dicom extra is not installed (pip install -e '.[dicom]')")
 
+from conftest import RAW_SEED  # noqa: E402
 from mr_series_fixture import mr_series  # noqa: E402
+from node_roundtrip import (reference_datasets, results_in_orthanc, running_listener, seg_labels,  # noqa: E402
+                            sr_volumes)
 from orthanc import (HOST, OrthancError, c_store, logs_on_failure, running_orthanc,  # noqa: E402
-                     storage_scp)
+                     storage_scp, wait_for)
 
-from seg_edge.dicom.seg import write_seg  # noqa: E402
+from seg_edge.dicom.seg import frames_from_nifti, write_seg  # noqa: E402
 from seg_edge.dicom.sr import write_sr  # noqa: E402
 
 MODEL = dict(model_name="seg-edge-edge", model_version="0.1.0+card3", model_sha256="0123456789abcdef" * 4)
@@ -122,6 +130,41 @@ def test_orthanc_takes_seg_edges_binary_seg_and_sr_over_c_store(pacs, mr_files, 
         COMPREHENSIVE_3D_SR
 
 
+# The Lua script docs/DICOM.md gives for forwarding a study to seg-edge as it arrives (Orthanc's own hook): MR
+# only, so the SEG and SR that come back are not sent to the node again (a whole-study forward on
+# OnStableStudy would send the study back each time its results arrive, and segment it again).
+FORWARD_LUA = """\
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  if tags['Modality'] == 'MR' then
+    SendToModality(instanceId, 'segedge')
+  end
+end
+"""
+
+
+def test_the_documented_lua_script_forwards_mr_instances_and_not_the_results(tmp_path, request, mr_files):
+    lua = tmp_path / "forward.lua"
+    lua.write_text(FORWARD_LUA)
+    with storage_scp(tmp_path / "node", aet="SEGEDGE") as node, \
+            running_orthanc(tmp_path / "o", modalities={"segedge": ["SEGEDGE", HOST, node.port]},
+                            lua_scripts=[lua]) as pacs, logs_on_failure(request, {"Orthanc log": pacs.log_tail}):
+        assert c_store(mr_files, port=pacs.dicom_port, called_aet=pacs.aet, calling_aet="SCANNER") == [0] * 20
+        wait_for(lambda: len(node.stored) == len(mr_files), timeout=60, what="Orthanc forwarding the MR series",
+                 explain=pacs.log_tail)
+        source = [pydicom.dcmread(p) for p in mr_files]
+        labels = np.zeros((len(source), 64, 64), np.uint8)
+        labels[6:12, 20:44, 20:44] = 2
+        seg = write_seg(labels, source, label_scheme="brats2021", out=tmp_path / "seg.dcm", **MODEL)
+        write_sr({"WT": 1.0, "TC": 0.0, "ET": 0.0, "NCR": 0.0, "ED": 1.0}, seg, source, out=tmp_path / "sr.dcm")
+        assert c_store([tmp_path / "seg.dcm", tmp_path / "sr.dcm"], port=pacs.dicom_port, called_aet=pacs.aet,
+                       calling_aet="SEGEDGE") == [0, 0]
+        stored = pacs.series_by_modality(pacs.find_study(source[0].StudyInstanceUID))
+        assert sorted(stored) == ["MR", "SEG", "SR"]
+        time.sleep(2.0)  # a forward would have begun: each MR one began within 0.1 s of its store (Orthanc's log)
+    assert len(node.stored) == len(mr_files)
+    assert {pydicom.dcmread(p).Modality for p in node.stored} == {"MR"}
+
+
 def _label_map_seg(source: list, out: Path) -> Path:
     """A LABELMAP SEG (highdicom, Label Map Segmentation Storage) of two segments on ``source``."""
     labels = np.zeros((len(source), 64, 64), np.uint8)
@@ -162,3 +205,81 @@ def test_orthanc_1_10_refuses_a_label_map_seg_at_association_unless_told_to_acce
             assert "no valid presentation contexts" in pacs.log_tail(20)
         # over REST (POST /instances) Orthanc stores it either way: the refusal is its DICOM server's
         assert pacs.upload_file(label_map)["Status"] in ({"AlreadyStored"} if promiscuous else {"Success"})
+
+
+# --- the round trip: Orthanc -> seg-edge listen -> Orthanc, against seg-edge predict on the same study ---------
+
+ROUND_TRIP_TIMEOUT_S = 400.0  # the node segments a half-scale study in ~40 s alone; predict runs beside it
+
+
+@pytest.fixture(scope="module")
+def dicom_study(raw_studies, tmp_path_factory) -> Path:
+    """The first small raw study (conftest) as a Siemens-style DICOM study with its extra series (localiser,
+    DWI/ADC, an MPR): ~400 files."""
+    from seg_edge.synth.dicom import write_dicom_study
+
+    return write_dicom_study(raw_studies[0], tmp_path_factory.mktemp("roundtrip"), vendor="siemens", seed=RAW_SEED)
+
+
+def _predict(study: Path, out: Path) -> subprocess.Popen:
+    """``seg-edge predict STUDY_DIR --json`` started (it runs beside the node: the two share the 2 cores)."""
+    return subprocess.Popen([sys.executable, "-m", "seg_edge", "predict", str(study), "--out", str(out), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_study_sent_by_orthanc_to_seg_edge_listen_comes_back_with_predicts_labels(dicom_study, tmp_path, request):
+    truth = json.loads((dicom_study.parent / "dicom_truth.json").read_text())
+    n_files = sum(1 for p in dicom_study.rglob("*") if p.is_file())
+    predict = _predict(dicom_study, tmp_path / "predict")
+    try:
+        with running_orthanc(tmp_path / "orthanc") as pacs, running_listener(tmp_path / "node", pacs) as node, \
+                logs_on_failure(request, {"Orthanc log": pacs.log_tail, "seg-edge listen output": node.log_tail}):
+            uploaded = pacs.upload_folder(dicom_study)
+            assert {a["Status"] for a in uploaded} == {"Success"} and len(uploaded) == n_files
+            start = time.perf_counter()
+            job = pacs.send("segedge", [uploaded[0]["ParentStudy"]])  # Orthanc's C-STORE SCU, as a PACS forwards
+            sent = time.perf_counter() - start
+            assert (job["InstancesCount"], job["FailedInstancesCount"]) == (n_files, 0)
+            found = wait_for(lambda: results_in_orthanc(pacs, truth["study_instance_uid"], node),
+                             timeout=ROUND_TRIP_TIMEOUT_S, interval=0.5, what="the SEG and SR back in Orthanc",
+                             explain=lambda: f"--- listen ---\n{node.log_tail()}\n--- Orthanc ---\n{pacs.log_tail()}")
+            back = time.perf_counter() - start
+            seg = pacs.download(found["SEG"], tmp_path / "back" / "seg.dcm")
+            sr = pacs.download(found["SR"], tmp_path / "back" / "sr.dcm")
+            node_log = node.log_path.read_text(errors="replace")
+        out, err = predict.communicate(timeout=ROUND_TRIP_TIMEOUT_S)
+    finally:
+        if predict.poll() is None:
+            predict.kill()
+            predict.wait()
+    assert predict.returncode == 0, err
+    report = json.loads(out)
+    print(f"round trip: {n_files} instances sent in {sent:.1f} s, SEG and SR back in Orthanc after {back:.1f} s")
+
+    # what came back is a BINARY SEG and a TID 1500 SR of the same study, on the T1ce series the rules chose
+    header = pydicom.dcmread(seg, stop_before_pixels=True)
+    assert (header.SOPClassUID, header.SegmentationType) == (SEG_STORAGE, "BINARY")
+    assert pydicom.dcmread(sr, stop_before_pixels=True).SOPClassUID == COMPREHENSIVE_3D_SR
+    assert header.StudyInstanceUID == truth["study_instance_uid"]
+    assert header.ReferencedSeriesSequence[0].SeriesInstanceUID == truth["modalities"]["t1ce"]
+
+    # the node's labels are predict's: its SEG, and its NIfTI label map taken onto the same frames
+    source = reference_datasets(seg, dicom_study)
+    scheme = report.get("label_scheme", "brats2021")
+    labels = seg_labels(seg, source, label_scheme=scheme)
+    assert np.count_nonzero(labels) > 1000  # a tumour was found: equal empty maps would prove nothing
+    (predict_seg,) = (tmp_path / "predict").glob("*_seg.dcm")
+    assert np.array_equal(labels, seg_labels(predict_seg, source, label_scheme=scheme))
+    nifti = nib.load(report["output"])
+    assert np.array_equal(labels, frames_from_nifti(np.asarray(nifti.dataobj), nifti.affine, source))
+
+    # and its SR's volumes are predict's report's
+    volumes = sr_volumes(sr)
+    assert set(volumes) == set(report["volumes_ml"]) == {"WT", "TC", "ET", "NCR", "ED"}
+    for region, value in report["volumes_ml"].items():
+        assert volumes[region] == pytest.approx(value, abs=1e-3), region
+    (predict_sr,) = (tmp_path / "predict").glob("*_sr.dcm")
+    assert sr_volumes(predict_sr) == pytest.approx(volumes, abs=1e-9)
+
+    # nothing about the patient in the node's log
+    assert truth["patient"]["name"] not in node_log and truth["patient"]["id"] not in node_log
