@@ -91,6 +91,8 @@ def needs_extra(i: dict[str, Path]) -> list[tuple[tuple[str, ...], list[str], st
         (("train",), ["train", str(EXAMPLE.parent), "--out", str(o / "run")], "export"),
         (("synth",), ["synth", "--out", str(o / "s"), "--n", "1", "--anatomy", "mni152"], "synth"),
         (("serve",), ["serve", "--data", str(o / "serve")], "serve"),
+        # listen needs the dicom extra and the preprocess one; in a runtime-only install the first is named
+        (("listen",), ["listen", "--data", str(o / "listen"), "--send-to", "PACS@127.0.0.1:4242"], "dicom"),
         (("evaluate",), ["evaluate", str(EXAMPLE.parent), str(EXAMPLE.parent), "--report", str(o / "r.html")],
          "preview"),
         (("evaluate",), ["evaluate", str(EXAMPLE.parent), str(EXAMPLE.parent), "--challenge", "brats2023"],

@@ -71,11 +71,11 @@ def main_options(
 
 
 def _register() -> None:
-    from seg_edge.cli import (bench, build_engine, evaluate, export, export_triton, import_cmd, info, lint, parity,
-                              predict, quantize, serve, synth, train, tune)
+    from seg_edge.cli import (bench, build_engine, evaluate, export, export_triton, import_cmd, info, lint, listen,
+                              parity, predict, quantize, serve, synth, train, tune)
 
     for module in (predict, export, export_triton, import_cmd, info, quantize, build_engine, lint, parity, bench, synth,
-                   train, evaluate, serve, tune):
+                   train, evaluate, serve, listen, tune):
         module.register(app)
 
 

@@ -15,6 +15,7 @@ import logging
 import queue
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,11 +92,18 @@ def _public(text: str, record: dict, folder: Path) -> str:
     return text.replace(str(folder), "upload")
 
 
-class WorkerPool:
-    """``config.workers`` threads, each with its own Segmenter (one session), fed from one queue."""
+# A job of another kind than an upload (its record's ``kind``; seg-edge listen's "dicom-study"): called with the
+# worker's index (its Segmenter is ``pool.segmenters[index]``) and the record, it runs the job and records it.
+JobHandler = Callable[[int, dict], None]
 
-    def __init__(self, store: JobStore, config: ServeConfig):
+
+class WorkerPool:
+    """``config.workers`` threads, each with its own Segmenter (one session), fed from one queue. ``handlers``:
+    the runners of other kinds of job, by the record's ``kind`` (a record without one is an upload)."""
+
+    def __init__(self, store: JobStore, config: ServeConfig, handlers: dict[str, JobHandler] | None = None):
         self.store, self.config = store, config
+        self.handlers = dict(handlers or {})
         self.segmenters: list[Segmenter] = []
         try:
             for _ in range(config.workers):  # opened as predict opens it: the same configuration
@@ -149,7 +157,13 @@ class WorkerPool:
             record = self.store.get(job_id)
             if record is None or record["status"] != "queued":
                 continue  # deleted while it waited
-            self._run(index, record)
+            kind = record.get("kind")
+            if kind is None:
+                self._run(index, record)
+            elif kind in self.handlers:
+                self.handlers[kind](index, record)
+            else:  # left as it is on disk for the program that runs such jobs
+                log.warning("job %s: a %r job, not run by this server", job_id, kind)
 
     def _run(self, index: int, record: dict) -> None:
         job_id, folder = record["id"], self.store.folder(record["id"])
