@@ -375,3 +375,50 @@ def test_seg_edge_listen_in_a_process_of_its_own_segments_a_study(tmp_path, pacs
     assert record["status"] == "done" and record["attempts"] == 1, record
     assert "stopped (unfinished studies resume at the next start)" in stderr
     assert str(datasets[0].PatientID) not in stderr and str(datasets[0].PatientName) not in stderr
+
+
+# tests/dicom/bad_dicom.py's studies that a PACS can send (every file reads as a dataset): the node separates
+# studies by StudyInstanceUID, so "two patients" is built here inside one study (the corpus' case puts the other
+# patient in another study, which the node files apart)
+SENT_BAD_CASES = ("truncated_pixels", "no_pixel_data", "inconsistent_orientation", "duplicate_position",
+                  "non_mr_flair", "secondary_capture_only", "one_slice")
+
+
+def _two_patients_in_one_study(bad, folder: Path) -> str:
+    import pydicom
+
+    path = bad.good_study(folder)["t2"][3]
+    ds = pydicom.dcmread(path)
+    ds.PatientID = "BAD-DICOM-0002"
+    ds.save_as(path, enforce_file_format=True)
+    return "holds instances of at least 2 patients"
+
+
+def test_bad_studies_fail_in_one_line_and_the_node_keeps_serving(node, tmp_path):
+    """Each bad study of the corpus, sent in turn: its job fails with the one line predict would print (the
+    stand-in reads the study as segment_study does), the node answers the next study; a good one is done."""
+    import pydicom
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
+    import bad_dicom as bad
+
+    cases = [(name, functools.partial(bad.CASES[name])) for name in SENT_BAD_CASES]
+    cases.append(("two_patients_in_one_study", functools.partial(_two_patients_in_one_study, bad)))
+    for done, (name, build) in enumerate(cases):
+        folder = tmp_path / name
+        folder.mkdir()
+        fragment = build(folder)
+        datasets = [pydicom.dcmread(p) for p in sorted(folder.rglob("*.dcm"))]
+        assert lh.send(node.port, datasets) == [0] * len(datasets), name
+        job = finished(node, done + 1)[-1]
+        assert job["status"] == "failed" and job["failed_stage"] == "segmenting", (name, job)
+        assert fragment in job["error"] and "\n" not in job["error"], (name, job["error"])
+        assert str(folder) not in job["error"] and "BAD-DICOM" not in job["error"]
+        assert lh.echo(node.port) == 0
+    good = tmp_path / "good"
+    good.mkdir()
+    bad.good_study(good)
+    datasets = [pydicom.dcmread(p) for p in sorted(good.rglob("*.dcm"))]
+    assert lh.send(node.port, datasets) == [0] * len(datasets)
+    job = finished(node, len(cases) + 1)[-1]
+    assert job["status"] == "done", job.get("error")
