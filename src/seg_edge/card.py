@@ -42,7 +42,17 @@ RULES = ("nested", "sequential")
 BLENDS = ("gaussian", "constant", "nnunet_gaussian")
 STEPS = ("monai", "nnunet")
 INTERPOLATIONS = ("linear", "nearest")
-LABEL_SCHEMES = ("brats2021", "brats2023")
+# Label sets (docs/CARD.md, "Label sets"): label name → the value a label map holds. brats2021 and brats2023 are
+# the glioma labels of those years; brats2024-gli-post is BraTS 2024's post-treatment glioma set (the metastases
+# challenge's as well), whose resection cavity (RC) has no value in the older sets.
+LABEL_SETS: dict[str, dict[str, int]] = {
+    "brats2021": {"NCR": 1, "ED": 2, "ET": 4},
+    "brats2023": {"NCR": 1, "ED": 2, "ET": 3},
+    "brats2024-gli-post": {"NETC": 1, "SNFH": 2, "ET": 3, "RC": 4},
+}
+# BraTS 2023 renamed two tissues without changing them: a relabelling may map each name onto its other name
+LABEL_SYNONYMS = {"NETC": "NCR", "SNFH": "ED"}
+LABEL_SCHEMES = tuple(LABEL_SETS)
 PRECISIONS = ("fp32", "fp16", "int8")
 # backends a tuned profile may name (runtime.sessions.base.BACKENDS; a test keeps the two equal)
 PROFILE_BACKENDS = ("onnxruntime", "ort-cuda", "ort-trt", "tensorrt", "openvino")

@@ -3,7 +3,7 @@ number in range, the parts consistent with each other. Types are checked by ``ca
 
 from __future__ import annotations
 
-from seg_edge.card import (BACKS, BLENDS, CLASSES, CROPS, DERIVED, INTERPOLATIONS, KINDS, LABEL_SCHEMES, LABELS,
+from seg_edge.card import (BACKS, BLENDS, CROPS, DERIVED, INTERPOLATIONS, KINDS, LABEL_SCHEMES, LABEL_SETS, LABELS,
                            LAYOUTS, MODALITIES, NORMALIZATIONS, PRECISION_HINTS, PRECISIONS, PROFILE_BACKENDS, SPACES,
                            REGIONS, RULES, STEPS, Inputs, ModelCard, Outputs, SliceSpec, show)
 from seg_edge.errors import ArtifactError
@@ -69,10 +69,13 @@ def _input_problems(inputs: Inputs) -> list[str]:
     return problems
 
 
-def _output_problems(outputs: Outputs) -> list[str]:
+def _output_problems(outputs: Outputs, scheme: str) -> list[str]:
     problems = _choice("outputs.kind", outputs.kind, KINDS)
     names = list(outputs.channels)
-    allowed = REGIONS if outputs.kind == "sigmoid" else CLASSES
+    # the label names of the card's set (an unknown scheme is reported on its own: the 2021 names meanwhile)
+    labels = tuple(LABEL_SETS[scheme]) if scheme in LABEL_SETS else LABELS
+    classes = ("background",) + labels
+    allowed = REGIONS if outputs.kind == "sigmoid" else classes
     if not names or len(set(names)) != len(names) or any(n not in allowed for n in names):
         problems.append(f"outputs.channels {names} (expected distinct names from {list(allowed)})")
     if outputs.kind == "sigmoid":
@@ -80,14 +83,14 @@ def _output_problems(outputs: Outputs) -> list[str]:
             problems.append(f"outputs.thresholds {list(outputs.thresholds)} (expected one per channel, each in (0, 1))")
         problems += _choice("outputs.rule", outputs.rule, RULES)
         for i, pair in enumerate(outputs.order):
-            if len(pair) != 2 or pair[0] not in names or pair[1] not in LABELS:
+            if len(pair) != 2 or pair[0] not in names or pair[1] not in labels:
                 problems.append(f"outputs.order[{i}] {list(pair)} (expected [region of outputs.channels, "
-                                f"one of {list(LABELS)}])")
+                                f"one of {list(labels)}])")
         if not outputs.order:
             problems.append("outputs.order is empty (expected [[region, label], ...])")
     for key, value in outputs.source_labels.items():
-        if value not in CLASSES:
-            problems.append(f"outputs.source_labels[{show(key)}] {show(value)} (expected one of {list(CLASSES)})")
+        if value not in classes:
+            problems.append(f"outputs.source_labels[{show(key)}] {show(value)} (expected one of {list(classes)})")
     problems += _choice("outputs.layout", outputs.layout, LAYOUTS)
     if not outputs.tensor:
         problems.append("outputs.tensor is empty (expected the graph output's name)")
@@ -159,7 +162,8 @@ def _profile_problems(card: ModelCard) -> list[str]:
 def validate_card(card: ModelCard, source: str = "card") -> None:
     """ArtifactError naming ``source`` unless every value of a well-typed card is in range."""
     problems = [] if card.name else ["name is empty (expected a non-empty string)"]
-    problems += _input_problems(card.inputs) + _output_problems(card.outputs) + _inference_problems(card)
+    problems += _input_problems(card.inputs) + _output_problems(card.outputs, card.label_scheme)
+    problems += _inference_problems(card)
     problems += _profile_problems(card)
     problems += _choice("label_scheme", card.label_scheme, LABEL_SCHEMES)
     problems += _choice("precision", card.precision, PRECISIONS)

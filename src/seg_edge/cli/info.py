@@ -41,10 +41,9 @@ SOURCE_KEYS = (("source framework", ("source_framework",)), ("source file", ("so
 
 
 def _label_values(card: ModelCard) -> dict[str, int]:
-    from seg_edge.runtime.postprocess import label_values
-    from seg_edge.runtime.regions import et_label
+    from seg_edge.runtime.regions import label_map
 
-    return label_values(et_label(card.label_scheme))
+    return label_map(card.label_scheme, card.label_scheme)
 
 
 def _array_axes(card: ModelCard, network_axes) -> str:
@@ -179,7 +178,7 @@ def describe_card(card: ModelCard, stored_schema: int | str | None = None) -> li
         ("TTA", tta_words(card)),
         ("ensemble", "1 network" if inf.ensemble == 1 else f"{inf.ensemble} networks averaged in logit space"),
         ("ET rule", et_rule_words(card)),
-        ("label scheme", f"{card.label_scheme}: NCR = {values['NCR']}, ED = {values['ED']}, ET = {values['ET']}"),
+        ("label scheme", f"{card.label_scheme}: " + ", ".join(f"{k} = {v}" for k, v in values.items() if v)),
         ("precision", card.precision),
         ("tolerances", f"max probability difference {card.tolerances.max_prob_diff:g}, min region Dice "
                        f"{card.tolerances.min_region_dice:g} (against the framework reference)"),

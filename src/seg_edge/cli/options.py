@@ -22,8 +22,11 @@ DEFAULT_MODEL = ASSETS / "seg-edge-edge.onnx"
 
 
 class LabelScheme(str, Enum):
+    """Label sets a label map is written in (card.LABEL_SETS; a test keeps the two equal)."""
+
     brats2021 = "brats2021"
     brats2023 = "brats2023"
+    brats2024_gli_post = "brats2024-gli-post"
 
 
 class Anatomy(str, Enum):

@@ -234,7 +234,7 @@ def _source_reference(artifact: Artifact, spec, plan, threads: int | None):
     def run(case: Case, segmenter: Segmenter, folder: Path) -> Segmentation:
         got = source.predict(folder)
         return Segmentation(case.case_id, got.labels, segmenter.scheme,
-                            region_volumes(got.labels, segmenter.et, case.spacing),
+                            region_volumes(got.labels, segmenter.et, case.spacing, scheme=segmenter.scheme),
                             {"source": got.seconds}, got.probabilities)
 
     return run

@@ -37,7 +37,7 @@ from seg_edge.runtime.io import Case, find_modalities, write_volume
 from seg_edge.runtime.jobs import Job
 from seg_edge.runtime.labelfiles import itksnap_labels, slicer_color_table
 from seg_edge.runtime.outputs import StagedOutputs, report_dict
-from seg_edge.runtime.postprocess import label_values, to_labels
+from seg_edge.runtime.postprocess import to_labels
 from seg_edge.runtime.segmenter import Segmentation, Segmenter, region_volumes
 
 
@@ -135,12 +135,14 @@ def rule_free_probabilities(seg: Segmentation, segmenter: Segmenter) -> np.ndarr
     if not seg.et_relabelled_voxels:
         return probs
     outputs, et = segmenter.card.outputs, segmenter.et
-    relabelled = (to_labels(probs, outputs, et) == et) & (seg.labels == label_values(et)["NCR"])
+    # the rule writes 1: NCR, or NETC in the 2024 sets
+    relabelled = (to_labels(probs, outputs, et, values=segmenter.values) == et) & (seg.labels == 1)
     channels = list(outputs.channels)
     if outputs.kind == "sigmoid":
         probs[channels.index("ET")][relabelled] = 0.0
     else:
-        probs[channels.index("NCR")][relabelled] += probs[channels.index("ET")][relabelled]
+        ncr = next(name for name in channels if segmenter.values.get(name) == 1)
+        probs[channels.index(ncr)][relabelled] += probs[channels.index("ET")][relabelled]
         probs[channels.index("ET")][relabelled] = 0.0
     return probs
 
@@ -161,7 +163,7 @@ def native_case(path: Path, case_id: str) -> Case:
 
 def labels_on(probs: np.ndarray, segmenter: Segmenter) -> np.ndarray:
     """Labels decided from (K, …) probabilities by the card's output rule."""
-    return to_labels(probs, segmenter.card.outputs, segmenter.et)
+    return to_labels(probs, segmenter.card.outputs, segmenter.et, values=segmenter.values)
 
 
 def segment_raw(job: Job, segmenter: Segmenter, options: RawOptions, outputs: RawOutputs, *,
@@ -185,7 +187,7 @@ def segment_raw(job: Job, segmenter: Segmenter, options: RawOptions, outputs: Ra
     labels = labels_on(probs, segmenter)
     reference = native_case(files[options.reference], job.case_id)
     spacing = reference.spacing
-    volumes = region_volumes(labels, segmenter.et, spacing)
+    volumes = region_volumes(labels, segmenter.et, spacing, scheme=segmenter.scheme)
     per_series = ({m: labels if m == options.reference else labels_on(to_native(atlas_probs, pre, m), segmenter)
                    for m in order} if outputs.native_series else {})
     # the segmenter's "preprocess" is its crop and normalisation: named so beside the raw series' own stages

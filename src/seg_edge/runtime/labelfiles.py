@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seg_edge.runtime.regions import et_label
+from seg_edge.runtime.regions import et_label, label_set
 
 __all__ = ["TISSUES", "Tissue", "itksnap_labels", "slicer_color_table"]
 
@@ -42,7 +42,19 @@ TISSUES = (
     Tissue("ED", "Peritumoural oedema (ED)", (0, 255, 0)),
     Tissue("ET", "Enhancing tumour (ET)", (255, 255, 0)),
 )
+# the labels other sets name differently or add (brats2024-gli-post): same colours for the same tissues
+_OTHER_NAMES = {
+    "NETC": Tissue("NETC", "Non-enhancing tumour core (NETC)", (255, 0, 0)),
+    "SNFH": Tissue("SNFH", "Surrounding non-enhancing FLAIR hyperintensity (SNFH)", (0, 255, 0)),
+    "RC": Tissue("RC", "Resection cavity (RC)", (0, 0, 255)),
+}
 _BACKGROUND = "Background"
+
+
+def _labels(label_scheme: str) -> list[tuple[int, Tissue]]:
+    """(value, tissue) of every label of ``label_scheme``'s set, by value."""
+    known = {t.tissue: t for t in TISSUES} | _OTHER_NAMES
+    return sorted((value, known[name]) for name, value in label_set(label_scheme).items())
 
 
 def _about(label_scheme: str, model: str) -> str:
@@ -70,16 +82,16 @@ def itksnap_labels(label_scheme: str, *, model: str = "") -> str:
         "################################################",
         f"{0:5d} {0:5d} {0:4d} {0:4d} {0:8.2f} {0:2d} {0:2d}    \"Clear Label\"",
     ]
-    for t in sorted(TISSUES, key=lambda t: t.value(label_scheme)):
+    for value, t in _labels(label_scheme):
         r, g, b = t.rgb
-        lines.append(f"{t.value(label_scheme):5d} {r:5d} {g:4d} {b:4d} {1:8.2f} {1:2d} {1:2d}    \"{t.name}\"")
+        lines.append(f"{value:5d} {r:5d} {g:4d} {b:4d} {1:8.2f} {1:2d} {1:2d}    \"{t.name}\"")
     return "\n".join(lines) + "\n"
 
 
 def slicer_color_table(label_scheme: str, *, model: str = "") -> str:
     """The 3D Slicer colour table file's (.ctbl) text for a label map of ``label_scheme``."""
     rows = [(0, _BACKGROUND, (0, 0, 0), 0)]
-    rows += [(t.value(label_scheme), t.name, t.rgb, 255) for t in TISSUES]
+    rows += [(value, t.name, t.rgb, 255) for value, t in _labels(label_scheme)]
     lines = [f"# Color table file: {_about(label_scheme, model)}",
              f"# {len(rows)} values"]
     for value, name, (r, g, b), alpha in sorted(rows):

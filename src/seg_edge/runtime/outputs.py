@@ -22,6 +22,7 @@ import numpy as np
 from seg_edge.errors import InputError
 from seg_edge.runtime.atomic import TEMP_PREFIX, default_file_mode, make_temp
 from seg_edge.runtime.io import write_volume
+from seg_edge.runtime.regions import label_set
 
 if TYPE_CHECKING:  # the segmenter's imports (scipy.ndimage, backends) are not needed to check outputs
     from seg_edge.runtime.io import Case
@@ -204,7 +205,7 @@ def report_dict(seg: Segmentation, job: Job, segmenter: Segmenter, preview: bool
                   "backend": segmenter.session.name},
         "configuration": segmenter.profile_note or "the card's configuration",
         "label_scheme": seg.label_scheme,
-        "labels": {"NCR": 1, "ED": 2, "ET": segmenter.et},
+        "labels": label_set(seg.label_scheme),
         "volumes_ml": {k: round(v, 3) for k, v in seg.volumes_ml.items()},
         "et_relabelled_voxels": seg.et_relabelled_voxels,
         "timings_s": {k: round(v, 4) for k, v in seg.timings.items()},
@@ -224,7 +225,7 @@ def preview_png(seg: Segmentation, case: Case, segmenter: Segmenter) -> bytes:
     images = dict(zip(segmenter.card.modalities, case.images))
     title = f"{seg.case_id}: {segmenter.card.name}, {segmenter.session.name}"
     return encode_png(preview_image(images, seg.labels, case.affine, case.spacing, seg.volumes_ml,
-                                    segmenter.et, title))
+                                    segmenter.et, title, label_set=label_set(seg.label_scheme)))
 
 
 def write_case(seg: Segmentation, case: Case, job: Job, segmenter: Segmenter, report: dict[str, Any], *,

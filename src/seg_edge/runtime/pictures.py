@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # Pillow is the preview extra: imported where a picture is dr
 LABEL_INFO = {1: ("NCR", "necrotic tumour core", (230, 25, 25)),
               2: ("ED", "peritumoral oedema", (25, 204, 51)),
               4: ("ET", "enhancing tumour", (255, 224, 25))}
+# the labels other label sets (card.LABEL_SETS) name differently or add: the same colour for the same tissue
+OTHER_LABEL_INFO = {"NETC": ("non-enhancing tumour core", (230, 25, 25)),
+                    "SNFH": ("surrounding non-enhancing FLAIR hyperintensity", (25, 204, 51)),
+                    "RC": ("resection cavity", (40, 110, 255))}
 HIGHLIGHT = (255, 0, 255)  # voxels that differ (parity pictures)
 PANEL_PX = 240  # the longest side of one slice panel, in pixels
 FOOTER = "seg-edge is not a medical device: not for clinical use. Neurological view (left is left)."
@@ -40,17 +44,23 @@ def require_pillow() -> None:
         raise MissingExtra("PIL", needed_for="drawing pictures") from None
 
 
-def legend(et: int) -> list[dict[str, Any]]:
-    """Each label's value, name, meaning and colour (``#rrggbb``) for a label scheme's ET label."""
-    rows = []
-    for value, (name, meaning, rgb) in LABEL_INFO.items():
-        value = et if name == "ET" else value
-        rows.append({"value": value, "name": name, "description": meaning, "colour": "#%02x%02x%02x" % rgb})
-    return rows
+def _labels(et: int, label_set: dict[str, int] | None) -> list[tuple[int, str, str, tuple[int, int, int]]]:
+    """(value, name, meaning, RGB) of each label: NCR 1, ED 2, ET ``et``, or those of ``label_set``."""
+    known = {name: (meaning, rgb) for name, meaning, rgb in LABEL_INFO.values()} | OTHER_LABEL_INFO
+    if label_set is None:
+        label_set = {name: (et if name == "ET" else value) for value, (name, _, _) in LABEL_INFO.items()}
+    return [(value, name, *known[name]) for name, value in label_set.items()]
 
 
-def _colours(et: int) -> dict[int, tuple[int, int, int]]:
-    return {(et if info[0] == "ET" else value): info[2] for value, info in LABEL_INFO.items()}
+def legend(et: int, label_set: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Each label's value, name, meaning and colour (``#rrggbb``) for a label scheme's ET label, or for every
+    label of ``label_set`` (name → value, ``regions.label_set``) where one is given."""
+    return [{"value": value, "name": name, "description": meaning, "colour": "#%02x%02x%02x" % rgb}
+            for value, name, meaning, rgb in _labels(et, label_set)]
+
+
+def _colours(et: int, label_set: dict[str, int] | None = None) -> dict[int, tuple[int, int, int]]:
+    return {value: rgb for value, _, _, rgb in _labels(et, label_set)}
 
 
 @dataclass
@@ -135,7 +145,8 @@ def plane_spacing(spacing: tuple[float, float, float], name: str) -> tuple[float
 
 
 def panel(gray: np.ndarray, labels: np.ndarray | None, et: int, size: tuple[int, int], alpha: float = 0.45,
-          changed: np.ndarray | None = None, span: tuple[float, float] = (0.0, 1.0)) -> Image.Image:
+          changed: np.ndarray | None = None, span: tuple[float, float] = (0.0, 1.0),
+          label_set: dict[str, int] | None = None) -> Image.Image:
     """A PIL image of one slice: grey levels in ``span``, labels blended in, ``changed`` voxels outlined."""
     from PIL import Image
 
@@ -143,7 +154,7 @@ def panel(gray: np.ndarray, labels: np.ndarray | None, et: int, size: tuple[int,
     grey = np.clip((gray.astype(np.float32) - low) / (high - low), 0, 1) * 255
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if labels is not None:
-        for value, colour in _colours(et).items():
+        for value, colour in _colours(et, label_set).items():
             mask = labels == value
             rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour, dtype=np.float32)
     if changed is not None and changed.any():
@@ -214,7 +225,7 @@ def _legend_panel(lines: list[Line], width: int, height: int) -> Image.Image:
 
 
 def figure(vol: Volume3D, rows: list[Row], centre: tuple[int, int, int], et: int, title: str,
-           legend_lines: list[Line], legend_width: int = 250) -> Image.Image:
+           legend_lines: list[Line], legend_width: int = 250, label_set: dict[str, int] | None = None) -> Image.Image:
     """Rows × (axial, coronal, sagittal) panels through ``centre``, a legend column, a title and a footer."""
     from PIL import Image, ImageDraw
 
@@ -240,7 +251,7 @@ def figure(vol: Volume3D, rows: list[Row], centre: tuple[int, int, int], et: int
             gray = plane(vol.images[row.image], p, centre) if row.image else np.zeros(shape, np.float32)
             labels = plane(vol.labels[row.labels], p, centre) if row.labels else None
             changed = plane(vol.labels[row.changed], p, centre).astype(bool) if row.changed else None
-            canvas.paste(panel(gray, labels, et, (w, h), changed=changed,
+            canvas.paste(panel(gray, labels, et, (w, h), changed=changed, label_set=label_set,
                                span=spans[row.image] if row.image else (0.0, 1.0)), (x, y + 16))
             if r == 0:
                 draw.text((x, y), p, fill=(80, 80, 80), font=font(12))
@@ -250,10 +261,10 @@ def figure(vol: Volume3D, rows: list[Row], centre: tuple[int, int, int], et: int
     return canvas
 
 
-def volume_lines(volumes: dict[str, float], et: int) -> list[Line]:
+def volume_lines(volumes: dict[str, float], et: int, label_set: dict[str, int] | None = None) -> list[Line]:
     """Legend lines: each label's colour, name, value and volume, then the WT/TC/ET regions."""
     lines: list[Line] = [(None, "label", "volume")]
-    for row in legend(et):
+    for row in legend(et, label_set):
         colour = tuple(int(row["colour"][i:i + 2], 16) for i in (1, 3, 5))
         lines.append((colour, f"{row['name']} ({row['value']})", f"{volumes.get(row['name'], 0.0):.2f} mL"))
     lines.append((None, "", ""))
@@ -264,15 +275,17 @@ def volume_lines(volumes: dict[str, float], et: int) -> list[Line]:
 
 
 def preview_image(images: dict[str, np.ndarray], labels: np.ndarray, affine: np.ndarray,
-                  spacing: tuple[float, ...], volumes: dict[str, float], et: int, title: str) -> Image.Image:
-    """The ``--preview`` picture: FLAIR and T1ce with the labels, three planes through the tumour's centre."""
+                  spacing: tuple[float, ...], volumes: dict[str, float], et: int, title: str, *,
+                  label_set: dict[str, int] | None = None) -> Image.Image:
+    """The ``--preview`` picture: FLAIR and T1ce with the labels, three planes through the tumour's centre;
+    ``label_set``: the names and values of the map's labels (None: NCR 1, ED 2, ET ``et``)."""
     require_pillow()
     shown: dict[str, np.ndarray] = ({m: images[m] for m in ("flair", "t1ce") if m in images}
                                     or dict(list(images.items())[:2]))
     vol = Volume3D.canonical(shown, {"pred": labels}, affine, spacing)
     centre = tumour_centre(vol.labels["pred"], next(iter(vol.images.values()), None))
     rows = [Row(f"{m.upper() if m != 't1ce' else 'T1ce'}", m, "pred") for m in vol.images]
-    return figure(vol, rows, centre, et, title, volume_lines(volumes, et))
+    return figure(vol, rows, centre, et, title, volume_lines(volumes, et, label_set), label_set=label_set)
 
 
 def comparison_image(image: tuple[str, np.ndarray] | None, first: tuple[str, np.ndarray],

@@ -92,14 +92,15 @@ def label_values(et: int) -> dict[str, int]:
     return {"background": 0, "NCR": 1, "ED": 2, "ET": et}
 
 
-def to_labels(probs: np.ndarray, outputs: Outputs, et: int) -> np.ndarray:
+def to_labels(probs: np.ndarray, outputs: Outputs, et: int, *, values: dict[str, int] | None = None) -> np.ndarray:
     """(K, …) probabilities → uint8 BraTS labels, by the card's output rule (docs/CARD.md).
 
     softmax: the label of the arg-max class. sigmoid, ``sequential``: each ``[region, label]``
     of ``order`` in turn paints its region (later ones overwrite); ``nested``: the same, but
     every region after the first counts only inside the first (NVIDIA: TC and ET inside WT).
+    ``values``: label name → value written (``regions.label_map``); None: ``label_values(et)``.
     """
-    values = label_values(et)
+    values = label_values(et) if values is None else values
     if outputs.kind == "softmax":
         lut = np.array([values[name] for name in outputs.channels], dtype=np.uint8)
         labels: np.ndarray = lut[np.argmax(probs, axis=0)]

@@ -11,26 +11,53 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_edge.card import REGIONS
+from seg_edge.card import LABEL_SETS, LABEL_SYNONYMS, REGIONS
 from seg_edge.errors import InputError
 from seg_edge.runtime.io import is_case_folder, is_nifti, strip_nifti
 from seg_edge.runtime.preprocess import Inverse, to_network_axes
 
 __all__ = ["LABEL_HINT", "LABEL_SCHEMES", "LABEL_TAGS", "REGIONS", "case_folders", "dice", "et_label",
-           "find_label_file", "labels_to_regions", "region_counts", "regions_to_labels", "to_network_layout"]
+           "find_label_file", "label_map", "label_set", "labels_to_regions", "region_counts", "regions_to_labels",
+           "to_network_layout"]
 
-# Label scheme → the label of enhancing tumour; NCR is 1 and ED is 2 in both.
-LABEL_SCHEMES = {"brats2021": 4, "brats2023": 3}
+# Label scheme → the label of enhancing tumour; NCR (NETC) is 1 and ED (SNFH) is 2 in every one.
+LABEL_SCHEMES = {scheme: labels["ET"] for scheme, labels in LABEL_SETS.items()}
+# WT and TC as the challenges define them, by tissue (LABEL_SYNONYMS: NETC is NCR, SNFH is ED); RC is in neither
+_REGION_TISSUES = {"WT": ("NCR", "ED", "ET"), "TC": ("NCR", "ET"), "ET": ("ET",)}
 # BraTS 2020/2021 name the ground truth <id>_seg, BraTS 2023 <id>-seg.
 LABEL_TAGS = ("_seg", "-seg")
 LABEL_HINT = "a NIfTI named *_seg or *-seg"
 
 
 def et_label(scheme: str) -> int:
-    """The ET label of a label scheme: 4 for brats2021, 3 for brats2023."""
+    """The ET label of a label scheme: 4 for brats2021, 3 for brats2023 and brats2024-gli-post."""
     if scheme not in LABEL_SCHEMES:
         raise InputError(f"label scheme '{scheme}' (expected one of {', '.join(LABEL_SCHEMES)})")
     return LABEL_SCHEMES[scheme]
+
+
+def label_set(scheme: str) -> dict[str, int]:
+    """A label scheme's label name → value (card.LABEL_SETS); InputError naming the known schemes otherwise."""
+    et_label(scheme)
+    return dict(LABEL_SETS[scheme])
+
+
+def label_map(model_scheme: str, scheme: str) -> dict[str, int]:
+    """Each label a model of ``model_scheme`` writes (and background) → its value under ``scheme``.
+
+    Only a relabelling that loses nothing: every label must have its tissue in ``scheme`` (NCR is NETC,
+    ED is SNFH, ET is ET; ET 4 ↔ 3). RC has no value in brats2021 or brats2023: InputError, never merged.
+    """
+    source, target = label_set(model_scheme), label_set(scheme)
+    by_tissue = {LABEL_SYNONYMS.get(name, name): value for name, value in target.items()}
+    missing = [name for name in source if LABEL_SYNONYMS.get(name, name) not in by_tissue]
+    if missing:
+        can = [s for s in LABEL_SETS if {LABEL_SYNONYMS.get(n, n) for n in source}
+               <= {LABEL_SYNONYMS.get(n, n) for n in LABEL_SETS[s]}]
+        raise InputError(f"label scheme {scheme}: the model writes {model_scheme} labels and {', '.join(missing)} "
+                         f"has no value in {scheme} (expected one of {', '.join(can)}: a relabelling that "
+                         "loses no label)")
+    return {"background": 0, **{name: by_tissue[LABEL_SYNONYMS.get(name, name)] for name in source}}
 
 
 def labels_to_regions(labels: np.ndarray, et: int) -> np.ndarray:
@@ -38,11 +65,17 @@ def labels_to_regions(labels: np.ndarray, et: int) -> np.ndarray:
     return np.stack([np.isin(labels, (1, 2, et)), np.isin(labels, (1, et)), labels == et])
 
 
-def region_counts(labels: np.ndarray, et: int) -> dict[str, int]:
+def region_counts(labels: np.ndarray, et: int, *, scheme: str | None = None) -> dict[str, int]:
     """Voxels of WT, TC, ET (as ``labels_to_regions`` defines them) and of the NCR and ED labels, from one
-    count per label value instead of one mask per region."""
-    ncr, ed, en = (int(np.count_nonzero(labels == value)) for value in (1, 2, et))
-    return {"WT": ncr + ed + en, "TC": ncr + en, "ET": en, "NCR": ncr, "ED": ed}
+    count per label value instead of one mask per region. With ``scheme``: WT, TC and every label of its set
+    by its own name (brats2024-gli-post: NETC, SNFH, ET, RC; TC = NETC+ET, WT = NETC+SNFH+ET)."""
+    if scheme is None:
+        ncr, ed, en = (int(np.count_nonzero(labels == value)) for value in (1, 2, et))
+        return {"WT": ncr + ed + en, "TC": ncr + en, "ET": en, "NCR": ncr, "ED": ed}
+    counts = {name: int(np.count_nonzero(labels == value)) for name, value in label_set(scheme).items()}
+    tissues = {LABEL_SYNONYMS.get(name, name): n for name, n in counts.items()}
+    regions = {key: sum(tissues[t] for t in parts) for key, parts in _REGION_TISSUES.items()}
+    return {**regions, **counts}
 
 
 def regions_to_labels(probs: np.ndarray, thresholds: tuple[float, ...], et: int) -> np.ndarray:

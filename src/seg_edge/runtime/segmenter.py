@@ -22,7 +22,7 @@ from seg_edge.runtime.io import Case
 from seg_edge.runtime.machine import mismatch
 from seg_edge.runtime.inference import Plan, labels_back, network_logits
 from seg_edge.runtime.postprocess import ACTIVATIONS, apply_et_rule, et_probability, to_labels
-from seg_edge.runtime.regions import et_label, region_counts
+from seg_edge.runtime.regions import label_map, region_counts
 from seg_edge.runtime.preprocess import Inverse, crop_padding, implemented, preprocess, to_original_grid
 from seg_edge.runtime.resample import check_geometry, check_slice_range, resize
 from seg_edge.runtime.sessions.base import Session, open_session
@@ -138,10 +138,12 @@ def describe_profile(p: InferenceProfile) -> str:
             f"batch {p.batch_size}, {p.threads or 'default'} threads{streams}{'' if p.tta else ', no TTA'}")
 
 
-def region_volumes(labels: np.ndarray, et: int, spacing: tuple[float, ...]) -> dict[str, float]:
-    """Volumes in mL of WT, TC, ET and of the NCR and ED labels (one count per label value)."""
+def region_volumes(labels: np.ndarray, et: int, spacing: tuple[float, ...], *,
+                   scheme: str | None = None) -> dict[str, float]:
+    """Volumes in mL of WT, TC, ET and of the NCR and ED labels (one count per label value); with ``scheme``,
+    of WT, TC and every label of its set (``regions.region_counts``)."""
     voxel_ml = float(np.prod(spacing[:3])) / 1000.0
-    return {name: count * voxel_ml for name, count in region_counts(labels, et).items()}
+    return {name: count * voxel_ml for name, count in region_counts(labels, et, scheme=scheme).items()}
 
 
 class Segmenter:
@@ -153,13 +155,19 @@ class Segmenter:
         self.session = session
         self.options = options or SegmenterOptions()
         self.scheme = self.options.label_scheme or self.card.label_scheme
-        self.et = et_label(self.scheme)
+        self.et = self.values["ET"]  # a scheme the model's labels cannot be written in is refused here
         self.activate = implemented(ACTIVATIONS, self.card.outputs.kind, "outputs.kind", self.card)
         self.plan = self.options.plan(self.card)
         self.profile_note: str | None = None  # what open_profiled decided about the card's tuned profile
         self.profile: InferenceProfile | None = None  # the tuned profile in force (open_profiled), if any
         # the network's logits for an all-zero window, per window shape
         self._background: dict[tuple[int, ...], np.ndarray] = {}
+
+    @property
+    def values(self) -> dict[str, int]:
+        """Each label the card's outputs name (and background) → its value under the scheme written
+        (``regions.label_map``: InputError where one has none)."""
+        return label_map(self.card.label_scheme, self.scheme)
 
     @classmethod
     def open(cls, model: str | Path, backend: str = "onnxruntime", threads: int | None = None,
@@ -270,7 +278,7 @@ class Segmenter:
         if inverse.resampled_shape is not None:  # logits back to the input's spacing, linear (as nnU-Net)
             logits = resize(logits, inverse.network_shape, order=1)
         activated = self.activate(logits)
-        labels_net = to_labels(activated, self.card.outputs, self.et)
+        labels_net = to_labels(activated, self.card.outputs, self.et, values=self.values)
         probs: np.ndarray | None = activated
         if at_network_size:
             # the probabilities come back only when written or read by the ET rule: resizing them back is
@@ -285,5 +293,6 @@ class Segmenter:
         labels = to_original_grid(labels_net, inverse)
         full_probs = to_original_grid(probs, inverse) if self.options.probabilities and probs is not None else None
         timings["postprocess"] = time.perf_counter() - t0
-        return Segmentation(case.case_id, labels, self.scheme, region_volumes(labels, self.et, case.spacing),
-                            timings, full_probs, relabelled, list(case.warnings))
+        volumes = region_volumes(labels, self.et, case.spacing, scheme=self.scheme)
+        return Segmentation(case.case_id, labels, self.scheme, volumes, timings, full_probs, relabelled,
+                            list(case.warnings))
