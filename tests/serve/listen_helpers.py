@@ -23,6 +23,12 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "src" / "seg_edge" / "assets" / "seg-edge-edge.onnx"
 SEG_CLASS, SR_CLASS = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"
 VERIFICATION = "1.2.840.10008.1.1"
+# pynetdicom's requestor (the test PACS's sender) can lose a C-STORE response to its own reactor thread on a loaded
+# machine ("Received unexpected C-STORE service message", about once in 1,500 stores here); it then waits out its
+# DIMSE timeout and aborts, and send() stores that instance again on a new association, as a PACS retries. The
+# quiet period must outlast that wait and the reconnection, or the node rightly completes the study in between:
+# a store times out after 1 s (the node answers in milliseconds) and the tests' quiet period is 2 s.
+STORE_TIMEOUT_S, QUIET_S = 1.0, 2.0
 
 
 class Pacs:
@@ -66,13 +72,11 @@ def associate(port: int, datasets: list[Dataset], aet: str = "PACS", timeout: fl
 
 
 def send(port: int, datasets: list[Dataset], aet: str = "PACS", abort_after: int | None = None,
-         timeout: float = 10, retry: bool = True) -> list[int | None]:
+         timeout: float = STORE_TIMEOUT_S, retry: bool = True) -> list[int | None]:
     """C-STORE the datasets over one association; the statuses (None: no answer, the association is gone).
     ``abort_after``: send that many, then abort the association (an A-ABORT mid-study). ``timeout``: how long
     a store waits for its answer (pynetdicom's SCU waits that long even after the peer aborted). ``retry``: a
-    store left without an answer while the association was up is sent again on a new association, as a PACS
-    retries: pynetdicom's requestor can lose a response to its own reactor thread under load (seen once in
-    ~1,500 stores here: "Received unexpected C-STORE service message"), which is the sender's, not the node's."""
+    store left without an answer is sent again on a new association, as a PACS retries (STORE_TIMEOUT_S)."""
     assoc = associate(port, datasets, aet, timeout)
     if not assoc.is_established:
         raise AssertionError(f"association refused (rejected {assoc.is_rejected})")
@@ -139,7 +143,7 @@ def fake_segment(folder: Path, segmenter, *, out: Path, options, counter: Path |
     return SimpleNamespace(seg=files[0], sr=files[1], files=files, volumes_ml={"WT": 0.0})
 
 
-def listener(data: Path, pacs_port: int, *, segment, quiet: float = 0.5, allow: tuple[str, ...] = (),
+def listener(data: Path, pacs_port: int, *, segment, quiet: float = QUIET_S, allow: tuple[str, ...] = (),
              cap: int = 1 << 30, send_to: bool = True, port: int = 0) -> Listener:
     """A node on a free loopback port (``port`` 0) sending results to the PACS at ``pacs_port``."""
     pacs = Peer("PACS", "127.0.0.1", pacs_port)

@@ -63,7 +63,7 @@ class Counter:
 
 @pytest.fixture()
 def node(tmp_path, pacs):
-    """A running node (quiet period 0.5 s) and its counter; stopped afterwards."""
+    """A running node (quiet period lh.QUIET_S) and its counter; stopped afterwards."""
     counter = Counter(tmp_path / "calls.txt")
     running = lh.listener(tmp_path / "data", pacs.port, segment=counter.segment)
     running.start()
@@ -103,7 +103,7 @@ def test_a_study_is_segmented_once_and_its_seg_and_sr_come_back(node, pacs, stud
     lh.wait_for(lambda: not (folder / "inputs").exists(), 10, "inputs removed")  # sent: the results stay
     assert (folder / job["results"]["seg"]).is_file() and (folder / job["results"]["sr"]).is_file()
     assert not list((node.config.data / "incoming").iterdir())
-    time.sleep(1.0)  # nothing runs a second time
+    time.sleep(lh.QUIET_S)  # nothing runs a second time
     assert len(node.jobs()) == 1 and len(node.counter.calls()) == 1
     logged = caplog.text
     assert str(datasets[0].PatientName) not in logged and str(datasets[0].PatientID) not in logged
@@ -271,10 +271,10 @@ def test_a_record_written_before_its_study_moved_in_is_dropped_and_the_study_com
                    "study": "x", "sender": {"aet": "PACS", "address": "127.0.0.1"}})
     finally:
         node.stop()
-    node = lh.listener(data, pacs.port, segment=counter.segment, quiet=0.5)
+    node = lh.listener(data, pacs.port, segment=counter.segment)
     node.start()
     try:
-        time.sleep(1.0)  # the inbox study's files are older than the quiet period: complete at once
+        time.sleep(lh.QUIET_S)  # the inbox study's files are older than the quiet period: complete at once
         [job] = finished(node)
         assert job["id"] != job_id and job["status"] == "done" and len(counter.calls()) == 1
     finally:
@@ -319,9 +319,15 @@ def test_killed_mid_study_then_restarted_loses_nothing_and_segments_once(tmp_pat
     finally:
         proc.kill()
     [folder] = (data / "incoming").iterdir()
-    on_disk = sorted(p.name.removesuffix(".dcm") for p in folder.glob("*.dcm"))
-    assert acked and on_disk == sorted(acked)  # none lost, no half-written file
-    assert not list(folder.glob(".seg-edge-*"))
+    on_disk = {p.name.removesuffix(".dcm") for p in folder.glob("*.dcm")}
+    # none lost; at most one more than acknowledged (stored, its answer lost: the sender's race, helpers' note)
+    assert acked and set(acked) <= on_disk and len(on_disk - set(acked)) <= 1
+    assert not list(folder.glob(".seg-edge-*"))  # no half-written file, and every file whole
+    import pydicom
+
+    sent = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    for uid in on_disk:
+        assert pydicom.dcmread(folder / f"{uid}.dcm").PixelData == sent[uid].PixelData
     proc, port = _start_process(data, pacs.port, counter, slow_s=3.0)
     try:
         assert lh.send(port, datasets) == [0] * len(datasets)
