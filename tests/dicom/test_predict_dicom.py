@@ -338,3 +338,20 @@ def test_a_dicom_study_is_told_from_nifti_by_names_and_first_bytes(studies, raw_
     empty = tmp_path / "empty"
     empty.mkdir()
     assert not is_dicom_study(empty) and not is_dicom_study(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("scheme", "refused"), [("brats2021", False), ("brats2023", False),
+                                                  ("brats2024-gli-post", True)])
+def test_a_label_set_with_rc_is_refused_before_any_series_is_read(scheme, refused):
+    """The SEG holds NCR, ED and ET: a post-treatment label set (RC) would be written under their names."""
+    from types import SimpleNamespace
+
+    from seg_edge.dicom.study import check_labels
+
+    segmenter = SimpleNamespace(scheme=scheme, card=SimpleNamespace(name="m"))
+    if not refused:
+        check_labels(segmenter)  # type: ignore[arg-type]
+        return
+    with pytest.raises(InputError, match=r"labels brats2024-gli-post \(1 NETC, 2 SNFH, 3 ET, 4 RC\): the DICOM SEG "
+                                         r"holds three segments"):
+        check_labels(segmenter)  # type: ignore[arg-type]

@@ -192,6 +192,26 @@ def test_predict_writes_rc_and_evaluate_gli_reads_it(tmp_path):
     assert all(r["global_dice"] == 1.0 and (r["fp"], r["fn"]) == (0, 0) for r in regions.values())
 
 
+def test_the_case_table_names_the_post_treatment_labels(tmp_path):
+    """Without --json predict prints a volume table; it listed NCR and ED by name (KeyError, exit 70)."""
+    model = tmp_path / "post.onnx"
+    write_post_model(model)
+    write_post_case(tmp_path / "cases" / "c1", post_truth())
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "cases" / "c1"), "--out", str(tmp_path / "pred"),
+                                      "--model", str(model)])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.stdout.splitlines()
+            if line.count("│") == 3}
+    assert {k: rows[k] for k in ("NETC", "SNFH", "ET", "RC", "WT", "TC")} == {
+        "NETC": "0.21", "SNFH": "0.78", "ET": "0.01", "RC": "0.22", "WT": "1.00", "TC": "0.22"}
+
+
+def test_synth_refuses_the_post_treatment_set(tmp_path):
+    result = CliRunner().invoke(app, ["synth", "--n", "1", "--out", str(tmp_path / "o"), "--label-scheme", POST])
+    assert result.exit_code == 2 and "no resection cavity is synthesised" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_rc_cannot_be_written_as_brats2021(tmp_path):
     model = tmp_path / "post.onnx"
     write_post_model(model)

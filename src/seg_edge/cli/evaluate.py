@@ -42,8 +42,9 @@ def evaluate(
     challenge: ChallengeName = typer.Option(ChallengeName.legacy, "--challenge", help="Score as this challenge "
                                             "does (its labels, regions, lesion-wise metrics and penalties); legacy: "
                                             "seg-edge's whole-volume table."),
-    label_scheme: LabelScheme | None = typer.Option(None, "--label-scheme", help="ET=4 or ET=3 (legacy only; a "
-                                             "challenge fixes its own labels). Default brats2021."),
+    label_scheme: LabelScheme | None = typer.Option(None, "--label-scheme", help="ET=4 (brats2021) or ET=3 "
+                                                    "(legacy only; a challenge fixes its own labels). Default "
+                                                    "brats2021."),
     csv_path: Path = typer.Option(None, "--csv", help="Also write per-case rows to this CSV (with --challenge: "
                                   "the official package's columns)."),
     report: Path = typer.Option(None, "--report", help="Also write a self-contained HTML report: per-case table, "

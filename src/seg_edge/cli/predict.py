@@ -25,8 +25,8 @@ def _case_table(result) -> Table:
     table = Table(title=escape(f"{report['case_id']} → {result.job.out}"), title_justify="left")
     table.add_column("region")
     table.add_column("volume (mL)", justify="right")
-    for name in ("WT", "TC", "ET", "NCR", "ED"):
-        table.add_row(name, f"{result.volumes_ml[name]:.2f}")
+    for name, volume in result.volumes_ml.items():  # the label set's names: NCR/ED or NETC/SNFH/RC
+        table.add_row(name, f"{volume:.2f}")
     table.add_section()
     for stage, seconds in result.timings.items():
         table.add_row(f"[dim]{stage} (s)[/]", f"[dim]{seconds:.2f}[/]")
@@ -73,8 +73,9 @@ def predict(
     t2: Path = typer.Option(None, "--t2", help="T2 NIfTI."),
     modalities: str = typer.Option(None, "--modalities", help="Volume order in a 4D NIfTI/.npy, e.g. t1,t1ce,t2,flair; "
                                    "required for a stack (never guessed)."),
-    label_scheme: LabelScheme = typer.Option(None, "--label-scheme", help="ET=4 (brats2021) or ET=3 (brats2023); "
-                                             "default: the card's."),
+    label_scheme: LabelScheme = typer.Option(None, "--label-scheme", help="The label values written: brats2021 "
+                                             "(ET=4), brats2023 (ET=3) or brats2024-gli-post (ET=3, RC=4); "
+                                             "only a relabelling that loses no label; default: the card's."),
     overlap: float = typer.Option(None, "--overlap", help="Sliding-window overlap, 0 <= o < 1 (default: the "
                                   "card's)."),
     blend: Blend = typer.Option(None, "--blend", help="Window blending (default: the card's)."),

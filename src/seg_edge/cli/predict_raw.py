@@ -105,8 +105,8 @@ def _table(report: dict[str, Any]) -> Table:
                   title_justify="left")
     table.add_column("region")
     table.add_column("volume (mL)", justify="right")
-    for name in ("WT", "TC", "ET", "NCR", "ED"):
-        table.add_row(name, f"{report['volumes_ml'][name]:.2f}")
+    for name, volume in report["volumes_ml"].items():  # the label set's names: NCR/ED or NETC/SNFH/RC
+        table.add_row(name, f"{volume:.2f}")
     table.add_section()
     for name, qc in report["preprocessing"].get("series", {}).items():
         if "rotation_deg" in qc:

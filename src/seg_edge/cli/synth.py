@@ -40,7 +40,9 @@ def synth(
     seed: int = typer.Option(0, "--seed", min=0, help="Seed; case i is generated from (seed, i)."),
     shape: str | None = typer.Option(None, "--shape", help=f"Grid X,Y,Z in 1 mm voxels [default: {DEFAULT_SHAPE}]; "
                                      "not with --raw (use --scale)."),
-    label_scheme: LabelScheme = typer.Option(LabelScheme.brats2021, "--label-scheme", help="ET=4 or ET=3."),
+    label_scheme: LabelScheme = typer.Option(LabelScheme.brats2021, "--label-scheme", help="ET=4 (brats2021) or "
+                                             "ET=3 (brats2023); the post-treatment set's resection cavity is not "
+                                             "synthesised."),
     workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes."),
     anatomy: Anatomy | None = typer.Option(None, "--anatomy", help="procedural (no dependencies; the default) or "
                                            "mni152 (MNI152 tissue templates shipped by nilearn: extra 'synth'); "
@@ -74,6 +76,9 @@ def synth(
 
     dicom_only = [n for n, v in (("--vendor", vendor), ("--enhanced", enhanced or None),
                                  ("--transfer-syntax", transfer_syntax)) if v is not None]
+    if label_scheme.value not in ("brats2021", "brats2023"):
+        raise InputError(f"--label-scheme {label_scheme.value} (expected brats2021 or brats2023: synthetic cases "
+                         "hold NCR, ED and ET; no resection cavity is synthesised)")
     if not dicom and dicom_only:
         raise InputError(f"{', '.join(dicom_only)} without --dicom (expected --raw --dicom)")
     if raw and (tumours != 1 or satellites != 0):

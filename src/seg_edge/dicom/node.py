@@ -133,10 +133,10 @@ class Node:
         ae.add_supported_context(VERIFICATION)
         ae.require_calling_aet = list(self.config.allow)
         ae.maximum_pdu_size = MAX_PDU
-        handlers: list[Any] = [(evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store), (evt.EVT_DATA_RECV, self._count),
-                    (evt.EVT_ACCEPTED, self._accepted), (evt.EVT_REJECTED, self._rejected),
-                    (evt.EVT_RELEASED, self._closed), (evt.EVT_ABORTED, self._closed),
-                    (evt.EVT_CONN_CLOSE, self._closed)]
+        handlers: list[Any] = [(evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
+                               (evt.EVT_DATA_RECV, self._count), (evt.EVT_ACCEPTED, self._accepted),
+                               (evt.EVT_REJECTED, self._rejected), (evt.EVT_RELEASED, self._closed),
+                               (evt.EVT_ABORTED, self._closed), (evt.EVT_CONN_CLOSE, self._closed)]
         try:
             self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
         except OSError as exc:

@@ -39,6 +39,7 @@ from seg_edge.preprocess.pipeline import RawOptions
 from seg_edge.preprocess.study import ExtraOutputs, NativeLabels, RawOutputs, raw_targets, segment_raw
 from seg_edge.runtime.io import strip_nifti
 from seg_edge.runtime.jobs import Job
+from seg_edge.runtime.regions import label_set
 from seg_edge.runtime.segmenter import Segmenter
 
 __all__ = ["StudyOptions", "StudyPlan", "StudyResult", "check_card", "is_dicom_study", "model_identity",
@@ -88,6 +89,16 @@ def check_card(card: ModelCard) -> None:
         raise InputError(f"model {card.name!r} takes inputs in {card.inputs.space} space (card inputs.space): a "
                          "DICOM study is segmented as raw series put on the atlas grid, which this model does "
                          "not expect")
+
+
+def check_labels(segmenter: Segmenter) -> None:
+    """InputError unless the labels written are NCR, ED and ET: the SEG holds those three segments (a label set
+    with RC, brats2024-gli-post, would be written under the 2021 segments' names)."""
+    written = label_set(segmenter.scheme)
+    if set(written) != {"NCR", "ED", "ET"}:
+        labels = ", ".join(f"{value} {name}" for name, value in written.items())
+        raise InputError(f"model {segmenter.card.name!r}: labels {segmenter.scheme} ({labels}): the DICOM SEG holds "
+                         "three segments, NCR, ED and ET (expected a brats2021 or brats2023 label scheme)")
 
 
 def model_identity(card: ModelCard) -> tuple[str, str, str]:
@@ -141,6 +152,7 @@ def segment_study(folder: Path, segmenter: Segmenter, *, out: Path, options: Stu
     the SEG and SR are ``<study>_seg.dcm`` and ``<study>_sr.dcm`` beside it. ``plan``: a ``plan_study`` result
     already made (the CLI prints the choice before the work starts)."""
     check_card(segmenter.card)
+    check_labels(segmenter)
     name, version, sha256 = model_identity(segmenter.card)
     plan = plan or plan_study(folder, options)
     order = tuple(dict.fromkeys((*segmenter.card.modalities, options.raw.reference)))

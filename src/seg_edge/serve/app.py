@@ -21,11 +21,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from seg_edge import __version__
-from seg_edge.card import MODALITIES
+from seg_edge.card import LABEL_SETS, MODALITIES
 from seg_edge.errors import INTERNAL_HTTP_STATUS, INTERNAL_LABEL, InputError, SegEdgeError
 from seg_edge.runtime.jobs import failure_reason
 from seg_edge.runtime.pictures import legend
-from seg_edge.runtime.regions import et_label
+from seg_edge.runtime.regions import et_label, label_set
 from seg_edge.serve.jobs import ServeConfig, WorkerPool
 from seg_edge.serve.store import RESULT_FILES, JobStore, now
 from seg_edge.serve.uploads import FORM_HINT, FormReceiver, RequestError, Submission, boundary_of, submission
@@ -63,6 +63,11 @@ async def receive(request: Request, folder: Path, limit: int):
     return receiver.finish()
 
 
+def _legend(scheme: str) -> list[dict]:
+    """The page's legend for the labels written under ``scheme`` (RC too, for the post-treatment set)."""
+    return legend(et_label(scheme), label_set(scheme))
+
+
 def status_view(record: dict) -> dict:
     """A job's public record: no server paths."""
     hidden = ("inputs",)
@@ -78,7 +83,7 @@ def _register_cases(app: FastAPI, store: JobStore, pool: WorkerPool, config: Ser
         "type": "object", "properties": {
             **{m: {"type": "string", "format": "binary"} for m in (*MODALITIES, "stack")},
             "modalities": {"type": "string", "example": "flair,t1,t1ce,t2"},
-            "label_scheme": {"type": "string", "enum": ["brats2021", "brats2023"]},
+            "label_scheme": {"type": "string", "enum": list(LABEL_SETS)},
             "overlap": {"type": "number"}, "probabilities": {"type": "boolean"}}}}}}}
 
     @app.post("/v1/cases", status_code=202, openapi_extra=form_schema, summary="Submit a case")
@@ -101,7 +106,7 @@ def _register_cases(app: FastAPI, store: JobStore, pool: WorkerPool, config: Ser
             "inputs": {f: str(p.relative_to(folder)) for f, p in form.files.items()},
             "options": {"label_scheme": sub.label_scheme, "overlap": sub.overlap,
                         "probabilities": sub.probabilities, "modalities": sub.file_order},
-            "legend": legend(et_label(sub.label_scheme or pool.card.label_scheme))})
+            "legend": _legend(sub.label_scheme or pool.card.label_scheme)})
         pool.submit(job_id)
         return JSONResponse(status_view(record), status_code=202, headers={"Location": f"/v1/cases/{job_id}"})
 
@@ -150,7 +155,7 @@ def _register_info(app: FastAPI, store: JobStore, pool: WorkerPool, config: Serv
         card = pool.card
         return {"name": card.name, "file": Path(config.model).name, "backend": pool.segmenters[0].session.name,
                 "modalities": list(card.modalities), "label_scheme": card.label_scheme,
-                "legend": legend(et_label(card.label_scheme)), "max_upload_mb": config.max_upload_mb,
+                "legend": _legend(card.label_scheme), "max_upload_mb": config.max_upload_mb,
                 "workers": len(pool.segmenters), "card": json.loads(card.to_json())}
 
     @app.get("/healthz", summary="Liveness and queue")
