@@ -15,7 +15,7 @@ from seg_edge.evaluation.challenge_table import case_row, missing_row, summary_r
 from seg_edge.evaluation.challenges import PANOPTICA_HD95_PENALTY, Challenge
 from seg_edge.evaluation.evaluate import label_box, label_files
 from seg_edge.evaluation.lesionwise import panoptica_region
-from seg_edge.runtime.nifti import read_image
+from seg_edge.runtime.io import read_label_volume
 
 # The official package's subject id inside a file name (brats_evaluation/evaluation.py): 12345-000, 12345, 1234-0.
 _SUBJECT = re.compile(r"(\d{5}(?:-\d{3})?|\d{4}-\d{1,3})")
@@ -23,12 +23,7 @@ _SUBJECT = re.compile(r"(\d{5}(?:-\d{3})?|\d{4}-\d{1,3})")
 
 def read_label_map(path: Path, challenge: Challenge) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     """(uint8 labels, spacing in mm, affine) of a label file whose values are the challenge's label set."""
-    img = read_image(path, [])
-    data = np.asarray(img.dataobj)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(f"{path}: label map is {data.ndim}D (expected 3D)")
+    data, img = read_label_volume(path)
     expected = ", ".join(str(v) for v in (0, *challenge.label_values))
     extra = sorted(_values(path, data, expected, challenge.label_values))
     if extra:

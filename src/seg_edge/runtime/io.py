@@ -252,14 +252,20 @@ def write_volume(data: np.ndarray, case: Case, out: Path, description: str | Non
         raise InputError(f"{source}: its geometry cannot be written to a NIfTI output ({exc})") from None
 
 
-def read_labels(path: Path, et: int) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """A 3D integer label map with labels in {0, 1, 2, et}; InputError otherwise."""
+def read_label_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """A label file's 3D array as stored (a trailing axis of 1 dropped) and its image; InputError unless 3D."""
     img = read_image(path, [])
     data = np.asarray(img.dataobj)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{path}: label map is {data.ndim}D (expected 3D)")
+    return data, img
+
+
+def read_labels(path: Path, et: int) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """A 3D integer label map with labels in {0, 1, 2, et}; InputError otherwise."""
+    data, img = read_label_volume(path)
     if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
         raise InputError(f"{path}: label map holds non-integer values (expected labels 0, 1, 2, {et})")
     present = set(np.unique(data).astype(int).tolist())
