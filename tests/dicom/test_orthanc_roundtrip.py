@@ -222,9 +222,10 @@ def dicom_study(raw_studies, tmp_path_factory) -> Path:
 
 
 def _predict(study: Path, out: Path) -> subprocess.Popen:
-    """``seg-edge predict STUDY_DIR --json`` started (it runs beside the node: the two share the 2 cores)."""
-    return subprocess.Popen([sys.executable, "-m", "seg_edge", "predict", str(study), "--out", str(out), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """``seg-edge predict STUDY_DIR --threads 1 --json`` started: it runs beside the node, one core each (the
+    same --threads for both, so that they compute the same thing)."""
+    return subprocess.Popen([sys.executable, "-m", "seg_edge", "predict", str(study), "--out", str(out), "--json",
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_a_study_sent_by_orthanc_to_seg_edge_listen_comes_back_with_predicts_labels(dicom_study, tmp_path, request):
@@ -232,7 +233,8 @@ def test_a_study_sent_by_orthanc_to_seg_edge_listen_comes_back_with_predicts_lab
     n_files = sum(1 for p in dicom_study.rglob("*") if p.is_file())
     predict = _predict(dicom_study, tmp_path / "predict")
     try:
-        with running_orthanc(tmp_path / "orthanc") as pacs, running_listener(tmp_path / "node", pacs) as node, \
+        with running_orthanc(tmp_path / "orthanc") as pacs, \
+                running_listener(tmp_path / "node", pacs, quiet_seconds=1.0, extra=["--threads", "1"]) as node, \
                 logs_on_failure(request, {"Orthanc log": pacs.log_tail, "seg-edge listen output": node.log_tail}):
             uploaded = pacs.upload_folder(dicom_study)
             assert {a["Status"] for a in uploaded} == {"Success"} and len(uploaded) == n_files
