@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orthanc import HOST, Orthanc, free_port, wait_for
+from orthanc import HOST, Orthanc, free_port, start_until_bound, wait_for
 
 LISTEN_START_TIMEOUT_S = 60.0  # a cold start imports pydicom, pynetdicom, onnxruntime, SimpleITK on a busy 2-core box
 LISTEN_STOP_TIMEOUT_S = 15.0
@@ -72,22 +72,17 @@ def running_listener(folder: Path, orthanc: Orthanc, *, aet: str = "SEGEDGE", qu
     """Start ``seg-edge listen`` (results sent to ``orthanc``), declare it in Orthanc as ``modality``, and yield
     it once Orthanc's C-ECHO reaches it; stopped and waited for on the way out, whatever happened inside. A
     port taken before the node bound it (the node exits): new port, up to ``attempts``."""
-    listener = None
-    for attempt in range(attempts):
-        listener = _start(folder / f"listen{attempt}", orthanc, aet=aet, quiet_seconds=quiet_seconds, model=model,
-                          extra=extra)
-        orthanc.add_modality(modality, aet=aet, port=listener.port)
-        try:
-            wait_for(lambda lst=listener: _answers(orthanc, modality, lst), timeout=LISTEN_START_TIMEOUT_S,
-                     what="seg-edge listen answering Orthanc's C-ECHO", interval=0.5,
-                     explain=lambda lst=listener: f"--- seg-edge listen output ---\n{lst.log_tail()}")
-            break
-        except (RuntimeError, TimeoutError):
-            listener.stop()
-            if "in use" not in listener.log_tail() or attempt == attempts - 1:
-                raise
-    if listener is None:
-        raise RuntimeError(f"attempts={attempts}: expected at least one try")
+    def start(attempt: int) -> Listener:
+        started = _start(folder / f"listen{attempt}", orthanc, aet=aet, quiet_seconds=quiet_seconds, model=model,
+                         extra=extra)
+        orthanc.add_modality(modality, aet=aet, port=started.port)
+        return started
+
+    listener: Listener = start_until_bound(
+        start, lambda lst: wait_for(lambda: _answers(orthanc, modality, lst), timeout=LISTEN_START_TIMEOUT_S,
+                                    what="seg-edge listen answering Orthanc's C-ECHO", interval=0.5,
+                                    explain=lambda: f"--- seg-edge listen output ---\n{lst.log_tail()}"),
+        taken="in use", errors=(RuntimeError, TimeoutError), attempts=attempts)
     try:
         yield listener
     finally:

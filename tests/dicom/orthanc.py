@@ -278,24 +278,35 @@ def running_orthanc(folder: Path, *, aet: str = "ORTHANC", unknown_sop_class_acc
     with it; a full-size study (795 instances of 256x256 and more, 95 MB) 10.7 s and 11.6 s, no gain. A PACS's
     setting, not the node's (benchmarks/dicom_node.py measures both)."""
     binary = require_orthanc()
-    orthanc = None
-    for attempt in range(attempts):
-        orthanc = _start(binary, folder / f"run{attempt}", aet, unknown_sop_class_accepted, tcp_nodelay,
-                         {"modalities": modalities, "lua_scripts": lua_scripts})
-        try:
-            wait_for(lambda o=orthanc: _ready(o), timeout=START_TIMEOUT_S, what="Orthanc's REST API",
-                     interval=0.1, explain=orthanc.log_tail)
-            break
-        except (OrthancError, TimeoutError):
-            orthanc.stop()
-            if "already in use" not in orthanc.log_tail() or attempt == attempts - 1:
-                raise
-    if orthanc is None:
-        raise OrthancError(f"attempts={attempts}: expected at least one try")
+    orthanc = start_until_bound(
+        lambda attempt: _start(binary, folder / f"run{attempt}", aet, unknown_sop_class_accepted, tcp_nodelay,
+                               {"modalities": modalities, "lua_scripts": lua_scripts}),
+        lambda o: wait_for(lambda: _ready(o), timeout=START_TIMEOUT_S, what="Orthanc's REST API", interval=0.1,
+                           explain=o.log_tail),
+        taken="already in use", errors=(OrthancError, TimeoutError), attempts=attempts)
     try:
         yield orthanc
     finally:
         orthanc.stop()
+
+
+def start_until_bound(start: Callable[[int], Any], ready: Callable[[Any], object], *, taken: str,
+                      errors: tuple[type[BaseException], ...], attempts: int) -> Any:
+    """``start(attempt)`` a server process (it has ``stop()`` and ``log_tail()``) and return it once ``ready``
+    returns; a port taken between choosing it and the server binding it (its log says ``taken``): stopped and
+    started again on new ports, up to ``attempts`` times. Any other failure is raised at once."""
+    if attempts < 1:
+        raise ValueError(f"attempts={attempts}: expected at least one try")
+    for attempt in range(attempts):
+        server = start(attempt)
+        try:
+            ready(server)
+            return server
+        except errors:
+            server.stop()
+            if taken not in server.log_tail() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
