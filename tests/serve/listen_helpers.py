@@ -60,9 +60,14 @@ def read_study(folder: Path) -> list[Dataset]:
 
 
 def associate(port: int, datasets: list[Dataset], aet: str = "PACS", timeout: float = 30):
-    """An association to the node (AE title SEGEDGE) proposing the datasets' SOP classes (and verification)."""
+    """An association to the node (AE title SEGEDGE) proposing the datasets' SOP classes (and verification).
+
+    ``timeout`` is the DIMSE timeout (a store's answer). Negotiating the association keeps 30 s: on a loaded
+    2-core machine the node's answer to an A-ASSOCIATE-RQ took over 1 s in CI (its worker reading a study), and
+    a 1 s ACSE timeout failed a test that was about something else."""
     ae = AE(ae_title=aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.acse_timeout = ae.network_timeout = max(timeout, 30.0)
     for uid in sorted({str(ds.SOPClassUID) for ds in datasets} | {VERIFICATION}):
         ae.add_requested_context(uid)
     assoc = ae.associate("127.0.0.1", port, ae_title="SEGEDGE")
