@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orthanc import HOST, Orthanc, free_port, start_until_bound, wait_for
+from orthanc import HOST, Orthanc, free_port, start_until_bound, stop_process, wait_for
 
 LISTEN_START_TIMEOUT_S = 60.0  # a cold start imports pydicom, pynetdicom, onnxruntime, SimpleITK on a busy 2-core box
 LISTEN_STOP_TIMEOUT_S = 15.0
@@ -42,17 +41,7 @@ class Listener:
 
     def stop(self) -> int | None:
         """SIGTERM (the node stops as a user's Ctrl-C would stop it), SIGKILL if it hangs; waited for."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=LISTEN_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        for f in self._opened:
-            f.close()
-        self._opened.clear()
-        return self.process.returncode
+        return stop_process(self.process, self._opened, timeout=LISTEN_STOP_TIMEOUT_S)
 
 
 def listen_command(*, aet: str, port: int, send_to: str, data: Path, quiet_seconds: float,

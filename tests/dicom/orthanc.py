@@ -201,20 +201,26 @@ class Orthanc:
         """Kill Orthanc and wait for it: the process is gone when this returns (its exit status). SIGKILL by
         default: its storage is a test's throwaway, and a graceful stop (SIGTERM, then SIGKILL if it hangs)
         takes ~3 s, its HTTP and DICOM servers' polling loops winding down (measured)."""
-        if self.process.poll() is None:
-            if graceful:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    pass
-            if self.process.poll() is None:
-                self.process.kill()
-            self.process.wait()
-        for f in self._opened:
-            f.close()
-        self._opened.clear()
-        return self.process.returncode
+        return stop_process(self.process, self._opened, timeout=STOP_TIMEOUT_S if graceful else None)
+
+
+def stop_process(process: subprocess.Popen[bytes], opened: list[Any], *, timeout: float | None) -> int | None:
+    """Stop a test's server process and wait for it (its exit status); close the files it was given. With a
+    ``timeout``: SIGTERM first, SIGKILL if it has not ended by then; without: SIGKILL at once."""
+    if process.poll() is None:
+        if timeout is not None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    for f in opened:
+        f.close()
+    opened.clear()
+    return process.returncode
 
 
 def wait_for(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.25,
